@@ -1,0 +1,52 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each creates .venv and installs everything it needs when missing; a stamp file
+# keeps the second run fast.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+export FIFTYONE_DO_NOT_TRACK := true
+export FIFTYONE_DATABASE_VALIDATION := false
+export FIFTYONE_SHOW_PROGRESS_BARS := false
+
+.PHONY: install browser demo test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision are pinned in pyproject.toml; pip takes them from local disk here.
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Headless Chromium for the App and HTML-report tests (Debian package; never
+# `playwright install`, which downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+demo: install
+	$(PY) -m gradcam_engine.demo $(ARGS)
+
+test: install browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_workflow.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
