@@ -1,0 +1,303 @@
+"""CamEngine: one CAM per requested layer for any PyTorch vision model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import ttach as tta
+from torch import nn
+
+from .cam_images import CAM_IMAGES, GRADIENT_FREE
+from .hooks import capture_outputs, eval_mode, frozen_parameters, preserved_grads
+from .layers import resolve_layers
+from .methods import WRAPPERS, get_method
+from .reshape import make_reshape
+from .targets import Target, dominant_class, resolve_targets, select_output
+
+__all__ = ["CamEngine", "CamResult"]
+
+# Methods whose map does not depend on the target layer: computed once per batch.
+_LAYER_FREE = frozenset({"fullgrad"})
+
+
+@dataclass
+class CamResult:
+    """What one batch was explained for, and where the model looked.
+
+    maps: float32 ``[B, L, H, W]`` on the CPU, as pytorch-grad-cam returns them
+        (ReLU, min-max per image, resized to the input).
+    raw: float32 ``[B, L, H, W]``: the same maps after ReLU and resizing but
+        before min-max, so strength compares across images; None where the
+        method does not expose them (aug_smooth with a delegated method).
+    target_classes: the class each image was explained for (None if a custom
+        target does not say).
+    target_scores: the model's probability for that class (segmentation: mean
+        over the class's predicted region), None where the class is unknown.
+    predicted: the top class (segmentation: the class covering most pixels).
+    """
+
+    maps: torch.Tensor
+    raw: torch.Tensor | None
+    target_classes: list[int | None]
+    target_scores: list[float | None]
+    predicted: list[int]
+
+
+class CamEngine:
+    """Compute one CAM per layer, for a batch, in one forward and one backward.
+
+    >>> with CamEngine(model, layers=["layer3", "layer4"], method="gradcam") as engine:
+    ...     maps = engine(images, targets=[None] * len(images))  # [B, 2, H, W]
+
+    Gradient methods with a torch implementation (gradcam, gradcam++, hirescam,
+    gradcam-elementwise, xgradcam, layercam, eigencam, eigengradcam) share
+    the passes across layers; other methods run pytorch-grad-cam itself once
+    per layer. Hooks live only inside a call; the model's train/eval flags,
+    ``requires_grad`` flags and ``.grad`` buffers are restored afterwards.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: str | Sequence[str] | None = None,
+        method: str = "gradcam",
+        reshape_transform: str | Callable | None = "auto",
+        *,
+        eigen_smooth: bool = False,
+        aug_smooth: bool = False,
+        method_kwargs: dict | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.method = method.strip().lower() if isinstance(method, str) else method
+        self.cam_class = get_method(method)
+        self.layers = resolve_layers(model, layers)
+        self.layer_names = [name for name, _ in self.layers]
+        self._reshape = make_reshape(model, reshape_transform)
+        self.eigen_smooth = bool(eigen_smooth)
+        self.aug_smooth = bool(aug_smooth)
+        self.method_kwargs = dict(method_kwargs or {})
+        if self.aug_smooth and self.cam_class in WRAPPERS:
+            raise ValueError(f"aug_smooth is not supported by method {self.method!r}")
+        self.fused = self.cam_class in CAM_IMAGES and not self.method_kwargs
+
+    def __enter__(self) -> CamEngine:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # Hooks are added and removed within each call; nothing is left to release.
+        return None
+
+    def __repr__(self) -> str:
+        return f"CamEngine(method={self.method!r}, layers={self.layer_names!r})"
+
+    @property
+    def device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def __call__(
+        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None = None
+    ) -> torch.Tensor:
+        """Normalised maps, float32 ``[B, L, H, W]`` on the CPU."""
+        return self.compute(input_tensor, targets).maps
+
+    def compute(
+        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None = None
+    ) -> CamResult:
+        """Maps, raw maps and what each image was explained for (see :class:`CamResult`)."""
+        if not isinstance(input_tensor, torch.Tensor):
+            raise TypeError(f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}")
+        if input_tensor.ndim != 4 or not input_tensor.is_floating_point():
+            raise ValueError(
+                "input_tensor must be a float tensor [B, C, H, W], got "
+                f"{input_tensor.dtype} of shape {tuple(input_tensor.shape)}"
+            )
+        if targets is not None and len(targets) != input_tensor.shape[0]:
+            raise ValueError(
+                f"targets has {len(targets)} entries but the batch has "
+                f"{input_tensor.shape[0]} images; pass one target per image."
+            )
+        x = input_tensor.to(self.device)
+        with eval_mode(self.model), preserved_grads(self.model):
+            with torch.no_grad():
+                outputs = select_output(self.model(x)).float()
+            resolved = resolve_targets(targets, outputs)
+            if not self.aug_smooth:
+                maps, raw = self._maps(x, resolved.callables)
+            else:
+                maps, raw = self._aug_smooth_maps(x, targets)
+        scores, predicted = _summarize(outputs, resolved.classes)
+        return CamResult(
+            maps=maps.float().cpu(),
+            raw=None if raw is None else raw.float().cpu(),
+            target_classes=resolved.classes,
+            target_scores=scores,
+            predicted=predicted,
+        )
+
+    # -- passes --------------------------------------------------------------
+
+    def _maps(self, x: torch.Tensor, targets: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.fused:
+            return self._fused_maps(x, targets)
+        return self._library_maps(x, targets)
+
+    def _aug_smooth_maps(self, x: torch.Tensor, targets: Sequence[Target] | None):
+        """pytorch-grad-cam's test-time augmentation: average of the normalised maps
+        over flips and brightness factors; targets given as None are re-resolved
+        on each augmented image, as the library does."""
+        if not self.fused:
+            return self._library_maps(x, resolve_targets(targets, self._logits(x)).callables)
+        transforms = tta.Compose([tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])])
+        maps, raws = [], []
+        for transform in transforms:
+            augmented = transform.augment_image(x)
+            callables = resolve_targets(targets, self._logits(augmented)).callables
+            aug_maps, aug_raw = self._fused_maps(augmented, callables)
+            maps.append(transform.deaugment_mask(aug_maps))
+            raws.append(transform.deaugment_mask(aug_raw))
+        return torch.stack(maps).mean(dim=0), torch.stack(raws).mean(dim=0)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return select_output(self.model(x)).float()
+
+    def _fused_maps(self, x: torch.Tensor, targets: list) -> tuple[torch.Tensor, torch.Tensor]:
+        needs_grad = self.cam_class not in GRADIENT_FREE
+        input_hw = (x.shape[-2], x.shape[-1])
+        with (
+            frozen_parameters(self.model),
+            torch.set_grad_enabled(needs_grad),
+            capture_outputs(self.layers, track_grad=needs_grad) as captured,
+        ):
+            outputs = select_output(self.model(x))
+        missing = [name for name in self.layer_names if name not in captured]
+        if missing:
+            raise RuntimeError(f"layers {missing} did not run in the model's forward pass")
+        activations = [captured[name] for name in self.layer_names]
+        gradients: Sequence[torch.Tensor | None] = [None] * len(activations)
+        if needs_grad:
+            loss = sum(t(o) for t, o in zip(targets, outputs, strict=True))
+            gradients = torch.autograd.grad(loss, activations, allow_unused=True)
+            for name, grad in zip(self.layer_names, gradients, strict=True):
+                if grad is None:
+                    raise RuntimeError(
+                        f"The target score is not connected to layer {name!r}: "
+                        "its output does not reach the model's logits."
+                    )
+        cam_image = CAM_IMAGES[self.cam_class]
+        cams = []
+        for (name, module), act, grad in zip(self.layers, activations, gradients, strict=True):
+            act = self._reshape(act.detach(), module, input_hw)
+            if grad is not None:
+                grad = self._reshape(grad, module, input_hw)
+            if act.ndim != 4:
+                raise ValueError(f"layer {name!r} gives {act.ndim}-D maps after reshape; need 4-D")
+            cams.append(cam_image(act.float(), None if grad is None else grad.float(), self.eigen_smooth))
+        return _scale(cams, input_hw)
+
+    def _library_maps(self, x: torch.Tensor, targets: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run pytorch-grad-cam's own class, one layer at a time."""
+        input_hw = (x.shape[-2], x.shape[-1])
+        wrapped = _LogitsModule(self.model)
+        layer_free = self.method in _LAYER_FREE
+        maps, raws = [], []
+        for name, module in self.layers[:1] if layer_free else self.layers:
+            raw_cams: list = []
+            cam = self.cam_class(
+                model=wrapped,
+                target_layers=[module],
+                reshape_transform=lambda t, m=module: self._reshape(t, m, input_hw),
+                **self.method_kwargs,
+            )
+            base = getattr(cam, "base_cam", cam)
+            _spy_on_cam_images(base, raw_cams)
+            try:
+                with torch.enable_grad():
+                    if self.cam_class in WRAPPERS:
+                        out = cam(x, targets=targets, eigen_smooth=self.eigen_smooth)
+                    else:
+                        out = cam(x, targets, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth)
+            finally:
+                base.activations_and_grads.release()
+            maps.append(torch.as_tensor(out))
+            if len(raw_cams) == 1 and raw_cams[0].shape[0] == x.shape[0]:
+                cam_t = torch.as_tensor(raw_cams[0]).clamp(min=0)[:, None]
+                raws.append(F.interpolate(cam_t, size=input_hw, mode="bilinear", align_corners=False)[:, 0])
+        if layer_free:
+            maps, raws = maps * len(self.layers), raws * len(self.layers)
+        raw = torch.stack(raws, dim=1) if len(raws) == len(maps) else None
+        return torch.stack(maps, dim=1), raw
+
+
+class _LogitsModule(nn.Module):
+    """Presents a model whose output is a dict (torchvision ``"out"``) as one
+    returning the logits tensor, which pytorch-grad-cam iterates per image."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return select_output(self.model(x))
+
+
+def _spy_on_cam_images(cam, sink: list) -> None:
+    """Keep each unnormalised map the library computes (for ``CamResult.raw``).
+
+    pytorch-grad-cam normalises inside ``forward``; shadowing the bound
+    ``get_cam_image`` on this one instance is the only way to see the map before.
+    """
+    original = cam.get_cam_image
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        sink.append(result)
+        return result
+
+    cam.get_cam_image = spy
+
+
+def _scale(cams: list[torch.Tensor], input_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """pytorch-grad-cam's post-processing in torch: ReLU, min-max per image, bilinear
+    resize (cv2.INTER_LINEAR == align_corners=False), then min-max again.
+
+    Bilinear resizing is affine, so min-max before it equals rescaling the
+    resized map by the small map's min and max: one resize gives both outputs.
+    """
+    maps, raws = [], []
+    for cam in cams:
+        cam = cam.clamp(min=0)
+        raw = F.interpolate(cam[:, None], size=input_hw, mode="bilinear", align_corners=False)[:, 0]
+        lo = cam.amin(dim=(1, 2), keepdim=True)
+        hi = cam.amax(dim=(1, 2), keepdim=True)
+        first = (raw - lo) / (1e-7 + hi - lo)
+        first = first - first.amin(dim=(1, 2), keepdim=True)
+        maps.append(first / (1e-7 + first.amax(dim=(1, 2), keepdim=True)))
+        raws.append(raw)
+    return torch.stack(maps, dim=1), torch.stack(raws, dim=1)
+
+
+def _summarize(outputs: torch.Tensor, classes: list[int | None]) -> tuple[list, list[int]]:
+    """Probability of each image's target class, and its predicted class."""
+    probs = outputs.softmax(dim=1)
+    scores: list[float | None] = []
+    predicted: list[int] = []
+    for i, cls in enumerate(classes):
+        if outputs.ndim == 2:
+            predicted.append(int(outputs[i].argmax()))
+            scores.append(None if cls is None else float(probs[i, cls]))
+            continue
+        predicted.append(dominant_class(outputs[i]))
+        if cls is None:
+            scores.append(None)
+            continue
+        region = outputs[i].argmax(dim=0) == cls
+        class_probs = probs[i, cls]
+        scores.append(float(class_probs[region].mean() if region.any() else class_probs.mean()))
+    return scores, predicted
