@@ -32,7 +32,9 @@ def _combine(weighted: torch.Tensor, eigen_smooth: bool) -> torch.Tensor:
     return _project(weighted) if eigen_smooth else weighted.sum(dim=1)
 
 
-def _weighted(weights: torch.Tensor, acts: torch.Tensor, eigen_smooth: bool) -> torch.Tensor:
+def _weighted(
+    weights: torch.Tensor, acts: torch.Tensor, eigen_smooth: bool
+) -> torch.Tensor:
     return _combine(weights[:, :, None, None] * acts, eigen_smooth)
 
 

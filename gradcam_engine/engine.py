@@ -71,7 +71,9 @@ class CamEngine:
         method_kwargs: dict | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise TypeError(
+                f"model must be a torch.nn.Module, got {type(model).__name__}"
+            )
         self.model = model
         self.method = method.strip().lower() if isinstance(method, str) else method
         self.cam_class = get_method(method)
@@ -111,7 +113,9 @@ class CamEngine:
     ) -> CamResult:
         """Maps, raw maps and what each image was explained for (see :class:`CamResult`)."""
         if not isinstance(input_tensor, torch.Tensor):
-            raise TypeError(f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}")
+            raise TypeError(
+                f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}"
+            )
         if input_tensor.ndim != 4 or not input_tensor.is_floating_point():
             raise ValueError(
                 "input_tensor must be a float tensor [B, C, H, W], got "
@@ -142,7 +146,9 @@ class CamEngine:
 
     # -- passes --------------------------------------------------------------
 
-    def _maps(self, x: torch.Tensor, targets: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _maps(
+        self, x: torch.Tensor, targets: list
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.fused:
             return self._fused_maps(x, targets)
         return self._library_maps(x, targets)
@@ -152,8 +158,12 @@ class CamEngine:
         over flips and brightness factors; targets given as None are re-resolved
         on each augmented image, as the library does."""
         if not self.fused:
-            return self._library_maps(x, resolve_targets(targets, self._logits(x)).callables)
-        transforms = tta.Compose([tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])])
+            return self._library_maps(
+                x, resolve_targets(targets, self._logits(x)).callables
+            )
+        transforms = tta.Compose(
+            [tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])]
+        )
         maps, raws = [], []
         for transform in transforms:
             augmented = transform.augment_image(x)
@@ -167,7 +177,9 @@ class CamEngine:
         with torch.no_grad():
             return select_output(self.model(x)).float()
 
-    def _fused_maps(self, x: torch.Tensor, targets: list) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fused_maps(
+        self, x: torch.Tensor, targets: list
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         needs_grad = self.cam_class not in GRADIENT_FREE
         input_hw = (x.shape[-2], x.shape[-1])
         with (
@@ -178,7 +190,9 @@ class CamEngine:
             outputs = select_output(self.model(x))
         missing = [name for name in self.layer_names if name not in captured]
         if missing:
-            raise RuntimeError(f"layers {missing} did not run in the model's forward pass")
+            raise RuntimeError(
+                f"layers {missing} did not run in the model's forward pass"
+            )
         activations = [captured[name] for name in self.layer_names]
         gradients: Sequence[torch.Tensor | None] = [None] * len(activations)
         if needs_grad:
@@ -192,16 +206,28 @@ class CamEngine:
                     )
         cam_image = CAM_IMAGES[self.cam_class]
         cams = []
-        for (name, module), act, grad in zip(self.layers, activations, gradients, strict=True):
+        for (name, module), act, grad in zip(
+            self.layers, activations, gradients, strict=True
+        ):
             act = self._reshape(act.detach(), module, input_hw)
             if grad is not None:
                 grad = self._reshape(grad, module, input_hw)
             if act.ndim != 4:
-                raise ValueError(f"layer {name!r} gives {act.ndim}-D maps after reshape; need 4-D")
-            cams.append(cam_image(act.float(), None if grad is None else grad.float(), self.eigen_smooth))
+                raise ValueError(
+                    f"layer {name!r} gives {act.ndim}-D maps after reshape; need 4-D"
+                )
+            cams.append(
+                cam_image(
+                    act.float(),
+                    None if grad is None else grad.float(),
+                    self.eigen_smooth,
+                )
+            )
         return _scale(cams, input_hw)
 
-    def _library_maps(self, x: torch.Tensor, targets: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _library_maps(
+        self, x: torch.Tensor, targets: list
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run pytorch-grad-cam's own class, one layer at a time."""
         input_hw = (x.shape[-2], x.shape[-1])
         wrapped = _LogitsModule(self.model)
@@ -222,13 +248,22 @@ class CamEngine:
                     if self.cam_class in WRAPPERS:
                         out = cam(x, targets=targets, eigen_smooth=self.eigen_smooth)
                     else:
-                        out = cam(x, targets, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth)
+                        out = cam(
+                            x,
+                            targets,
+                            aug_smooth=self.aug_smooth,
+                            eigen_smooth=self.eigen_smooth,
+                        )
             finally:
                 base.activations_and_grads.release()
             maps.append(torch.as_tensor(out))
             if len(raw_cams) == 1 and raw_cams[0].shape[0] == x.shape[0]:
                 cam_t = torch.as_tensor(raw_cams[0]).clamp(min=0)[:, None]
-                raws.append(F.interpolate(cam_t, size=input_hw, mode="bilinear", align_corners=False)[:, 0])
+                raws.append(
+                    F.interpolate(
+                        cam_t, size=input_hw, mode="bilinear", align_corners=False
+                    )[:, 0]
+                )
         if layer_free:
             maps, raws = maps * len(self.layers), raws * len(self.layers)
         raw = torch.stack(raws, dim=1) if len(raws) == len(maps) else None
@@ -263,7 +298,9 @@ def _spy_on_cam_images(cam, sink: list) -> None:
     cam.get_cam_image = spy
 
 
-def _scale(cams: list[torch.Tensor], input_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _scale(
+    cams: list[torch.Tensor], input_hw: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """pytorch-grad-cam's post-processing in torch: ReLU, min-max per image, bilinear
     resize (cv2.INTER_LINEAR == align_corners=False), then min-max again.
 
@@ -273,7 +310,9 @@ def _scale(cams: list[torch.Tensor], input_hw: tuple[int, int]) -> tuple[torch.T
     maps, raws = [], []
     for cam in cams:
         cam = cam.clamp(min=0)
-        raw = F.interpolate(cam[:, None], size=input_hw, mode="bilinear", align_corners=False)[:, 0]
+        raw = F.interpolate(
+            cam[:, None], size=input_hw, mode="bilinear", align_corners=False
+        )[:, 0]
         lo = cam.amin(dim=(1, 2), keepdim=True)
         hi = cam.amax(dim=(1, 2), keepdim=True)
         first = (raw - lo) / (1e-7 + hi - lo)
@@ -283,7 +322,9 @@ def _scale(cams: list[torch.Tensor], input_hw: tuple[int, int]) -> tuple[torch.T
     return torch.stack(maps, dim=1), torch.stack(raws, dim=1)
 
 
-def _summarize(outputs: torch.Tensor, classes: list[int | None]) -> tuple[list, list[int]]:
+def _summarize(
+    outputs: torch.Tensor, classes: list[int | None]
+) -> tuple[list, list[int]]:
     """Probability of each image's target class, and its predicted class."""
     probs = outputs.softmax(dim=1)
     scores: list[float | None] = []
@@ -299,5 +340,7 @@ def _summarize(outputs: torch.Tensor, classes: list[int | None]) -> tuple[list, 
             continue
         region = outputs[i].argmax(dim=0) == cls
         class_probs = probs[i, cls]
-        scores.append(float(class_probs[region].mean() if region.any() else class_probs.mean()))
+        scores.append(
+            float(class_probs[region].mean() if region.any() else class_probs.mean())
+        )
     return scores, predicted

@@ -47,7 +47,9 @@ def resolve_layers(
     if isinstance(layers, str):
         layers = [layers]
     if not isinstance(layers, Sequence) or not layers:
-        raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
+        raise ValueError(
+            f"layers must be a non-empty list of module names, got {layers!r}"
+        )
     by_module = {id(m): name for name, m in model.named_modules() if name}
     resolved: list[tuple[str, nn.Module]] = []
     for name in layers:
@@ -67,7 +69,9 @@ def resolve_layers(
             )
         canonical = by_module[id(module)]
         if canonical in (n for n, _ in resolved):
-            raise ValueError(f"layer {canonical!r} is listed twice in layers={list(layers)!r}")
+            raise ValueError(
+                f"layer {canonical!r} is listed twice in layers={list(layers)!r}"
+            )
         resolved.append((canonical, module))
     return resolved
 

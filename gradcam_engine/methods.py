@@ -15,9 +15,13 @@ METHODS: dict[str, type] = {}
 def register_method(name: str, cam_class: type) -> type:
     """Make ``cam_class`` selectable as ``name``. Registering a name twice raises."""
     if not isinstance(name, str) or name != name.lower() or not name:
-        raise ValueError(f"method name must be a non-empty lower-case str, got {name!r}")
+        raise ValueError(
+            f"method name must be a non-empty lower-case str, got {name!r}"
+        )
     if name in METHODS:
-        raise ValueError(f"method {name!r} is already registered ({METHODS[name].__name__})")
+        raise ValueError(
+            f"method {name!r} is already registered ({METHODS[name].__name__})"
+        )
     METHODS[name] = cam_class
     return cam_class
 
@@ -30,7 +34,9 @@ def list_methods() -> list[str]:
 def get_method(name: str) -> type:
     """The class registered as ``name``; a miss suggests the closest names."""
     if not isinstance(name, str):
-        raise TypeError(f"method must be a str such as 'gradcam', got {type(name).__name__}")
+        raise TypeError(
+            f"method must be a str such as 'gradcam', got {type(name).__name__}"
+        )
     key = name.strip().lower()
     if key in METHODS:
         return METHODS[key]

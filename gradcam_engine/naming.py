@@ -20,7 +20,9 @@ def slug(name: str) -> str:
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     result = _NON_ALNUM.sub("_", name).strip("_")
     if not result:
-        raise ValueError(f"name {name!r} has no letters or digits to build a field name from")
+        raise ValueError(
+            f"name {name!r} has no letters or digits to build a field name from"
+        )
     return result
 
 

@@ -19,7 +19,9 @@ __all__ = ["LayerReshape", "make_reshape", "token_layout"]
 LayerReshape = Callable[[torch.Tensor, nn.Module, tuple[int, int]], torch.Tensor]
 
 
-def token_layout(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+def token_layout(
+    model: nn.Module, input_hw: tuple[int, int]
+) -> tuple[int, tuple[int, int]]:
     """``(number of prefix tokens, (h, w) patch grid)`` of a ViT for this input size."""
     for module in model.modules():
         patch_embed = getattr(module, "patch_embed", None)
@@ -46,7 +48,9 @@ def _is_channels_last_model(model: nn.Module) -> bool:
     return any(type(m).__name__ == "SwinTransformer" for m in model.modules())
 
 
-def make_reshape(model: nn.Module, reshape_transform: str | Callable | None) -> LayerReshape:
+def make_reshape(
+    model: nn.Module, reshape_transform: str | Callable | None
+) -> LayerReshape:
     """Build the per-layer reshape for ``reshape_transform`` (``"auto"``, ``None``
     or a pytorch-grad-cam style callable ``fn(tensor) -> tensor``)."""
     if reshape_transform is None:
@@ -78,7 +82,11 @@ def make_reshape(model: nn.Module, reshape_transform: str | Callable | None) -> 
                     f"{prefix} prefix tokens and a {h}x{w} patch grid for a "
                     f"{input_hw[0]}x{input_hw[1]} input. Pass a reshape_transform callable."
                 )
-            return activation[:, prefix:, :].reshape(batch, h, w, channels).permute(0, 3, 1, 2)
+            return (
+                activation[:, prefix:, :]
+                .reshape(batch, h, w, channels)
+                .permute(0, 3, 1, 2)
+            )
         raise ValueError(
             f"Cannot make a spatial map from a layer output of shape {tuple(activation.shape)}; "
             "pick a layer with [B, C, h, w], [B, tokens, C] or [B, h, w, C] output."

@@ -79,7 +79,9 @@ def select_output(output) -> torch.Tensor:
 def dominant_class(seg_output: torch.Tensor) -> int:
     """The predicted class covering most pixels of ``[K, H, W]``, ignoring class 0
     (background by torchvision's convention) unless nothing else is predicted."""
-    counts = torch.bincount(seg_output.argmax(dim=0).flatten(), minlength=seg_output.shape[0])
+    counts = torch.bincount(
+        seg_output.argmax(dim=0).flatten(), minlength=seg_output.shape[0]
+    )
     if counts[1:].sum() > 0:
         return int(counts[1:].argmax()) + 1
     return 0
@@ -93,7 +95,9 @@ class ResolvedTargets:
     classes: list[int | None]  # class index each target explains, None if unknown
 
 
-def resolve_targets(targets: Sequence[Target] | None, outputs: torch.Tensor) -> ResolvedTargets:
+def resolve_targets(
+    targets: Sequence[Target] | None, outputs: torch.Tensor
+) -> ResolvedTargets:
     """Turn ``int``/``None``/callable targets into callables, one per image.
 
     Classification outputs ``[B, K]``: ``ClassifierOutputTarget``. Segmentation
@@ -121,7 +125,9 @@ def resolve_targets(targets: Sequence[Target] | None, outputs: torch.Tensor) -> 
     callables, classes = [], []
     for i, target in enumerate(targets):
         if target is None:
-            target = dominant_class(outputs[i]) if segmentation else int(outputs[i].argmax())
+            target = (
+                dominant_class(outputs[i]) if segmentation else int(outputs[i].argmax())
+            )
         if isinstance(target, bool) or not (
             isinstance(target, int | np.integer) or callable(target)
         ):
@@ -132,13 +138,17 @@ def resolve_targets(targets: Sequence[Target] | None, outputs: torch.Tensor) -> 
         if callable(target):
             callables.append(target)
             category = getattr(target, "category", None)
-            classes.append(int(category) if isinstance(category, int | np.integer) else None)
+            classes.append(
+                int(category) if isinstance(category, int | np.integer) else None
+            )
             continue
         target = int(target)
         if not 0 <= target < num_classes:
             raise ValueError(
                 f"targets[{i}] = {target} is not a class of this model (0..{num_classes - 1})"
             )
-        callables.append(MaskSumTarget(target) if segmentation else ClassifierOutputTarget(target))
+        callables.append(
+            MaskSumTarget(target) if segmentation else ClassifierOutputTarget(target)
+        )
         classes.append(target)
     return ResolvedTargets(callables, classes)

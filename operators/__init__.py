@@ -1,0 +1,4 @@
+"""Thin FiftyOne adapters: read params, call one gradcam_engine function, report progress."""
+
+OPERATORS: list = []
+PANELS: list = []
