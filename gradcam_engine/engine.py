@@ -233,7 +233,7 @@ class CamEngine:
         wrapped = _LogitsModule(self.model)
         layer_free = self.method in _LAYER_FREE
         maps, raws = [], []
-        for name, module in self.layers[:1] if layer_free else self.layers:
+        for _name, module in self.layers[:1] if layer_free else self.layers:
             raw_cams: list = []
             cam = self.cam_class(
                 model=wrapped,
