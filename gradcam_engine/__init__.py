@@ -19,7 +19,21 @@ from .targets import MaskSumTarget
 __version__ = "0.1.0"
 
 # name -> module that defines it; imported lazily because it imports fiftyone.
-_WORKFLOW = {}
+_WORKFLOW = {
+    "compute_cams": ".workflow",
+    "CamRunSummary": ".workflow",
+    "list_cam_runs": ".runs",
+    "get_cam_run": ".runs",
+    "rename_cam_run": ".runs",
+    "delete_cam_run": ".runs",
+    "load_model": ".model_sources",
+    "list_model_sources": ".model_sources",
+    "register_model_source": ".model_sources",
+    "score_cams": ".scoring",
+    "class_report": ".report",
+    "save_review_views": ".report",
+    "export_review": ".export",
+}
 
 __all__ = [
     "CamEngine",
