@@ -1,4 +1,18 @@
 """Thin FiftyOne adapters: read params, call one gradcam_engine function, report progress."""
 
-OPERATORS: list = []
-PANELS: list = []
+from .compute import ComputeCams
+from .review_panel import CamReviewPanel
+from .run_management import DeleteCamRun, ListCamRuns, RenameCamRun
+from .scoring import CamClassReport, ScoreCams
+
+OPERATORS: list = [
+    ComputeCams,
+    ListCamRuns,
+    RenameCamRun,
+    DeleteCamRun,
+    ScoreCams,
+    CamClassReport,
+]
+PANELS: list = [CamReviewPanel]
+
+__all__ = ["OPERATORS", "PANELS", *(c.__name__ for c in OPERATORS + PANELS)]

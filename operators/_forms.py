@@ -1,0 +1,237 @@
+"""Form and execution helpers shared by the CAM-audit operators.
+
+Nothing here knows about torch hooks: the helpers build form inputs, validate
+them on the form (``prop.invalid = True``), run a library call while reporting
+progress, and resolve the view an operator acts on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from gradcam_engine import runs
+
+PLUGIN_NAME = "@cam-audit/cam-audit"
+
+
+def uri(name: str) -> str:
+    """The full URI of one of this plugin's operators."""
+    return f"{PLUGIN_NAME}/{name}"
+
+
+# ---------------------------------------------------------------- views
+
+
+def view_ctx(sample_collection) -> dict[str, Any]:
+    """The ``ctx`` dict for ``foo.execute_operator`` that targets ``sample_collection``."""
+    return dict(view=sample_collection.view())
+
+
+def call_operator(
+    operator: foo.Operator,
+    sample_collection,
+    params: dict[str, Any],
+    delegate: bool = False,
+    delegation_target: str | None = None,
+):
+    """Run ``operator`` from Python through FiftyOne's operator machinery.
+
+    ``params`` set to None are dropped so that the form's defaults apply.
+    """
+    params = {k: v for k, v in params.items() if v is not None}
+    return foo.execute_operator(
+        operator.uri,
+        view_ctx(sample_collection),
+        params=params,
+        request_delegation=delegate,
+        delegation_target=delegation_target,
+    )
+
+
+# ---------------------------------------------------------------- run keys
+
+
+def run_key_input(
+    ctx,
+    inputs: types.Object,
+    name: str = "run_key",
+    default: str = "gradcam",
+    label: str = "Run key",
+    must_exist: bool = False,
+    allow_existing: bool = False,
+) -> str | None:
+    """A run-key text input validated as a field-name prefix.
+
+    ``allow_existing``: an existing run is fine (e.g. overwrite); otherwise an
+    existing run key is an error on the form.
+    """
+    prop = inputs.str(
+        name,
+        default=default,
+        required=True,
+        label=label,
+        description=(
+            "Prefix of every field the run writes: letters, digits and '_', "
+            "not starting with a digit or '_'"
+        ),
+    )
+    value = ctx.params.get(name, default)
+    if value is None:
+        return None
+    try:
+        runs.validate_run_key(value)
+    except ValueError as exc:
+        prop.invalid = True
+        prop.error_message = str(exc)
+        return None
+    if not allow_existing and value in ctx.dataset.list_runs():
+        prop.invalid = True
+        prop.error_message = (
+            f"A run named {value!r} already exists on this dataset: choose another "
+            "key, rename or delete the existing run, or tick 'Overwrite'"
+        )
+        return None
+    return value
+
+
+def cam_run_choice(
+    ctx,
+    inputs: types.Object,
+    name: str = "run_key",
+    label: str = "CAM run",
+    required: bool = True,
+) -> str | None:
+    """A dropdown of the dataset's CAM runs; a message when there are none."""
+    keys = runs.list_cam_runs(ctx.dataset)
+    if not keys:
+        prop = inputs.view(
+            f"{name}_none",
+            types.Warning(
+                label="No CAM runs on this dataset",
+                description="Run 'Compute CAMs' first",
+            ),
+        )
+        prop.invalid = True
+        return None
+    choices = types.DropdownView()
+    for key in keys:
+        info = runs.get_cam_run(ctx.dataset, key)
+        choices.add_choice(
+            key, label=key, description=f"{info.method} on {', '.join(info.layers)}"
+        )
+    default = keys[-1] if len(keys) == 1 else None
+    inputs.enum(
+        name,
+        choices.values(),
+        default=default,
+        required=required,
+        label=label,
+        view=choices,
+    )
+    return ctx.params.get(name, default)
+
+
+def layer_choice(
+    ctx, inputs: types.Object, run_key: str | None, name: str = "layer"
+) -> str | None:
+    """A dropdown of the layers of ``run_key`` (None: all layers)."""
+    if not run_key:
+        return None
+    info = runs.get_cam_run(ctx.dataset, run_key)
+    choices = types.DropdownView()
+    for layer in info.layers:
+        choices.add_choice(layer, label=layer, description=info.fields[layer])
+    default = info.layers[-1] if info.layers else None
+    inputs.enum(
+        name,
+        choices.values(),
+        default=default,
+        label="Layer",
+        view=choices,
+    )
+    return ctx.params.get(name, default)
+
+
+def label_field_choices(dataset, kinds: tuple) -> list[str]:
+    """Names of the top-level label fields of ``dataset`` of the given kinds."""
+    schema = dataset.get_field_schema(embedded_doc_type=kinds)
+    return sorted(schema)
+
+
+def delegate_input(inputs: types.Object) -> None:
+    """An optional 'run in the background' checkbox (honored by ``resolve_delegation``)."""
+    inputs.bool(
+        "delegate",
+        default=False,
+        label="Delegate execution",
+        description="Queue the run for a delegated worker (`fiftyone delegated launch`)",
+        view=types.CheckboxView(),
+    )
+
+
+# ---------------------------------------------------------------- progress
+
+_DONE = object()
+
+
+def run_with_progress(
+    ctx, label: str, fn: Callable[[Callable[[int, int], None]], Any]
+) -> Iterator:
+    """Run ``fn(progress_callback)``, reporting ``done/total`` as progress.
+
+    A generator: ``result = yield from run_with_progress(ctx, ...)``.
+
+    Delegated: the callback calls ``ctx.set_progress`` (stored on the run).
+    Immediate: ``fn`` runs in a worker thread and this generator yields App
+    ``set_progress`` messages as the callback reports them, so the App shows
+    live progress while the operator executes.
+    """
+
+    def message(done: int, total: int) -> tuple[float, str]:
+        fraction = done / total if total else 1.0
+        return fraction, f"{label}: {done}/{total}"
+
+    if ctx.delegated:
+
+        def report(done: int, total: int) -> None:
+            progress, text = message(done, total)
+            ctx.set_progress(progress=progress, label=text)
+
+        return fn(report)
+
+    updates: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def worker() -> None:
+        try:
+            outcome["result"] = fn(lambda done, total: updates.put((done, total)))
+        except BaseException as exc:  # re-raised in the operator's thread
+            outcome["error"] = exc
+        finally:
+            updates.put(_DONE)
+
+    thread = threading.Thread(target=worker, name=f"cam-audit {label}", daemon=True)
+    thread.start()
+    while True:
+        item = updates.get()
+        if item is _DONE:
+            break
+        # coalesce bursts: only the latest update matters
+        while not updates.empty():
+            nxt = updates.get()
+            if nxt is _DONE:
+                updates.put(_DONE)
+                break
+            item = nxt
+        progress, text = message(*item)
+        yield ctx.trigger("set_progress", {"progress": progress, "label": text})
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")

@@ -1,0 +1,176 @@
+"""``score_cams`` (focus of each heatmap on the objects) and the per-class report."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+import gradcam_engine as ge
+
+from . import _forms
+
+GT_KINDS = (fo.Detections, fo.Detection, fo.Segmentation)
+
+
+def _accepts(fn, name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class ScoreCams(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="score_cams",
+            label="Score CAMs",
+            description="Focus: the fraction of heatmap energy inside the objects",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def __call__(
+        self,
+        sample_collection,
+        run_key: str,
+        gt_field: str | None = None,
+        delegate: bool = False,
+        delegation_target: str | None = None,
+    ):
+        return _forms.call_operator(
+            self,
+            sample_collection,
+            dict(run_key=run_key, gt_field=gt_field),
+            delegate=delegate,
+            delegation_target=delegation_target,
+        )
+
+    def resolve_delegation(self, ctx):
+        return ctx.params.get("delegate", None)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Score")
+        key = _forms.cam_run_choice(ctx, inputs)
+        if key:
+            fields = _forms.label_field_choices(ctx.dataset, GT_KINDS)
+            choices = types.DropdownView()
+            for name in fields:
+                choices.add_choice(name, label=name)
+            prop = inputs.enum(
+                "gt_field",
+                choices.values(),
+                default="ground_truth" if "ground_truth" in fields else None,
+                required=True,
+                label="Objects",
+                description="Detections (boxes) or Segmentation (mask) field",
+                view=choices,
+            )
+            if not fields:
+                prop.invalid = True
+                prop.error_message = (
+                    "The dataset has no Detections or Segmentation field"
+                )
+        _forms.delegate_input(inputs)
+        return types.Property(inputs, view=types.View(label="Score CAMs"))
+
+    def execute(self, ctx):
+        view = ctx.target_view()
+        run_key = ctx.params["run_key"]
+        kwargs = dict(gt_field=ctx.params.get("gt_field"))
+        score = ge.score_cams
+
+        def call(report):
+            extra = {}
+            if _accepts(score, "progress_callback"):
+                extra["progress_callback"] = report
+            if _accepts(score, "progress"):
+                extra["progress"] = False
+            return score(view, run_key, **kwargs, **extra)
+
+        yield from _forms.run_with_progress(ctx, "Scoring CAMs", call)
+        if not ctx.delegated:
+            yield ctx.ops.reload_dataset()
+
+
+class CamClassReport(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="cam_class_report",
+            label="CAM class report",
+            description="Mean focus per class: which classes rely on the background",
+            dynamic=True,
+        )
+
+    def __call__(
+        self,
+        sample_collection,
+        run_key: str,
+        layer: str | None = None,
+        label_field: str | None = None,
+    ):
+        """Returns ``{"rows": [...]}``, one dict per class."""
+        result = _forms.call_operator(
+            self,
+            sample_collection,
+            dict(run_key=run_key, layer=layer, label_field=label_field),
+        )
+        return result.result
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Report on")
+        key = _forms.cam_run_choice(ctx, inputs)
+        _forms.layer_choice(ctx, inputs, key)
+        fields = _forms.label_field_choices(
+            ctx.dataset, (fo.Classification, fo.Detections)
+        )
+        choices = types.DropdownView()
+        for name in fields:
+            choices.add_choice(name, label=name)
+        inputs.enum(
+            "label_field",
+            choices.values(),
+            label="Class field",
+            description="Group by this field's labels (default: the run's target)",
+            view=choices,
+        )
+        return types.Property(inputs, view=types.View(label="CAM class report"))
+
+    def execute(self, ctx):
+        frame = ge.class_report(
+            ctx.target_view(),
+            ctx.params["run_key"],
+            layer=ctx.params.get("layer"),
+            label_field=ctx.params.get("label_field"),
+        )
+        frame = frame.reset_index()
+        frame.columns = [str(c) for c in frame.columns]
+        rows = [
+            {k: _jsonable(v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")
+        ]
+        return {"columns": list(frame.columns), "rows": rows}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        columns = (ctx.results or {}).get("columns") or []
+        table = types.TableView()
+        for column in columns:
+            table.add_column(column, label=column)
+        outputs.list("rows", types.Object(), label="Per-class focus", view=table)
+        return types.Property(outputs, view=types.View(label="CAM class report"))
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
