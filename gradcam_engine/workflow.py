@@ -1,0 +1,615 @@
+"""``compute_cams``: run a CAM method over a FiftyOne collection and store heatmaps.
+
+Streams the collection: ids and filepaths are read in bulk, images are decoded
+in DataLoader workers while the engine computes, and each batch's fields are
+written with one bulk ``set_values`` per field. Runs resume: calling again with
+the same run key and config computes only the samples not yet done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import types
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.collections as foc
+import fiftyone.core.utils as fou
+import numpy as np
+import torch
+from fiftyone import ViewField as VF
+from PIL import Image
+from torch import nn
+
+from . import runs as cam_runs
+from .engine import CamEngine
+from .images import ImageFiles, collate, default_num_workers
+from .layers import default_layers
+from .methods import get_method
+from .model_sources import ResizeNormalize, load_model
+from .naming import heatmap_field, slug
+from .storage import STORAGE_MODES, make_heatmap, to_uint8_map
+from .targets import MaskSumTarget
+
+__all__ = ["CamRunSummary", "compute_cams"]
+
+TASKS = ("classification", "segmentation")
+_MAX_ERRORS_KEPT = 10
+# Config keys that must match for a run to be resumed.
+_RESUME_KEYS = (
+    "model",
+    "layers",
+    "method",
+    "task",
+    "target",
+    "label_field",
+    "classes",
+    "transforms",
+    "storage",
+    "max_size",
+    "eigen_smooth",
+    "aug_smooth",
+)
+
+
+@dataclass
+class CamRunSummary:
+    """What one ``compute_cams`` call did."""
+
+    run_key: str
+    fields: dict[str, str]  # layer -> fo.Heatmap field
+    num_samples: int
+    num_computed: int
+    num_skipped: int
+    num_errors: int
+    errors: dict[str, str] = field(default_factory=dict)  # first few: id -> message
+    run_dir: str | None = None
+
+    def __str__(self) -> str:
+        lines = [
+            f"CAM run {self.run_key!r}: {self.num_samples} samples, "
+            f"{self.num_computed} computed, {self.num_skipped} already done, "
+            f"{self.num_errors} errors",
+            *(f"  {layer} -> {name}" for layer, name in self.fields.items()),
+        ]
+        lines += [f"  error {sid}: {msg}" for sid, msg in self.errors.items()]
+        return "\n".join(lines)
+
+
+def compute_cams(
+    samples: foc.SampleCollection,
+    model: nn.Module | str | Any,
+    layers: str | Sequence[str] | None = None,
+    method: str = "gradcam",
+    run_key: str = "gradcam",
+    *,
+    task: str = "classification",
+    target: str | int = "predicted",
+    label_field: str | None = None,
+    classes: Sequence[str] | None = None,
+    transforms: Callable[[Image.Image], torch.Tensor] | None = None,
+    batch_size: int = 16,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+    storage: str = "db",
+    output_dir: str | None = None,
+    max_size: int = 256,
+    overwrite: bool = False,
+    progress: bool = True,
+    eigen_smooth: bool = False,
+    aug_smooth: bool = False,
+    reshape_transform: str | Callable | None = "auto",
+    progress_callback: Callable[[int, int], Any] | None = None,
+) -> CamRunSummary:
+    """Compute ``method`` maps for ``layers`` on every sample of ``samples``.
+
+    Writes, per layer, a ``fo.Heatmap`` field ``f"{run_key}_{slug(layer)}"``
+    covering the whole original image and a float ``..._strength`` field, plus
+    ``{run_key}_target``/``{run_key}_prediction`` (``fo.Classification``) and
+    ``{run_key}_error`` (str, on failed samples). See docs/ARCHITECTURE.md.
+
+    ``target``: ``"predicted"``, ``"label"`` (the class in ``label_field``), an
+    int class index or a class name. Segmentation explains the mask-sum of a
+    class over the predicted region, or over ``label_field``'s mask.
+    """
+    cam_runs.validate_run_key(run_key)
+    dataset = cam_runs._dataset(samples)
+    _check_args(task, target, label_field, storage, batch_size, max_size)
+    method_name = method.strip().lower() if isinstance(method, str) else method
+    get_method(method_name)  # unknown method: raises listing close names
+
+    loaded = load_model(model)
+    module = loaded.module
+    transforms = transforms or loaded.transforms or ResizeNormalize(224)
+    class_names = list(classes) if classes is not None else loaded.classes
+    if layers is None:
+        layers = loaded.default_layers or default_layers(module)
+    engine = CamEngine(
+        module,
+        layers,
+        method_name,
+        reshape_transform,
+        eigen_smooth=eigen_smooth,
+        aug_smooth=aug_smooth,
+    )
+    layer_list = engine.layer_names
+    fixed_class = _fixed_class(target, class_names)
+    _check_label_field(samples, task, target, label_field)
+
+    names = _field_names(run_key, layer_list)
+    if storage == "disk" and output_dir is None:
+        output_dir = os.path.join(
+            fo.config.default_dataset_dir, "cam_runs", dataset.name
+        )
+    config = {
+        "model": loaded.description or type(module).__name__,
+        "layers": layer_list,
+        "method": method_name,
+        "task": task,
+        "target": target,
+        "label_field": label_field,
+        "classes": _describe_classes(class_names),
+        "transforms": _describe(transforms),
+        "storage": storage,
+        "output_dir": None if output_dir is None else os.path.abspath(output_dir),
+        "max_size": int(max_size),
+        "eigen_smooth": bool(eigen_smooth),
+        "aug_smooth": bool(aug_smooth),
+        "owned_fields": names.owned,
+    }
+    run_dir = _prepare_run(dataset, run_key, config, names, overwrite)
+    if storage == "disk" and run_dir is None:
+        run_dir = os.path.join(
+            config["output_dir"], f"{run_key}-{uuid.uuid4().hex[:12]}"
+        )
+    config["run_dir"] = run_dir
+    cam_runs.register_cam_run(dataset, run_key, **config)
+    _declare_fields(dataset, names)
+
+    num_samples = len(samples)
+    pending = samples.match(~(VF(names.prediction).exists() | VF(names.error).exists()))
+    ids, filepaths = pending.values(["id", "filepath"])
+    summary = CamRunSummary(
+        run_key=run_key,
+        fields=dict(zip(layer_list, names.heatmaps, strict=True)),
+        num_samples=num_samples,
+        num_computed=0,
+        num_skipped=num_samples - len(ids),
+        num_errors=0,
+        run_dir=run_dir,
+    )
+    labels = _label_reader(dataset, task, target, label_field)
+    workers = default_num_workers() if num_workers is None else int(num_workers)
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(filepaths, transforms),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        shuffle=False,
+    )
+    context = _Context(
+        engine=engine,
+        names=names,
+        layers=layer_list,
+        task=task,
+        target=target,
+        fixed_class=fixed_class,
+        class_names=class_names,
+        storage=storage,
+        run_dir=run_dir,
+        max_size=int(max_size),
+    )
+    total = len(ids)
+    with contextlib.ExitStack() as stack:
+        if device is not None:
+            stack.enter_context(_on_device(module, torch.device(device)))
+        bar = stack.enter_context(fou.ProgressBar(total=total, progress=progress))
+        done = 0
+        for batch in loader:
+            batch_ids = ids[batch.indices[0] : batch.indices[-1] + 1]
+            values = _compute_batch(context, batch, batch_ids, labels)
+            _write(dataset, values)
+            for sid, message in values[names.error].items():
+                summary.num_errors += 1
+                if len(summary.errors) < _MAX_ERRORS_KEPT:
+                    summary.errors[sid] = message
+            summary.num_computed += len(batch_ids) - len(values[names.error])
+            done += len(batch_ids)
+            bar.update(len(batch_ids))
+            if progress_callback is not None:
+                progress_callback(done, total)
+    return summary
+
+
+# -- arguments -------------------------------------------------------------------
+
+
+def _check_args(task, target, label_field, storage, batch_size, max_size) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if storage not in STORAGE_MODES:
+        raise ValueError(f"storage must be one of {STORAGE_MODES}, got {storage!r}")
+    if isinstance(target, bool) or not isinstance(target, str | int | np.integer):
+        raise TypeError(
+            "target must be 'predicted', 'label', an int class index or a class name, "
+            f"got {type(target).__name__}: {target!r}"
+        )
+    if target == "label" and not label_field:
+        raise ValueError("target='label' needs label_field=<name of the label field>")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(max_size, int) or max_size < 1:
+        raise ValueError(f"max_size must be a positive int, got {max_size!r}")
+
+
+def _fixed_class(target, class_names) -> int | None:
+    """The class index when ``target`` names one class for every sample."""
+    if isinstance(target, int | np.integer):
+        return int(target)
+    if target in ("predicted", "label"):
+        return None
+    if not class_names or target not in class_names:
+        known = "the model has no class names" if not class_names else ""
+        import difflib
+
+        close = difflib.get_close_matches(target, class_names or [], n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"target {target!r} is not 'predicted', 'label', an int or a known class "
+            f"name{'; ' + known if known else ''}.{hint} Pass classes=[...] to name "
+            "the model's classes."
+        )
+    return list(class_names).index(target)
+
+
+def _check_label_field(samples, task, target, label_field) -> None:
+    if not label_field:
+        return
+    schema = samples.get_field_schema()
+    expected = fo.Classification if task == "classification" else fo.Segmentation
+    if label_field not in schema:
+        raise ValueError(
+            f"label_field {label_field!r} does not exist on this collection; "
+            f"{expected.__name__} fields: "
+            f"{sorted(samples.get_field_schema(embedded_doc_type=expected))}"
+        )
+    doc_type = getattr(schema[label_field], "document_type", None)
+    if doc_type is not expected:
+        raise ValueError(
+            f"label_field {label_field!r} holds {getattr(doc_type, '__name__', doc_type)}; "
+            f"task={task!r} needs a fo.{expected.__name__} field"
+        )
+    if task == "classification" and target != "label":
+        raise ValueError(
+            f"label_field={label_field!r} is only used with target='label' for "
+            f"classification (got target={target!r})"
+        )
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _describe(obj) -> str:
+    """A stable description (no memory addresses), so that a rerun compares equal."""
+    if isinstance(obj, types.FunctionType | types.BuiltinFunctionType | type):
+        return f"{getattr(obj, '__module__', '?')}.{obj.__qualname__}"
+    return _ADDRESS.sub("", repr(obj))
+
+
+def _describe_classes(class_names) -> list[str] | str | None:
+    if class_names is None:
+        return None
+    if len(class_names) <= 50:
+        return list(class_names)
+    digest = hashlib.sha1("\n".join(map(str, class_names)).encode()).hexdigest()[:12]
+    return f"{len(class_names)} classes (sha1 {digest})"
+
+
+# -- fields and runs ---------------------------------------------------------------
+
+
+@dataclass
+class _Names:
+    heatmaps: list[str]
+    strengths: list[str]
+    target: str
+    prediction: str
+    error: str
+
+    @property
+    def owned(self) -> list[str]:
+        return [
+            *self.heatmaps,
+            *self.strengths,
+            self.target,
+            self.prediction,
+            self.error,
+        ]
+
+
+def _field_names(run_key: str, layers: list[str]) -> _Names:
+    heatmaps = [heatmap_field(run_key, layer) for layer in layers]
+    if len(set(heatmaps)) != len(heatmaps):
+        raise ValueError(
+            f"layers {layers} give clashing field names {heatmaps}; pick layers "
+            "whose names differ in letters or digits"
+        )
+    return _Names(
+        heatmaps=heatmaps,
+        strengths=[f"{name}_strength" for name in heatmaps],
+        target=f"{run_key}_target",
+        prediction=f"{run_key}_prediction",
+        error=f"{run_key}_error",
+    )
+
+
+def _prepare_run(
+    dataset, run_key, config, names: _Names, overwrite: bool
+) -> str | None:
+    """Resume, replace or refuse an existing run; returns the run_dir to reuse."""
+    existing = set(dataset.get_field_schema())
+    if run_key in dataset.list_runs():
+        if run_key not in cam_runs.list_cam_runs(dataset):
+            raise ValueError(
+                f"run_key {run_key!r} is already used by a non-CAM run on "
+                f"{dataset.name!r}; pick another run_key"
+            )
+        info = cam_runs.get_cam_run(dataset, run_key)
+        old = info.config
+        diff = [
+            key
+            for key in (*_RESUME_KEYS, "output_dir")
+            if _normalise(old.get(key)) != _normalise(config.get(key))
+        ]
+        if not diff:
+            foreign = [
+                f for f in names.owned if f in existing and f not in info.owned_fields
+            ]
+            _refuse_foreign(foreign, run_key, overwrite, dataset)
+            return old.get("run_dir")
+        if not overwrite:
+            changes = ", ".join(
+                f"{key}: {old.get(key)!r} -> {config.get(key)!r}" for key in diff
+            )
+            raise ValueError(
+                f"Run {run_key!r} exists with a different config ({changes}). Pass "
+                "overwrite=True to replace it, or pick another run_key."
+            )
+        cam_runs.delete_cam_run(dataset, run_key)
+        existing = set(dataset.get_field_schema())
+    foreign = [f for f in names.owned if f in existing]
+    _refuse_foreign(foreign, run_key, overwrite, dataset)
+    return None
+
+
+def _refuse_foreign(foreign, run_key, overwrite, dataset) -> None:
+    if not foreign:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"Field(s) {foreign} already exist on {dataset.name!r} and do not belong "
+            f"to CAM run {run_key!r}; pick another run_key, or pass overwrite=True "
+            "to delete and replace them"
+        )
+    dataset.delete_sample_fields(foreign)
+
+
+def _normalise(value):
+    if isinstance(value, tuple):
+        return [_normalise(v) for v in value]
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def _declare_fields(dataset, names: _Names) -> None:
+    schema = dataset.get_field_schema()
+
+    def add(name, ftype, **kwargs):
+        if name not in schema:
+            dataset.add_sample_field(name, ftype, **kwargs)
+
+    for name in names.heatmaps:
+        add(name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)
+    for name in names.strengths:
+        add(name, fo.FloatField)
+    for name in (names.target, names.prediction):
+        add(name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
+    add(names.error, fo.StringField)
+
+
+@contextlib.contextmanager
+def _on_device(module: nn.Module, device: torch.device):
+    param = next(module.parameters(), None)
+    original = param.device if param is not None else torch.device("cpu")
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to(original)
+
+
+def _write(dataset, values: dict[str, dict[str, Any]]) -> None:
+    """One bulk write per field for this batch."""
+    for name, by_id in values.items():
+        if by_id:
+            dataset.set_values(name, by_id, key_field="id", validate=False)
+
+
+# -- per batch -----------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    engine: CamEngine
+    names: _Names
+    layers: list[str]
+    task: str
+    target: Any
+    fixed_class: int | None
+    class_names: list[str] | None
+    storage: str
+    run_dir: str | None
+    max_size: int
+
+
+def _label_reader(dataset, task, target, label_field):
+    """Reads the label targets of a batch of sample ids in one query."""
+    if not label_field or (task == "classification" and target != "label"):
+        return None
+
+    def read(batch_ids: list[str]) -> list:
+        view = dataset.select(batch_ids, ordered=True)
+        return view.values(label_field)
+
+    return read
+
+
+class _GivenMaskTarget(MaskSumTarget):
+    """A ground-truth mask resized (nearest) to the model output on first use."""
+
+    def region(self, model_output: torch.Tensor) -> torch.Tensor:
+        if tuple(self.mask.shape) != tuple(model_output.shape[-2:]):
+            self.mask = _resize_nearest(self.mask, tuple(model_output.shape[-2:]))
+        return super().region(model_output)
+
+
+def _resize_nearest(mask, hw: tuple[int, int]) -> torch.Tensor:
+    arr = np.asarray(mask)
+    img = Image.fromarray(arr.astype(np.int32) if arr.dtype != np.uint8 else arr)
+    resized = np.asarray(img.resize((hw[1], hw[0]), Image.NEAREST))
+    return torch.from_numpy(resized.astype(np.float32))
+
+
+def _sample_target(ctx: _Context, label) -> tuple[Any, str | None]:
+    """The engine target for one sample, or an error message."""
+    if ctx.task == "classification":
+        if ctx.target == "label":
+            if label is None or getattr(label, "label", None) is None:
+                return None, "sample has no label in the label field"
+            name = label.label
+            if ctx.class_names and name in ctx.class_names:
+                return ctx.class_names.index(name), None
+            if not ctx.class_names and str(name).isdigit():
+                return int(name), None
+            return None, f"label {name!r} is not one of the model's classes"
+        return ctx.fixed_class, None
+    # segmentation
+    if label is None and ctx.target == "label":
+        return None, "sample has no segmentation in the label field"
+    if label is not None:
+        mask = label.get_mask() if hasattr(label, "get_mask") else label.mask
+        if mask is None:
+            return None, "segmentation label has no mask"
+        mask = np.asarray(mask)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        category = ctx.fixed_class
+        if category is None:
+            values, counts = np.unique(mask[mask > 0], return_counts=True)
+            if not len(values):
+                return None, "segmentation mask has no non-zero class"
+            category = int(values[counts.argmax()])
+        return _GivenMaskTarget(category, (mask == category).astype(np.float32)), None
+    return (None if ctx.fixed_class is None else MaskSumTarget(ctx.fixed_class)), None
+
+
+def _class_name(ctx: _Context, index: int | None) -> str | None:
+    if index is None:
+        return None
+    if ctx.class_names and 0 <= index < len(ctx.class_names):
+        return str(ctx.class_names[index])
+    return str(index)
+
+
+def _compute_batch(ctx: _Context, batch, batch_ids, labels) -> dict[str, dict]:
+    names = ctx.names
+    values: dict[str, dict] = {
+        name: {} for name in (*names.heatmaps, *names.strengths, names.target)
+    }
+    values[names.prediction] = {}
+    values[names.error] = {}
+    label_values = labels(batch_ids) if labels is not None else [None] * len(batch_ids)
+    rows, targets = [], []
+    for i, sid in enumerate(batch_ids):
+        if batch.errors[i] is not None:
+            values[names.error][sid] = batch.errors[i]
+            continue
+        try:
+            target, message = _sample_target(ctx, label_values[i])
+        except Exception as exc:  # a malformed label must not stop the run
+            target, message = None, f"cannot read label: {exc}"
+        if message is not None:
+            values[names.error][sid] = message
+            continue
+        rows.append(i)
+        targets.append(target)
+    if not rows:
+        return values
+    x = torch.stack([batch.tensors[i] for i in rows])
+    with _captured_output(ctx.engine.model) as outputs:
+        result = ctx.engine.compute(x, targets)
+    probs = _probabilities(outputs[0] if outputs else None)
+    for j, i in enumerate(rows):
+        sid = batch_ids[i]
+        size = batch.sizes[i]
+        for layer_index, (hm_name, st_name) in enumerate(
+            zip(names.heatmaps, names.strengths, strict=True)
+        ):
+            u8 = to_uint8_map(result.maps[j, layer_index].numpy(), size, ctx.max_size)
+            path = None
+            if ctx.storage == "disk":
+                path = os.path.join(
+                    ctx.run_dir, slug(ctx.layers[layer_index]), f"{sid}.png"
+                )
+            values[hm_name][sid] = make_heatmap(u8, ctx.storage, path)
+            if result.raw is not None:
+                values[st_name][sid] = float(result.raw[j, layer_index].max())
+        cls = result.target_classes[j]
+        values[names.target][sid] = fo.Classification(
+            label=_class_name(ctx, cls), confidence=result.target_scores[j]
+        )
+        pred = result.predicted[j]
+        values[names.prediction][sid] = fo.Classification(
+            label=_class_name(ctx, pred), confidence=_score(probs, j, pred)
+        )
+    return values
+
+
+@contextlib.contextmanager
+def _captured_output(model: nn.Module):
+    """The model's first output during the engine's call (for the top-class
+    probability), via a forward hook removed on exit."""
+    sink: list = []
+
+    def hook(_module, _inputs, output):
+        if not sink:
+            from .targets import select_output
+
+            sink.append(select_output(output).detach().float())
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield sink
+    finally:
+        handle.remove()
+
+
+def _probabilities(outputs: torch.Tensor | None) -> torch.Tensor | None:
+    return None if outputs is None else outputs.softmax(dim=1)
+
+
+def _score(probs: torch.Tensor | None, j: int, cls: int) -> float | None:
+    if probs is None:
+        return None
+    if probs.ndim == 2:
+        return float(probs[j, cls])
+    region = probs[j].argmax(dim=0) == cls
+    class_probs = probs[j, cls]
+    return float(class_probs[region].mean() if region.any() else class_probs.mean())
