@@ -63,6 +63,7 @@ class ComputeCams(foo.Operator):
         method: str = "gradcam",
         run_key: str = "gradcam",
         target: str = "predicted",
+        task: str = "classification",
         label_field: str | None = None,
         target_class: str | None = None,
         storage: str = "db",
@@ -86,6 +87,7 @@ class ComputeCams(foo.Operator):
                 method=method,
                 run_key=run_key,
                 target=target,
+                task=task,
                 label_field=label_field,
                 target_class=target_class,
                 storage=storage,
@@ -112,6 +114,16 @@ class ComputeCams(foo.Operator):
             label="Overwrite",
             description="Replace an existing run with the same key",
         )
+        task_choices = types.RadioGroup(orientation="horizontal")
+        task_choices.add_choice("classification", label="Classification")
+        task_choices.add_choice("segmentation", label="Segmentation")
+        inputs.enum(
+            "task",
+            task_choices.values(),
+            default="classification",
+            label="Task",
+            view=task_choices,
+        )
         _target_inputs(ctx, inputs)
         _storage_inputs(ctx, inputs)
         inputs.int(
@@ -133,6 +145,7 @@ class ComputeCams(foo.Operator):
             storage=p.get("storage", "db"),
             overwrite=bool(p.get("overwrite", False)),
             batch_size=p.get("batch_size") or 16,
+            task=p.get("task") or "classification",
             progress=False,
             **_target_kwargs(p),
         )
@@ -141,7 +154,7 @@ class ComputeCams(foo.Operator):
         if not ctx.delegated:
             kwargs["num_workers"] = 0  # no worker processes inside the App server
 
-        result = yield from _forms.run_with_progress(
+        yield from _forms.run_with_progress(
             ctx,
             "Computing CAMs",
             lambda report: ge.compute_cams(
@@ -151,7 +164,6 @@ class ComputeCams(foo.Operator):
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
         info = runs.get_cam_run(ctx.dataset, kwargs["run_key"])
-        del result
         return {"run_key": info.run_key, "fields": info.fields}
 
 
@@ -165,7 +177,7 @@ def _target_kwargs(params: dict) -> dict:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
         return dict(target=value)
-    return dict(target=None)
+    return dict(target="predicted")
 
 
 def _default_output_dir(ctx) -> str:
@@ -195,7 +207,6 @@ def _model_inputs(ctx, inputs: types.Object) -> None:
         "method",
         method_choices.values(),
         default="gradcam",
-        required=True,
         label="Method",
         view=method_choices,
     )
@@ -218,7 +229,7 @@ def _model_inputs(ctx, inputs: types.Object) -> None:
     for name in ge.layer_names(module):
         layer_view.add_choice(name, label=name)
     layers_prop = inputs.list(
-        "layers", types.String(), default=defaults, required=True, view=layer_view
+        "layers", types.String(), default=defaults, view=layer_view
     )
     chosen = ctx.params.get("layers") or defaults
     unknown = [name for name in chosen if name not in set(ge.layer_names(module))]
@@ -242,7 +253,12 @@ def _target_inputs(ctx, inputs: types.Object) -> None:
     )
     target = ctx.params.get("target", "predicted")
     if target == "label_field":
-        fields = _forms.label_field_choices(ctx.dataset, (fo.Classification,))
+        kinds = (
+            (fo.Segmentation,)
+            if ctx.params.get("task") == "segmentation"
+            else (fo.Classification,)
+        )
+        fields = _forms.label_field_choices(ctx.dataset, kinds)
         choices = types.DropdownView()
         for name in fields:
             choices.add_choice(name, label=name)
@@ -255,7 +271,7 @@ def _target_inputs(ctx, inputs: types.Object) -> None:
         )
         if not fields:
             prop.invalid = True
-            prop.error_message = "The dataset has no Classification field"
+            prop.error_message = f"The dataset has no {kinds[0].__name__} field"
     elif target == "class":
         inputs.str(
             "target_class",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import fiftyone as fo
@@ -13,12 +12,7 @@ import gradcam_engine as ge
 
 from . import _forms
 
-GT_KINDS = (fo.Detections, fo.Detection, fo.Segmentation)
-
-
-def _accepts(fn, name: str) -> bool:
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+GT_KINDS = (fo.Detections, fo.Segmentation, fo.Polylines)
 
 
 class ScoreCams(foo.Operator):
@@ -62,20 +56,17 @@ class ScoreCams(foo.Operator):
             choices = types.DropdownView()
             for name in fields:
                 choices.add_choice(name, label=name)
-            prop = inputs.enum(
+            inputs.enum(
                 "gt_field",
                 choices.values(),
                 default="ground_truth" if "ground_truth" in fields else None,
-                required=True,
                 label="Objects",
-                description="Detections (boxes) or Segmentation (mask) field",
+                description=(
+                    "Detections (boxes), Segmentation (mask) or Polylines field; "
+                    "empty: only ground-truth-free scores (spread, agreement)"
+                ),
                 view=choices,
             )
-            if not fields:
-                prop.invalid = True
-                prop.error_message = (
-                    "The dataset has no Detections or Segmentation field"
-                )
         _forms.delegate_input(inputs)
         return types.Property(inputs, view=types.View(label="Score CAMs"))
 
@@ -83,17 +74,11 @@ class ScoreCams(foo.Operator):
         view = ctx.target_view()
         run_key = ctx.params["run_key"]
         kwargs = dict(gt_field=ctx.params.get("gt_field"))
-        score = ge.score_cams
-
-        def call(report):
-            extra = {}
-            if _accepts(score, "progress_callback"):
-                extra["progress_callback"] = report
-            if _accepts(score, "progress"):
-                extra["progress"] = False
-            return score(view, run_key, **kwargs, **extra)
-
-        yield from _forms.run_with_progress(ctx, "Scoring CAMs", call)
+        yield from _forms.run_with_progress(
+            ctx,
+            "Scoring CAMs",
+            lambda report: ge.score_cams(view, run_key, progress=report, **kwargs),
+        )
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
 

@@ -1,0 +1,293 @@
+"""The plugin's operators through FiftyOne's real operator machinery.
+
+A real dataset of real photos (scikit-image, written as PNG), a small model
+loaded from the entry point ``plugin_models:build_model``, and
+``foo.execute_operator`` / ``foo.get_operator(uri)(...)`` as a user would call
+them. Delegated execution is run by a real ``fiftyone delegated launch`` worker.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import numpy as np
+import pytest
+from fiftyone.operators.executor import ExecutionContext
+from PIL import Image
+from skimage import data as skdata
+
+TESTS = pathlib.Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+PLUGIN = "@cam-audit/cam-audit"
+MODEL = "plugin_models:build_model"
+LAYERS = ["stem", "block"]
+
+# (name, image, label, box [x, y, w, h] relative)
+PHOTOS = [
+    ("chelsea", skdata.chelsea, "cat", [0.25, 0.05, 0.5, 0.9]),
+    ("coffee", skdata.coffee, "coffee", [0.1, 0.05, 0.8, 0.8]),
+    ("rocket", skdata.rocket, "rocket", [0.4, 0.0, 0.25, 1.0]),
+    ("astronaut", skdata.astronaut, "cat", [0.2, 0.0, 0.6, 1.0]),
+    ("camera", skdata.camera, "coffee", [0.25, 0.1, 0.4, 0.8]),
+]
+
+
+def uri(name: str) -> str:
+    return f"{PLUGIN}/{name}"
+
+
+def make_dataset(root: pathlib.Path, name: str) -> fo.Dataset:
+    root.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for photo, loader, label, box in PHOTOS:
+        path = root / f"{photo}.png"
+        if not path.exists():
+            Image.fromarray(np.asarray(loader())).save(path)
+        samples.append(
+            fo.Sample(
+                filepath=str(path),
+                label=fo.Classification(label=label),
+                ground_truth=fo.Detections(
+                    detections=[fo.Detection(label=label, bounding_box=box)]
+                ),
+            )
+        )
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = fo.Dataset(name)
+    dataset.add_samples(samples)
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_root):
+    ds = make_dataset(tmp_root / "images", "cam-operators")
+    yield ds
+    ds.delete()
+
+
+def compute(ds, run_key, **kwargs):
+    kwargs.setdefault("layers", LAYERS)
+    return foo.get_operator(uri("compute_cams"))(
+        ds, model=MODEL, run_key=run_key, batch_size=2, **kwargs
+    )
+
+
+def resolve_form(name: str, ds: fo.Dataset, params: dict):
+    """The operator's form (resolve_input) for ``params``, as the App gets it."""
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=ds.name, view=ds.view()._serialize(), params=params
+        ),
+        operator_uri=uri(name),
+    )
+    return foo.get_operator(uri(name)).resolve_type(ctx, "inputs")
+
+
+def test_compute_cams_operator_writes_one_heatmap_per_layer(dataset):
+    result = compute(dataset, "op_run")
+    assert result.error is None, result.error
+    schema = dataset.get_field_schema()
+    for layer in LAYERS:
+        assert f"op_run_{layer}" in schema
+    sample = dataset.first()
+    heatmap = sample["op_run_block"]
+    assert isinstance(heatmap, fo.Heatmap)
+    assert heatmap.map.dtype == np.uint8 and heatmap.map.ndim == 2
+    assert heatmap.map.shape[1] == 256  # chelsea is landscape: longest side 256
+    assert sample["op_run_prediction"].label in {"cat", "coffee", "rocket"}
+    assert dataset.count("op_run_block") == len(PHOTOS)
+
+
+def test_compute_cams_on_selected_samples_only(dataset):
+    ids = dataset.limit(2).values("id")
+    result = foo.execute_operator(
+        uri("compute_cams"),
+        ctx=dict(
+            view=dataset.view(),
+            selected=ids,
+            params=dict(
+                model=MODEL,
+                layers=["block"],
+                run_key="sel_run",
+                view_target="SELECTED_SAMPLES",
+            ),
+        ),
+    )
+    result.raise_exceptions()
+    assert dataset.count("sel_run_block") == 2
+    assert set(dataset.exists("sel_run_block").values("id")) == set(ids)
+
+
+def test_compute_form_offers_sources_methods_and_model_layers(dataset):
+    form = resolve_form("compute_cams", dataset, dict(model=MODEL))
+    props = form.type.properties
+    assert "efficientnet-lite0-imagenet" in [
+        c.value for c in props["model"].view.choices
+    ]
+    assert "gradcam" in [c.value for c in props["method"].view.choices]
+    layer_choices = [c.value for c in props["layers"].view.choices]
+    assert {"stem", "block", "head"} <= set(layer_choices)
+    assert props["layers"].default  # default layers preselected
+    assert "view_target" in props
+
+
+def test_invalid_run_key_is_a_form_error(dataset):
+    form = resolve_form("compute_cams", dataset, dict(model=MODEL, run_key="9 bad"))
+    prop = form.type.properties["run_key"]
+    assert prop.invalid
+    assert "'9 bad'" in prop.error_message and "field-name prefix" in prop.error_message
+    with pytest.raises(Exception, match="[Vv]alidation"):
+        compute(dataset, "9 bad")
+
+
+def test_existing_run_key_needs_overwrite(dataset):
+    compute(dataset, "dup_run", layers=["block"])
+    form = resolve_form("compute_cams", dataset, dict(model=MODEL, run_key="dup_run"))
+    prop = form.type.properties["run_key"]
+    assert prop.invalid and "already exists" in prop.error_message
+    form = resolve_form(
+        "compute_cams",
+        dataset,
+        dict(model=MODEL, run_key="dup_run", overwrite=True),
+    )
+    assert not form.type.properties["run_key"].invalid
+    compute(dataset, "dup_run", layers=["block"], overwrite=True)
+
+
+def test_unknown_model_is_a_form_error(dataset):
+    form = resolve_form("compute_cams", dataset, dict(model="no_such_module:build"))
+    prop = form.type.properties["model"]
+    assert prop.invalid and "no_such_module" in prop.error_message
+
+
+def test_score_list_report_rename_delete(dataset):
+    compute(dataset, "life", layers=LAYERS)
+    foo.get_operator(uri("score_cams"))(
+        dataset, run_key="life", gt_field="ground_truth"
+    ).raise_exceptions()
+    focus = dataset.values("life_block_focus")
+    assert len(focus) == len(PHOTOS)
+    assert all(0.0 <= f <= 1.0 for f in focus)
+
+    listed = foo.get_operator(uri("list_cam_runs"))(dataset)
+    keys = [r["run_key"] for r in listed["runs"]]
+    assert "life" in keys
+    row = next(r for r in listed["runs"] if r["run_key"] == "life")
+    assert row["layers"] == "stem, block"
+
+    foo.get_operator(uri("rename_cam_run"))(
+        dataset, run_key="life", new_run_key="life2"
+    ).raise_exceptions()
+    schema = dataset.get_field_schema()
+    assert "life2_block" in schema and "life2_block_focus" in schema
+    assert "life_block" not in schema
+
+    foo.get_operator(uri("delete_cam_run"))(dataset, run_key="life2").raise_exceptions()
+    schema = dataset.get_field_schema()
+    assert not [f for f in schema if f.startswith("life2_")]
+    assert "life2" not in dataset.list_runs()
+
+
+def test_class_report_operator(dataset):
+    pytest.importorskip("gradcam_engine.report")
+    compute(dataset, "rep", layers=["block"])
+    foo.get_operator(uri("score_cams"))(
+        dataset, run_key="rep", gt_field="ground_truth"
+    ).raise_exceptions()
+    report = foo.get_operator(uri("cam_class_report"))(
+        dataset, run_key="rep", layer="block", label_field="label"
+    )
+    assert report["rows"], report
+    assert "cat" in str(report["rows"])
+
+
+def test_rename_to_invalid_key_is_a_form_error(dataset):
+    compute(dataset, "ren", layers=["block"])
+    form = resolve_form(
+        "rename_cam_run", dataset, dict(run_key="ren", new_run_key="bad-key")
+    )
+    prop = form.type.properties["new_run_key"]
+    assert prop.invalid and "bad-key" in prop.error_message
+
+
+def test_disk_storage_through_the_operator(dataset, tmp_root):
+    out = tmp_root / "cam_pngs"
+    compute(dataset, "disk_run", layers=["block"], storage="disk", output_dir=str(out))
+    heatmap = dataset.first()["disk_run_block"]
+    assert heatmap.map is None and heatmap.map_path
+    assert pathlib.Path(heatmap.map_path).is_file()
+    assert str(out) in heatmap.map_path
+
+
+def _wait_for(predicate, timeout, interval=1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def test_delegated_compute_and_score_run_on_a_worker(dataset, tmp_root):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    service = DelegatedOperationService()
+    queued = compute(dataset, "deleg", layers=["block"], delegate=True)
+    assert queued.delegated
+    assert "deleg_block" not in dataset.get_field_schema()  # only queued
+
+    env = dict(os.environ)
+    env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    log_path = tmp_root / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [
+                str(pathlib.Path(sys.executable).with_name("fiftyone")),
+                "delegated",
+                "launch",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def finished(op_id):
+        state = service.get(op_id).run_state
+        return state if state in ("completed", "failed") else None
+
+    try:
+        state = _wait_for(lambda: finished(queued.result["id"]), timeout=240)
+        op = service.get(queued.result["id"])
+        assert state == "completed", (state, op.result, log_path.read_text()[-3000:])
+        # the run exists now, so score_cams can be queued against it
+        scored = foo.get_operator(uri("score_cams"))(
+            dataset, run_key="deleg", gt_field="ground_truth", delegate=True
+        )
+        assert scored.delegated
+        state = _wait_for(lambda: finished(scored.result["id"]), timeout=240)
+        assert state == "completed", log_path.read_text()[-3000:]
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    dataset.reload()
+    assert dataset.count("deleg_block") == len(PHOTOS)
+    assert dataset.count("deleg_block_focus") == len(PHOTOS)
+    # progress was reported on the run document through ctx.set_progress
+    assert op.status is not None and op.status.progress == pytest.approx(1.0)
