@@ -173,12 +173,15 @@ def rename_cam_run(
     present = {old: new for old, new in renames.items() if old in existing}
     if present:
         dataset.rename_sample_fields(present)
+    # Saved review views filter on the old field names: drop them (re-save).
+    _delete_saved_views(dataset, info)
     dataset.rename_run(run_key, new_run_key)
     _update_config(
         dataset,
         new_run_key,
         owned_fields=list(renames.values()),
         fields={layer: heatmap_field(new_run_key, layer) for layer in info.layers},
+        saved_views=[],
     )
     return get_cam_run(dataset, new_run_key)
 
@@ -191,7 +194,15 @@ def delete_cam_run(samples: foc.SampleCollection, run_key: str) -> None:
     owned = [f for f in info.owned_fields if f in existing]
     if owned:
         dataset.delete_sample_fields(owned)
+    _delete_saved_views(dataset, info)
     run_dir = info.config.get("run_dir")
     if info.storage == "disk" and run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
     dataset.delete_run(run_key)
+
+
+def _delete_saved_views(dataset: fo.Dataset, info: CamRunInfo) -> None:
+    """Delete the saved views recorded in the run's ``saved_views`` config."""
+    for name in info.config.get("saved_views") or []:
+        if dataset.has_saved_view(name):
+            dataset.delete_saved_view(name)
