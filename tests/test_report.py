@@ -183,7 +183,7 @@ def test_errors_name_the_problem():
     ds = make_scored()
     with pytest.raises(ValueError, match=r"layer 'layer9'.*\['l'\]"):
         class_report(ds, "r", "layer9")
-    with pytest.raises(ValueError, match=r"label_field 'nope'.*\['gt'\]"):
+    with pytest.raises(ValueError, match=r"label_field 'nope'.*\['gt', 'r_prediction'"):
         class_report(ds, "r", label_field="nope")
     ds.delete_sample_field("r_l_focus")
     with pytest.raises(ValueError, match="score_cams"):
