@@ -141,9 +141,10 @@ def build_photos_dataset(
     """Real photos with subjects and, where known, boxes.
 
     Fields: ``subject`` (str), ``grayscale`` (bool), ``ground_truth``
-    (``fo.Detections`` of every known object), and one ``fo.Detections`` field
-    per object kind for per-target scoring: ``gt_dog``, ``gt_cat``, ``gt_cup``
-    (None where absent). Samples with boxes are tagged ``"two_subjects"``.
+    (``fo.Detections``: ``"dog"``, ``"cat"``, ``"coffee cup"`` boxes on the two
+    two-subject images, None elsewhere; score one subject with
+    ``score_cams(..., label_classes=["dog"])``). Samples with boxes are tagged
+    ``"two_subjects"``.
     The dataset is persistent; reused unless ``fresh``.
     """
     dataset = _reuse(name, fresh)
@@ -171,8 +172,6 @@ def build_photos_dataset(
             subject="dog and cat",
             grayscale=False,
             ground_truth=_detections(boxes),
-            gt_dog=_detections({"dog": boxes["dog"]}),
-            gt_cat=_detections({"cat": boxes["cat"]}),
             tags=["two_subjects"],
         )
     )
@@ -189,8 +188,6 @@ def build_photos_dataset(
             subject="cat and coffee cup",
             grayscale=False,
             ground_truth=_detections({"cat": cat_box, "coffee cup": cup_box}),
-            gt_cat=_detections({"cat": cat_box}),
-            gt_cup=_detections({"coffee cup": cup_box}),
             tags=["two_subjects"],
         )
     )

@@ -1,0 +1,238 @@
+"""The offline demo: ``python -m gradcam_engine.demo [--app] [--fresh]`` (``make demo``).
+
+1. ``cam-audit-photos``: real photos (colour and grayscale) explained by the
+   bundled ImageNet-pretrained EfficientNet-Lite0 with Grad-CAM, Grad-CAM++
+   and EigenCAM on two layers; on the two-subject images (the GradCAM lesson's
+   dog-and-cat photo, a cat next to a coffee cup) also for each subject's class,
+   and scored against each subject's box.
+2. ``cam-audit-shortcut``: a planted-shortcut dataset (the background predicts
+   the class in training). A shortcut model and a control model are explained
+   with Grad-CAM, scored against the object boxes, reported per class, the
+   suspects saved as views, and an HTML review report is written.
+
+Datasets are persistent and reused (CAM runs resume, so a second run only
+prints); ``--fresh`` rebuilds them. Model weights are cached under the demo
+directory (``demo_output/`` in a checkout, or ``$CAM_AUDIT_DEMO_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+
+import fiftyone as fo
+import numpy as np
+
+from . import demo_datasets as dd
+from .model_sources import load_model
+from .naming import heatmap_field
+from .runs import list_cam_runs
+from .scoring import score_cams
+from .shortcut_data import CLASSES
+from .shortcut_model import transforms as shortcut_transforms
+from .workflow import compute_cams
+
+__all__ = ["main", "run_photos", "run_shortcut"]
+
+PHOTO_LAYERS = ["_conv_head", "_blocks.15"]
+PHOTO_METHODS = {"gradcam": "gradcam", "gradcampp": "gradcam++", "eigencam": "eigencam"}
+# run key -> (ImageNet class index, subject label in ground_truth, samples' subjects)
+FORCED_RUNS = {
+    "dog_gradcam": (dd.IMAGENET_TARGETS["bull_mastiff"], "dog"),
+    "cat_gradcam": (dd.IMAGENET_TARGETS["tabby"], "cat"),
+    "cup_gradcam": (dd.IMAGENET_TARGETS["espresso"], "coffee cup"),
+}
+SHORTCUT_LAYERS = ["block4", "block3"]
+SHORTCUT_RUNS = {"shortcut_gradcam": "shortcut", "control_gradcam": "control"}
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, spec)
+
+
+def _compute(samples, model, run_key: str, **kwargs) -> None:
+    start = time.perf_counter()
+    summary = compute_cams(samples, model, run_key=run_key, progress=False, **kwargs)
+    took = time.perf_counter() - start
+    _say(
+        f"  {run_key:<18} {summary.num_computed:>4} computed, "
+        f"{summary.num_skipped:>4} reused, {summary.num_errors} errors ({took:.1f}s)"
+    )
+    if summary.num_errors:
+        raise RuntimeError(f"CAM run {run_key!r} failed on some samples:\n{summary}")
+
+
+def run_photos(fresh: bool = False) -> fo.Dataset:
+    """Build/reuse ``cam-audit-photos``, compute and score its runs, print a summary."""
+    _say("== cam-audit-photos: real photos, pretrained EfficientNet-Lite0 ==")
+    dataset = dd.build_photos_dataset(fresh=fresh)
+    loaded = load_model("efficientnet-lite0-imagenet")
+    classes = loaded.classes
+    common = dict(layers=PHOTO_LAYERS, num_workers=0, batch_size=8)
+    for run_key, method in PHOTO_METHODS.items():
+        _compute(dataset, loaded, run_key, method=method, **common)
+    two = dataset.match_tags("two_subjects")
+    for run_key, (target, label) in FORCED_RUNS.items():
+        view = two.filter_labels("ground_truth", fo.ViewField("label") == label)
+        _compute(view, loaded, run_key, method="gradcam", target=target, **common)
+
+    _say("\nPredictions (top-1 ImageNet class of EfficientNet-Lite0):")
+    names, preds, gray = dataset.values(["filepath", "gradcam_prediction", "grayscale"])
+    for path, pred, is_gray in zip(names, preds, gray, strict=True):
+        label = f"{pred.label} ({pred.confidence:.2f})" if pred else "-"
+        _say(
+            f"  {path.rsplit('/', 1)[-1]:<24} {label}{'  [grayscale]' if is_gray else ''}"
+        )
+
+    # Per-subject focus: the fraction of each map's energy inside each subject's box.
+    layer = PHOTO_LAYERS[0]
+    _say(
+        f"\nTwo-subject images: focus = share of the map inside each subject's box "
+        f"(layer {layer})"
+    )
+    for sample in two.select_fields(["filepath", "ground_truth"]):
+        one = two.select(sample.id)
+        subjects = [d.label for d in sample.ground_truth.detections]
+        header = "".join(f"{'focus ' + s:>18}" for s in subjects)
+        _say(f"  {sample.filepath.rsplit('/', 1)[-1]}")
+        _say(f"    {'run':<12}{'explains':<34}{'p':>6}{header}")
+        keys = [k for k in (*PHOTO_METHODS, *FORCED_RUNS) if _has_run(one, k)]
+        for run_key in keys:
+            focus = []
+            for subject in subjects:
+                score_cams(one, run_key, "ground_truth", label_classes=[subject])
+                focus.append(one.first()[heatmap_field(run_key, layer) + "_focus"])
+            target = one.first()[f"{run_key}_target"]
+            what = _class_name(target, classes)
+            _say(
+                f"    {run_key:<12}{what:<34}{_fmt(target.confidence if target else None):>6}"
+                + "".join(f"{_fmt(f):>18}" for f in focus)
+            )
+    # Leave each run scored against its own subject (or all subjects).
+    for run_key in PHOTO_METHODS:
+        score_cams(two, run_key, "ground_truth")
+    for run_key, (_, label) in FORCED_RUNS.items():
+        score_cams(two, run_key, "ground_truth", label_classes=[label])
+    _say()
+    return dataset
+
+
+def _has_run(samples, run_key: str) -> bool:
+    field = f"{run_key}_target"
+    return run_key in list_cam_runs(samples) and samples.exists(field).count() > 0
+
+
+def _class_name(target, classes: Sequence[str] | None) -> str:
+    if target is None:
+        return "-"
+    label = target.label
+    if classes and label in classes:
+        return f"{classes.index(label)} {label}"
+    return str(label)
+
+
+def run_shortcut(fresh: bool = False) -> fo.Dataset:
+    """Build/reuse ``cam-audit-shortcut``; audit the shortcut and control models."""
+    _say("== cam-audit-shortcut: planted shortcut (background predicts the class) ==")
+    dataset = dd.build_shortcut_dataset(fresh=fresh)
+    models = dd.shortcut_models(log=lambda m: _say("  " + m))
+    loaded = {"shortcut": models.shortcut, "control": models.control}
+    for run_key, kind in SHORTCUT_RUNS.items():
+        _compute(
+            dataset,
+            loaded[kind],
+            run_key,
+            method="gradcam",
+            layers=SHORTCUT_LAYERS,
+            transforms=shortcut_transforms(),
+            classes=list(CLASSES),
+            num_workers=0,
+            batch_size=64,
+        )
+        score_cams(dataset, run_key, "objects")
+
+    layer = SHORTCUT_LAYERS[0]
+    _say(
+        "\nAccuracy on the test split (background agrees / disagrees with the "
+        "class's training background), mean focus on the object box "
+        f"(layer {layer}):"
+    )
+    _say(
+        f"  {'model':<10}{'accuracy':>10}{'agree':>8}{'disagree':>10}"
+        f"{'focus':>8}{'agree':>8}{'disagree':>10}"
+    )
+    focus_by = {}
+    for run_key, kind in SHORTCUT_RUNS.items():
+        m = models.metrics[kind]
+        focus, agrees = dataset.values(
+            [heatmap_field(run_key, layer) + "_focus", "agrees"]
+        )
+        focus = np.array([np.nan if f is None else f for f in focus], dtype=float)
+        agrees = np.array(agrees, dtype=bool)
+        focus_by[kind] = (
+            np.nanmean(focus),
+            np.nanmean(focus[agrees]),
+            np.nanmean(focus[~agrees]),
+        )
+        _say(
+            f"  {kind:<10}{m['accuracy']:>10.3f}{m['accuracy_agree']:>8.3f}"
+            f"{m['accuracy_disagree']:>10.3f}"
+            + "".join(
+                f"{_fmt(x, '.3f'):>{w}}"
+                for x, w in zip(focus_by[kind], (8, 8, 10), strict=True)
+            )
+        )
+    _say()
+    return dataset
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gradcam_engine.demo", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--app", action="store_true", help="open the FiftyOne App and wait"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="rebuild the demo datasets"
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=[dd.SHORTCUT_DATASET, dd.PHOTOS_DATASET],
+        default=dd.SHORTCUT_DATASET,
+        help="the dataset --app opens",
+    )
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    photos = run_photos(fresh=args.fresh)
+    shortcut = run_shortcut(fresh=args.fresh)
+    _say(f"Demo data: {dd.demo_dir()}")
+    _say(
+        f"Datasets: {photos.name!r} ({len(photos)} samples), {shortcut.name!r} ({len(shortcut)} samples)"
+    )
+    _say(f"Done in {time.perf_counter() - start:.0f}s.")
+    _say(
+        "\nOpen the App with the CAM review panel:\n"
+        "  make demo ARGS=--app\n"
+        f"  or: python -c \"import fiftyone as fo; fo.launch_app(fo.load_dataset('{dd.SHORTCUT_DATASET}')).wait()\"\n"
+        "then click '+' next to the Samples tab and choose 'CAM review'."
+    )
+    if args.app:
+        dataset = fo.load_dataset(args.dataset)
+        session = fo.launch_app(dataset)
+        _say(f"App running at {session.url} (Ctrl+C to stop)")
+        session.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
