@@ -81,6 +81,9 @@ class CamReviewPanel(foo.Panel):
         if not state.klass:
             state.klass = ALL_CLASSES
         self._refresh(ctx)
+        # the grid next to the panel, with the chosen heatmap visible
+        ctx.ops.split_panel("cam_review", layout="horizontal")
+        self._show_heatmap(ctx)
 
     def on_change_view(self, ctx):
         self._refresh(ctx)
@@ -92,6 +95,7 @@ class CamReviewPanel(foo.Panel):
         ctx.panel.state.source = ctx.params.get("value")
         ctx.panel.state.klass = ALL_CLASSES
         self._refresh(ctx)
+        self._show_heatmap(ctx)
 
     def on_change_class(self, ctx):
         ctx.panel.state.klass = ctx.params.get("value") or ALL_CLASSES
@@ -141,7 +145,7 @@ class CamReviewPanel(foo.Panel):
         n = int(ctx.panel.state.lowest_n or 10)
         view = self._ranked_view(ctx, src).limit(n)
         ctx.ops.set_view(view)
-        ctx.ops.set_active_fields(fields=[src["heatmap"]])
+        self._show_heatmap(ctx)
 
     def reset_view(self, ctx):
         ctx.ops.clear_view()
@@ -166,12 +170,18 @@ class CamReviewPanel(foo.Panel):
             view = view.match(F(f"{src['class_field']}.label") == klass)
         return view.sort_by(src["focus"])
 
+    def _show_heatmap(self, ctx):
+        src = self._source(ctx)
+        if not src:
+            return
+        heatmaps = {s["heatmap"] for s in _sources(ctx.dataset).values()}
+        active = [f for f in (ctx.active_fields or []) if f not in heatmaps]
+        ctx.ops.set_active_fields(fields=[*active, src["heatmap"]])
+
     def _open(self, ctx, sample_id):
         if not sample_id:
             return
-        src = self._source(ctx)
-        if src:
-            ctx.ops.set_active_fields(fields=[src["heatmap"]])
+        self._show_heatmap(ctx)
         ctx.ops.open_sample(id=sample_id)
 
     def _refresh(self, ctx):
@@ -286,7 +296,9 @@ class CamReviewPanel(foo.Panel):
         state = ctx.panel.state
         keys = list(_sources(ctx.dataset))
 
-        panel.md("### CAM review", name="title")
+        panel.md(
+            "**CAM review**: focus = share of CAM energy on the objects", name="title"
+        )
         if not keys:
             panel.md(state.summary or "No scored CAM runs.", name="summary")
             return types.Property(panel, view=types.GridView(orientation="vertical"))
