@@ -291,3 +291,34 @@ def test_delegated_compute_and_score_run_on_a_worker(dataset, tmp_root):
     assert dataset.count("deleg_block_focus") == len(PHOTOS)
     # progress was reported on the run document through ctx.set_progress
     assert op.status is not None and op.status.progress == pytest.approx(1.0)
+
+
+def _panel_event(ds, method, state=None, selected=None, **params):
+    """One panel event through the operator machinery, as the App sends it."""
+    result = foo.execute_operator(
+        uri("cam_review"),
+        ctx=dict(
+            view=ds.view(),
+            selected=selected or [],
+            params=dict(panel_id="p1", __method__=method, state=state or {}, **params),
+        ),
+    )
+    result.raise_exceptions()
+    return result
+
+
+def test_review_panel_events_tag_and_compare(dataset):
+    compute(dataset, "pan", layers=LAYERS)
+    foo.get_operator(uri("score_cams"))(
+        dataset, run_key="pan", gt_field="ground_truth"
+    ).raise_exceptions()
+    state = dict(source="pan/block", compare="pan/stem", tags="spurious,ok")
+    _panel_event(dataset, "on_load", state=state)
+    _panel_event(dataset, "on_change_compare", state=state, value="pan/stem")
+    _panel_event(dataset, "show_lowest", state=dict(state, lowest_n=2))
+    ids = dataset.sort_by("pan_block_focus").limit(2).values("id")
+    _panel_event(dataset, "tag_selected", state=state, selected=ids, tag="spurious")
+    assert set(dataset.match_tags("spurious").values("id")) == set(ids)
+    _panel_event(
+        dataset, "on_click_bar", state=dict(state, ranked_ids=ids), pointIndex=0
+    )
