@@ -199,7 +199,6 @@ def test_score_list_report_rename_delete(dataset):
 
 
 def test_class_report_operator(dataset):
-    pytest.importorskip("gradcam_engine.report")
     compute(dataset, "rep", layers=["block"])
     foo.get_operator(uri("score_cams"))(
         dataset, run_key="rep", gt_field="ground_truth"
