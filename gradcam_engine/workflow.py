@@ -553,7 +553,13 @@ def _compute_batch(ctx: _Context, batch, batch_ids, labels) -> dict[str, dict]:
     if not rows:
         return values
     x = torch.stack([batch.tensors[i] for i in rows])
-    with _captured_output(ctx.engine.model) as outputs:
+    # A zoo model's ``with model:`` (or the caller) may have disabled gradients:
+    # the CAM pass needs them, including for the target score after the forward.
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        _captured_output(ctx.engine.model) as outputs,
+    ):
         result = ctx.engine.compute(x, targets)
     probs = _probabilities(outputs[0] if outputs else None)
     for j, i in enumerate(rows):
