@@ -1,0 +1,316 @@
+"""One self-contained HTML page for a bias-review meeting.
+
+The page holds the class report and, per class, the top suspects (lowest
+focus) as small thumbnails: the image, the heatmap over it (matplotlib's jet
+colormap) with the ground-truth boxes, and the scores. Every image is inlined
+as base64; the file has no external URL and opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import math
+import os
+from typing import Any
+
+import fiftyone.core.collections as foc
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from . import runs
+from .images import load_rgb
+from .report import ALL_CLASSES, _collect, class_report, resolve_layer
+from .scoring import hit_field, spread_field
+from .storage import heatmap_to_float
+
+__all__ = ["export_review", "overlay_heatmap"]
+
+THUMB_SIZE = 160
+
+
+def overlay_heatmap(
+    image: Image.Image, heatmap: np.ndarray, alpha: float = 0.5
+) -> Image.Image:
+    """Blend ``heatmap`` (float ``[h, w]`` in [0, 1], any size) over ``image``
+    with matplotlib's jet colormap; ``alpha`` is the heatmap's opacity."""
+    from matplotlib import colormaps
+
+    rgb = image.convert("RGB")
+    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
+        rgb.size, Image.BILINEAR
+    )
+    colours = colormaps["jet"](np.clip(np.asarray(resized), 0.0, 1.0))[..., :3]
+    base = np.asarray(rgb, dtype=np.float32) / 255.0
+    out = (1.0 - alpha) * base + alpha * colours
+    return Image.fromarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def export_review(
+    samples: foc.SampleCollection,
+    run_key: str,
+    path: str | os.PathLike,
+    *,
+    layer: str | None = None,
+    label_field: str | None = None,
+    top_k: int = 5,
+    alpha: float = 0.5,
+    low_focus: float = 0.3,
+    thumb_size: int = THUMB_SIZE,
+) -> str:
+    """Write the review page of scored run ``run_key`` to ``path``; return its
+    absolute path.
+
+    Per class (see ``class_report``; ``label_field`` as there), the ``top_k``
+    samples with the lowest focus of ``layer`` (default: the run's last layer),
+    each as the image and the heatmap overlay (``alpha`` = heatmap opacity),
+    thumbnails at most ``thumb_size`` pixels, with focus, hit, spread, label
+    and prediction. Ground-truth boxes are drawn when the run was scored
+    against a Detections field.
+    """
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if not isinstance(thumb_size, int) or thumb_size < 16:
+        raise ValueError(f"thumb_size must be an int >= 16, got {thumb_size!r}")
+    info = runs.get_cam_run(samples, run_key)
+    layer = resolve_layer(info, layer)
+    report = class_report(
+        samples, run_key, layer, label_field=label_field, low_focus=low_focus
+    )
+    focus = report.attrs["focus_field"]
+    data = _collect(samples, info, focus, label_field, None)
+    data = data[data["class"].notna() & data["focus"].notna()]
+    picks = {
+        cls: group.sort_values("focus", kind="stable").head(top_k)
+        for cls, group in data.groupby("class", sort=True)
+    }
+    scoring = info.config.get("scoring") or {}
+    boxes_field = (
+        scoring.get("gt_field") if scoring.get("gt_kind") == "detections" else None
+    )
+
+    chosen = [sid for frame in picks.values() for sid in frame["id"]]
+    cards: dict[str, str] = {}
+    if chosen:
+        view = samples.select(chosen, ordered=True)
+        for sample in view.iter_samples():
+            cards[sample.id] = _card(
+                sample, info, layer, focus, label_field, boxes_field, alpha, thumb_size
+            )
+
+    sections = []
+    for cls in [c for c in report.index if c != ALL_CLASSES]:
+        frame = picks.get(cls)
+        body = (
+            "".join(cards[sid] for sid in frame["id"])
+            if frame is not None and len(frame)
+            else '<p class="none">No scored samples.</p>'
+        )
+        sections.append(
+            f'<section class="cls"><h2>{_e(cls)}</h2>'
+            f'<p class="meta">{_class_line(report.loc[cls])}</p>'
+            f'<div class="cards">{body}</div></section>'
+        )
+    page = _PAGE.format(
+        title=_e(f"CAM review: {run_key} / {layer}"),
+        subtitle=_e(_subtitle(samples, info, layer, label_field, low_focus, top_k)),
+        table=_table(report),
+        sections="\n".join(sections),
+        css=_CSS,
+    )
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, kind: str = "num") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if kind == "int" or isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{100 * value:.0f}%" if kind == "pct" else f"{value:.2f}"
+
+
+def _subtitle(samples, info, layer, label_field, low_focus, top_k) -> str:
+    dataset = samples._root_dataset
+    parts = [
+        f"dataset {dataset.name}",
+        f"{len(samples)} samples",
+        f"method {info.method}",
+        f"layer {layer}",
+        f"classes from {label_field or info.target_field}",
+        f"low focus < {low_focus}",
+        f"top {top_k} suspects per class",
+    ]
+    model = info.config.get("model")
+    if model:
+        parts.insert(2, f"model {model}")
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return " · ".join(parts) + f" · generated {stamp}"
+
+
+# (column, header, kind): kind "int", "pct" (shown as %) or "num".
+_COLUMNS = [
+    ("count", "samples", "int"),
+    ("scored", "scored", "int"),
+    ("accuracy", "accuracy", "pct"),
+    ("mean_focus", "mean focus", "num"),
+    ("median_focus", "median focus", "num"),
+    ("low_focus_share", "low-focus share", "pct"),
+    ("accuracy_high_focus", "acc. high focus", "pct"),
+    ("accuracy_low_focus", "acc. low focus", "pct"),
+    ("accuracy_gap", "accuracy gap", "pct"),
+]
+
+
+def _table(report: pd.DataFrame) -> str:
+    head = "".join(f"<th>{_e(label)}</th>" for _, label, _ in _COLUMNS)
+    rows = []
+    for cls, row in report.iterrows():
+        cells = "".join(f"<td>{_fmt(row[col], kind)}</td>" for col, _, kind in _COLUMNS)
+        cls_attr = ' class="all"' if cls == ALL_CLASSES else ""
+        rows.append(f"<tr{cls_attr}><th>{_e(cls)}</th>{cells}</tr>")
+    return (
+        f'<table id="class-report"><thead><tr><th>class</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _class_line(row: pd.Series) -> str:
+    return _e(
+        f"{_fmt(row['count'], 'int')} samples · mean focus "
+        f"{_fmt(row['mean_focus'])} · low-focus share "
+        f"{_fmt(row['low_focus_share'], 'pct')} · accuracy gap "
+        f"{_fmt(row['accuracy_gap'], 'pct')}"
+    )
+
+
+def _data_uri(image: Image.Image, fmt: str = "JPEG") -> str:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        image.convert("RGB").save(buf, format="JPEG", quality=82, optimize=True)
+        mime = "image/jpeg"
+    else:
+        image.save(buf, format="PNG", optimize=True)
+        mime = "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def _placeholder(size: int, text: str) -> Image.Image:
+    img = Image.new("RGB", (size, size * 3 // 4), (90, 90, 90))
+    ImageDraw.Draw(img).text((8, 8), text[:40], fill=(255, 255, 255))
+    return img
+
+
+def _card(sample, info, layer, focus, label_field, boxes_field, alpha, size) -> str:
+    heat_field = info.fields[layer]
+    notes = []
+    try:
+        image = load_rgb(sample.filepath)
+    except OSError as exc:  # FileNotFoundError included: show it, keep the page
+        image = None
+        notes.append(f"image unreadable: {type(exc).__name__}")
+    heatmap = (
+        heatmap_to_float(sample[heat_field]) if sample.has_field(heat_field) else None
+    )
+    if image is None:
+        thumb = _placeholder(size, "image missing")
+        over = thumb
+    else:
+        thumb = image.copy()
+        thumb.thumbnail((size, size), Image.BILINEAR)
+        if heatmap is None:
+            over = _placeholder(size, "no heatmap")
+            notes.append("no heatmap")
+        else:
+            over = overlay_heatmap(thumb, heatmap, alpha)
+        if boxes_field and sample.has_field(boxes_field) and sample[boxes_field]:
+            over = _draw_boxes(over, sample[boxes_field])
+
+    def get(field: str) -> Any:
+        return sample[field] if sample.has_field(field) else None
+
+    def label_of(field: str | None) -> str:
+        value = get(field) if field else None
+        return getattr(value, "label", None) or "–"
+
+    truth = label_of(label_field) if label_field else "–"
+    scores = [
+        ("focus", _fmt(get(focus))),
+        ("hit", _fmt(get(hit_field(heat_field)))),
+        ("spread", _fmt(get(spread_field(heat_field)))),
+        ("target", label_of(info.target_field)),
+        ("prediction", label_of(info.prediction_field)),
+    ]
+    if label_field:
+        scores.insert(3, ("label", truth))
+    dl = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in scores)
+    name = os.path.basename(sample.filepath)
+    note = f'<p class="note">{_e("; ".join(notes))}</p>' if notes else ""
+    return (
+        f'<figure class="card" data-id="{_e(sample.id)}">'
+        f'<div class="pair"><img class="image" alt="image {_e(name)}" '
+        f'src="{_data_uri(thumb)}"><img class="overlay" alt="heatmap {_e(name)}" '
+        f'src="{_data_uri(over)}"></div>'
+        f"<figcaption><b>{_e(name)}</b><dl>{dl}</dl>{note}</figcaption></figure>"
+    )
+
+
+def _draw_boxes(image: Image.Image, detections) -> Image.Image:
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    for det in detections.detections or []:
+        x, y, bw, bh = det.bounding_box
+        draw.rectangle(
+            [x * w, y * h, (x + bw) * w - 1, (y + bh) * h - 1],
+            outline=(255, 255, 255),
+            width=2,
+        )
+    return out
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
+color:#222;background:#fafafa}
+h1{margin:0 0 4px;font-size:22px}h2{margin:24px 0 4px;font-size:18px}
+.sub,.meta{color:#666;font-size:13px;margin:2px 0 12px}
+table{border-collapse:collapse;font-size:13px;background:#fff}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+thead th{background:#eee}tbody th{text-align:left}tr.all{font-weight:600;background:#f3f3f3}
+.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{margin:0;background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}
+.pair{display:flex;gap:4px}.pair img{display:block}
+figcaption{font-size:12px;margin-top:4px}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:0 8px;margin:4px 0 0}
+dt{color:#666}dd{margin:0}.note{color:#b00;margin:4px 0 0}.none{color:#666}
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title><style>{css}</style></head>
+<body><h1>{title}</h1><p class="sub">{subtitle}</p>
+<p class="sub">Focus: the share of the heatmap's energy inside the objects
+(1 = all on the object). Suspects: lowest focus first. Accuracy gap: accuracy on
+high-focus minus low-focus samples; a large gap means the class leans on context.</p>
+{table}
+{sections}
+</body></html>
+"""
