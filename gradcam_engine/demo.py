@@ -26,8 +26,10 @@ import fiftyone as fo
 import numpy as np
 
 from . import demo_datasets as dd
+from .export import export_review
 from .model_sources import load_model
 from .naming import heatmap_field
+from .report import class_report, format_report, save_review_views
 from .runs import list_cam_runs
 from .scoring import score_cams
 from .shortcut_data import CLASSES
@@ -46,6 +48,8 @@ FORCED_RUNS = {
 }
 SHORTCUT_LAYERS = ["block4", "block3"]
 SHORTCUT_RUNS = {"shortcut_gradcam": "shortcut", "control_gradcam": "control"}
+LOW_FOCUS = 0.3
+SUSPECT_TAG = "cam_suspect"
 
 
 def _say(msg: str = "") -> None:
@@ -77,9 +81,11 @@ def run_photos(fresh: bool = False) -> fo.Dataset:
     loaded = load_model("efficientnet-lite0-imagenet")
     classes = loaded.classes
     common = dict(layers=PHOTO_LAYERS, num_workers=0, batch_size=8)
-    for run_key, method in PHOTO_METHODS.items():
-        _compute(dataset, loaded, run_key, method=method, **common)
     two = dataset.match_tags("two_subjects")
+    for run_key, method in PHOTO_METHODS.items():
+        # EigenCAM (an SVD per layer, class-agnostic) only where it is compared.
+        samples = two if method == "eigencam" else dataset
+        _compute(samples, loaded, run_key, method=method, **common)
     for run_key, (target, label) in FORCED_RUNS.items():
         view = two.filter_labels("ground_truth", fo.ViewField("label") == label)
         _compute(view, loaded, run_key, method="gradcam", target=target, **common)
@@ -190,6 +196,53 @@ def run_shortcut(fresh: bool = False) -> fo.Dataset:
                 for x, w in zip(focus_by[kind], (8, 8, 10), strict=True)
             )
         )
+
+    run_key, field = "shortcut_gradcam", heatmap_field("shortcut_gradcam", layer)
+    report = class_report(dataset, run_key, layer, label_field="ground_truth")
+    _say("\n" + format_report(report))
+    _say("\nTop suspects of the shortcut model (lowest focus on the object):")
+    _say(f"  {'image':<16}{'label':<8}{'predicted':<11}{'background':<12}{'focus':>6}")
+    suspects = dataset.sort_by(f"{field}_focus").limit(8)
+    rows = suspects.values(
+        [
+            "filepath",
+            "ground_truth.label",
+            f"{run_key}_prediction.label",
+            "background",
+            f"{field}_focus",
+        ]
+    )
+    for path, label, pred, background, focus in zip(*rows, strict=True):
+        _say(
+            f"  {path.rsplit('/', 1)[-1]:<16}{label:<8}{pred:<11}{background:<12}"
+            f"{_fmt(focus):>6}"
+        )
+    views = []
+    for key in SHORTCUT_RUNS:
+        views += save_review_views(dataset, key, layer, label_field="ground_truth")
+    dataset.untag_samples(SUSPECT_TAG)
+    flagged = dataset.match(
+        (fo.ViewField(f"{field}_focus") < LOW_FOCUS)
+        & (
+            fo.ViewField(f"{run_key}_prediction.label")
+            == fo.ViewField("ground_truth.label")
+        )
+    )
+    flagged.tag_samples(SUSPECT_TAG)
+    _say(
+        f"\nSaved views: {', '.join(views)}\n"
+        f"Tagged {len(flagged)} samples {SUSPECT_TAG!r} (shortcut model right with "
+        f"focus < {LOW_FOCUS}: right for the wrong reason)"
+    )
+    for key in SHORTCUT_RUNS:
+        path = export_review(
+            dataset,
+            key,
+            dd.demo_dir() / f"{key}-review.html",
+            layer=layer,
+            label_field="ground_truth",
+        )
+        _say(f"HTML review report: {path}")
     _say()
     return dataset
 

@@ -15,6 +15,7 @@ Builders reuse an existing dataset of the same name unless ``fresh=True``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -262,8 +263,8 @@ class ShortcutModels:
 
 def shortcut_models(
     directory: str | os.PathLike | None = None,
-    n_train: int = 600,
-    epochs: int = 5,
+    n_train: int = 1500,
+    epochs: int = 8,
     n_test: int = 200,
     seed: int = 0,
     size: int = 64,
@@ -272,16 +273,18 @@ def shortcut_models(
 ) -> ShortcutModels:
     """Train (or load from ``directory``) the shortcut and the control model.
 
-    Weights are cached as ``<kind>-n<n_train>-e<epochs>-s<seed>-<size>px.pt``;
-    ``retrain`` ignores the cache. Accuracies are measured on the test split
+    Weights are cached as ``<kind>-n<n_train>-e<epochs>-s<seed>-<size>px-<code>.pt``
+    where ``<code>`` hashes the data and model modules' source (a changed
+    generator or architecture retrains); ``retrain`` ignores the cache. Accuracies are measured on the test split
     generated with the same ``n_test``, ``seed`` and ``size``.
     """
     root = pathlib.Path(directory) if directory else demo_dir() / "models"
     root.mkdir(parents=True, exist_ok=True)
     test = shortcut_data.generate(n_test, "test", seed=seed, size=size)
+    version = _code_version()
     models = {}
     for kind, split in (("shortcut", "train"), ("control", "control")):
-        path = root / f"{kind}-n{n_train}-e{epochs}-s{seed}-{size}px.pt"
+        path = root / f"{kind}-n{n_train}-e{epochs}-s{seed}-{size}px-{version}.pt"
         if path.exists() and not retrain:
             models[kind] = shortcut_model.load(path)
             continue
@@ -293,3 +296,11 @@ def shortcut_models(
         models[kind] = model
     metrics = {kind: shortcut_model.evaluate(m, test) for kind, m in models.items()}
     return ShortcutModels(models["shortcut"], models["control"], metrics)
+
+
+def _code_version() -> str:
+    """A short hash of the modules that define the shortcut data and model."""
+    digest = hashlib.sha256()
+    for module in (shortcut_data, shortcut_model):
+        digest.update(pathlib.Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:10]
