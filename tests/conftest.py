@@ -3,9 +3,11 @@
 Environment variables are set before anything imports fiftyone.
 """
 
+import atexit
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -31,8 +33,19 @@ os.environ.update(
 ARTIFACTS = ROOT / "artifacts"
 
 
-def pytest_sessionfinish(session, exitstatus):
+def _stop_database_and_clean_up() -> None:
+    """Stop the embedded mongod before deleting its directory (deleting it under a
+    running mongod makes it abort). Registered before fiftyone is imported, so it
+    runs after FiftyOne's own exit handlers, which still use the database."""
+    database = sys.modules.get("fiftyone.core.odm.database")
+    service = getattr(database, "_db_service", None)
+    if service is not None:
+        database._disconnect()
+        service.stop()
     shutil.rmtree(_TMP, ignore_errors=True)
+
+
+atexit.register(_stop_database_and_clean_up)
 
 
 @pytest.fixture(scope="session")
