@@ -1,0 +1,88 @@
+"""The demo datasets: built from offline material, reused, rebuilt on request."""
+
+import os
+
+import fiftyone as fo
+import numpy as np
+import pytest
+
+from gradcam_engine import demo_datasets as dd
+
+
+@pytest.fixture(autouse=True)
+def _demo_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAM_AUDIT_DEMO_DIR", str(tmp_path / "demo"))
+
+
+def test_demo_dir_follows_the_environment(tmp_path):
+    assert dd.demo_dir() == (tmp_path / "demo").resolve()
+    assert dd.demo_dir().is_dir()
+
+
+def test_photos_dataset(tmp_path):
+    name = "test-demo-photos"
+    dataset = dd.build_photos_dataset(name, directory=tmp_path / "photos", fresh=True)
+    try:
+        assert len(dataset) == len(dd.PHOTOS) + 2
+        assert all(os.path.isfile(p) for p in dataset.values("filepath"))
+        assert set(dataset.values("grayscale")) == {True, False}
+        two = dataset.match_tags("two_subjects")
+        assert len(two) == 2
+        labels = [
+            sorted(d.label for d in gt.detections) for gt in two.values("ground_truth")
+        ]
+        assert labels == [["cat", "dog"], ["cat", "coffee cup"]]
+        for gt in two.values("ground_truth"):
+            for det in gt.detections:
+                x, y, w, h = det.bounding_box
+                assert min(x, y) >= 0 and max(x + w, y + h) <= 1 + 1e-6
+        assert dataset.persistent
+        # Reused as is unless fresh.
+        ids = dataset.values("id")
+        assert (
+            dd.build_photos_dataset(name, directory=tmp_path / "photos").values("id")
+            == ids
+        )
+        rebuilt = dd.build_photos_dataset(
+            name, directory=tmp_path / "photos", fresh=True
+        )
+        assert set(rebuilt.values("id")).isdisjoint(ids)
+    finally:
+        fo.delete_dataset(name)
+
+
+def test_shortcut_dataset(tmp_path):
+    name = "test-demo-shortcut"
+    dataset = dd.build_shortcut_dataset(
+        name, directory=tmp_path / "sc", n=12, fresh=True
+    )
+    try:
+        assert len(dataset) == 12
+        sample = dataset.first()
+        assert isinstance(sample.ground_truth, fo.Classification)
+        assert sample.ground_truth.label in ("circle", "square")
+        assert len(sample.objects.detections) == 1
+        mask = sample.mask.mask
+        assert mask.shape == (64, 64) and set(np.unique(mask)) == {0, 1}
+        assert sample.background in ("water", "land")
+        assert dataset.count_values("agrees") == {True: 6, False: 6}
+        assert dataset.count_sample_tags() == {"agree": 6, "disagree": 6}
+        assert dataset.default_classes == ["circle", "square"]
+    finally:
+        fo.delete_dataset(name)
+
+
+def test_shortcut_models_are_cached(tmp_path):
+    kwargs = dict(directory=tmp_path / "models", n_train=32, epochs=1, n_test=16)
+    logs = []
+    first = dd.shortcut_models(**kwargs, log=logs.append)
+    assert len(logs) == 2 and len(list((tmp_path / "models").glob("*.pt"))) == 2
+    second = dd.shortcut_models(**kwargs, log=logs.append)
+    assert len(logs) == 2  # loaded, not retrained
+    for a, b in [(first.shortcut, second.shortcut), (first.control, second.control)]:
+        for (k, v), w in zip(
+            a.state_dict().items(), b.state_dict().values(), strict=True
+        ):
+            assert np.array_equal(v.numpy(), w.numpy()), k
+    assert set(first.metrics) == {"shortcut", "control"}
+    assert first.metrics["shortcut"]["n"] == 16
