@@ -359,3 +359,61 @@ def test_many_samples_with_small_maps():
     # Random maps: about a quarter of the energy in a box of a quarter of the area.
     assert 0.2 < focus.mean() < 0.3
     assert np.all((focus >= 0) & (focus <= 1))
+
+
+def test_end_to_end_with_compute_cams_db_and_disk(tmp_path):
+    """Real maps from compute_cams (a small untrained CNN): disk and db runs of
+    the same model score identically, and rescoring is stable."""
+    import torch
+
+    from gradcam_engine import shortcut_data as sd
+    from gradcam_engine import shortcut_model as sm
+    from gradcam_engine.workflow import compute_cams
+
+    torch.manual_seed(0)
+    model = sm.ShortcutCNN().eval()
+    generated = sd.generate(6, "test", seed=3)
+    paths = sd.write_images(generated, tmp_path / "images")
+    ds = fo.Dataset(f"scoring-e2e-{uuid.uuid4().hex[:8]}")
+    ds.add_samples(
+        [
+            fo.Sample(
+                filepath=p,
+                objects=fo.Detections(
+                    detections=[fo.Detection(label=s.label, bounding_box=s.bbox)]
+                ),
+                mask=fo.Segmentation(mask=s.mask.astype(np.uint8)),
+            )
+            for s, p in zip(generated, paths, strict=True)
+        ]
+    )
+    for key, storage in (("db", "db"), ("disk", "disk")):
+        compute_cams(
+            ds,
+            model,
+            layers=["block3", "block4"],
+            run_key=key,
+            transforms=sm.transforms(),
+            classes=list(sd.CLASSES),
+            storage=storage,
+            output_dir=str(tmp_path / "maps"),
+            num_workers=0,
+            progress=False,
+        )
+        summary = score_cams(ds, key, "objects")
+        assert summary["counts"][f"{key}_block4_spread"] >= 5
+        score_cams(ds, key, "mask", layers=["block4"])  # mask of 1s: same objects
+    for layer in ("block3", "block4"):
+        for suffix in ("focus", "hit", "spread"):
+            db = ds.values(f"db_{layer}_{suffix}")
+            disk = ds.values(f"disk_{layer}_{suffix}")
+            assert db == pytest.approx(disk), (layer, suffix)
+    assert ds.values("db_layer_agreement") == pytest.approx(
+        ds.values("disk_layer_agreement")
+    )
+    # Box focus >= mask focus: the tight box holds the object's pixels and more.
+    box = score_cams(ds, "db", "objects", layers=["block4"])["mean_focus"]["block4"]
+    mask = score_cams(ds, "db", "mask", layers=["block4"])["mean_focus"]["block4"]
+    assert box >= mask - 1e-6
+    owned = runs.get_cam_run(ds, "disk").owned_fields
+    assert "disk_block4_focus" in owned and "disk_layer_agreement" in owned
