@@ -37,8 +37,19 @@ def test_notebooks_found():
     ]
 
 
+@pytest.fixture(scope="module")
+def database():
+    """Hold a connection to the test database for the whole module, so the
+    embedded mongod outlives each kernel (a kernel that exits last would stop
+    it while the next one connects)."""
+    import fiftyone as fo
+
+    fo.list_datasets()
+    yield
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, monkeypatch, tmp_path):
+def test_notebook_runs(path, database, monkeypatch, tmp_path):
     monkeypatch.setenv("CAM_AUDIT_NB_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("CAM_AUDIT_DEMO_DIR", str(tmp_path / "demo"))
