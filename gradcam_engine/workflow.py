@@ -163,7 +163,13 @@ def compute_cams(
         "aug_smooth": bool(aug_smooth),
         "owned_fields": names.owned,
     }
-    run_dir = _prepare_run(dataset, run_key, config, names, overwrite)
+    resumed = _prepare_run(dataset, run_key, config, names, overwrite)
+    run_dir = None
+    if resumed is not None:
+        run_dir = resumed.get("run_dir")
+        # keep fields added on the run's behalf since (e.g. by score_cams)
+        extra = [f for f in resumed.get("owned_fields", []) if f not in names.owned]
+        config["owned_fields"] = names.owned + extra
     if storage == "disk" and run_dir is None:
         run_dir = os.path.join(
             config["output_dir"], f"{run_key}-{uuid.uuid4().hex[:12]}"
@@ -351,8 +357,9 @@ def _field_names(run_key: str, layers: list[str]) -> _Names:
 
 def _prepare_run(
     dataset, run_key, config, names: _Names, overwrite: bool
-) -> str | None:
-    """Resume, replace or refuse an existing run; returns the run_dir to reuse."""
+) -> dict | None:
+    """Resume (same config), replace (``overwrite``) or refuse an existing run;
+    returns the stored config when resuming, else None."""
     existing = set(dataset.get_field_schema())
     if run_key in dataset.list_runs():
         if run_key not in cam_runs.list_cam_runs(dataset):
@@ -367,13 +374,7 @@ def _prepare_run(
             for key in (*_RESUME_KEYS, "output_dir")
             if _normalise(old.get(key)) != _normalise(config.get(key))
         ]
-        if not diff:
-            foreign = [
-                f for f in names.owned if f in existing and f not in info.owned_fields
-            ]
-            _refuse_foreign(foreign, run_key, overwrite, dataset)
-            return old.get("run_dir")
-        if not overwrite:
+        if diff and not overwrite:
             changes = ", ".join(
                 f"{key}: {old.get(key)!r} -> {config.get(key)!r}" for key in diff
             )
@@ -381,6 +382,12 @@ def _prepare_run(
                 f"Run {run_key!r} exists with a different config ({changes}). Pass "
                 "overwrite=True to replace it, or pick another run_key."
             )
+        if not overwrite:  # same config: resume where it stopped
+            foreign = [
+                f for f in names.owned if f in existing and f not in info.owned_fields
+            ]
+            _refuse_foreign(foreign, run_key, overwrite, dataset)
+            return old
         cam_runs.delete_cam_run(dataset, run_key)
         existing = set(dataset.get_field_schema())
     foreign = [f for f in names.owned if f in existing]

@@ -292,3 +292,21 @@ def test_argument_errors_before_any_work(image_dir, model):
     assert set(ds.get_field_schema()) == fields
     assert ds.list_runs() == []
     ds.delete()
+
+
+def test_overwrite_same_config_recomputes_and_resume_keeps_owned_fields(
+    image_dir, model
+):
+    from gradcam_engine.runs import add_owned_fields
+
+    ds = make_dataset(image_dir)
+    run(ds, model, run_key="cam", layers=["layer4"])
+    ds.set_values("cam_layer4_focus", [0.5] * len(ds))
+    add_owned_fields(ds, "cam", ["cam_layer4_focus"])
+    summary = run(ds, model, run_key="cam", layers=["layer4"])
+    assert summary.num_skipped == 6
+    assert "cam_layer4_focus" in get_cam_run(ds, "cam").owned_fields
+    summary = run(ds, model, run_key="cam", layers=["layer4"], overwrite=True)
+    assert (summary.num_computed, summary.num_skipped) == (6, 0)
+    assert "cam_layer4_focus" not in ds.get_field_schema()
+    ds.delete()
