@@ -88,14 +88,24 @@ def demo_dir() -> pathlib.Path:
     return path.resolve()
 
 
-def _reuse(name: str, fresh: bool) -> fo.Dataset | None:
+def _reuse(name: str, fresh: bool, version: str = "") -> fo.Dataset | None:
+    """The existing dataset ``name`` if it was built by the same code, else None
+    (after deleting any stale copy)."""
     if fo.dataset_exists(name):
         if not fresh:
             dataset = fo.load_dataset(name)
-            if len(dataset) > 0:
+            if len(dataset) > 0 and dataset.info.get("builder_version") == version:
                 return dataset
         fo.delete_dataset(name)
     return None
+
+
+def _finish(dataset: fo.Dataset, version: str = "") -> fo.Dataset:
+    dataset.info["builder_version"] = version
+    dataset.compute_metadata()
+    dataset.persistent = True
+    dataset.save()
+    return dataset
 
 
 def _detections(boxes: dict[str, list[float]]) -> fo.Detections:
@@ -195,9 +205,7 @@ def build_photos_dataset(
 
     dataset = fo.Dataset(name)
     dataset.add_samples(samples)
-    dataset.compute_metadata()
-    dataset.persistent = True
-    return dataset
+    return _finish(dataset)
 
 
 def build_shortcut_dataset(
@@ -210,14 +218,16 @@ def build_shortcut_dataset(
 ) -> fo.Dataset:
     """The planted-shortcut ``"test"`` split as a FiftyOne dataset.
 
-    Fields: ``ground_truth`` (``fo.Classification``: circle/square),
+    Fields: ``ground_truth`` (``fo.Classification``: ``shortcut_data.CLASSES``),
     ``objects`` (``fo.Detections``, one tight box), ``mask``
     (``fo.Segmentation``, 1 on the object's pixels), ``background``
     (``"water"``/``"land"``), ``agrees`` (bool: the background is the class's
     training background). Samples are tagged ``"agree"`` or ``"disagree"``.
-    Persistent; reused unless ``fresh``.
+    Persistent; reused unless ``fresh`` or built with other arguments or by
+    another version of :mod:`gradcam_engine.shortcut_data`.
     """
-    dataset = _reuse(name, fresh)
+    version = f"{_code_version()}-n{n}-s{seed}-{size}px"
+    dataset = _reuse(name, fresh, version)
     if dataset is not None:
         return dataset
     root = pathlib.Path(directory) if directory else demo_dir() / "shortcut"
@@ -238,10 +248,7 @@ def build_shortcut_dataset(
     dataset = fo.Dataset(name)
     dataset.add_samples(samples)
     dataset.default_classes = list(shortcut_data.CLASSES)
-    dataset.compute_metadata()
-    dataset.persistent = True
-    dataset.save()
-    return dataset
+    return _finish(dataset, version)
 
 
 class ShortcutModels:

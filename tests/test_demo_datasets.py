@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gradcam_engine import demo_datasets as dd
+from gradcam_engine.shortcut_data import CLASSES
 
 
 @pytest.fixture(autouse=True)
@@ -60,14 +61,21 @@ def test_shortcut_dataset(tmp_path):
         assert len(dataset) == 12
         sample = dataset.first()
         assert isinstance(sample.ground_truth, fo.Classification)
-        assert sample.ground_truth.label in ("circle", "square")
+        assert sample.ground_truth.label in CLASSES
         assert len(sample.objects.detections) == 1
         mask = sample.mask.mask
         assert mask.shape == (64, 64) and set(np.unique(mask)) == {0, 1}
         assert sample.background in ("water", "land")
         assert dataset.count_values("agrees") == {True: 6, False: 6}
         assert dataset.count_sample_tags() == {"agree": 6, "disagree": 6}
-        assert dataset.default_classes == ["circle", "square"]
+        assert dataset.default_classes == list(CLASSES)
+        ids = dataset.values("id")
+        again = dd.build_shortcut_dataset(name, directory=tmp_path / "sc", n=12)
+        assert again.values("id") == ids  # reused
+        other = dd.build_shortcut_dataset(
+            name, directory=tmp_path / "sc2", n=12, seed=1
+        )
+        assert set(other.values("id")).isdisjoint(ids)  # other arguments: rebuilt
     finally:
         fo.delete_dataset(name)
 
