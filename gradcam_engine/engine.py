@@ -15,7 +15,13 @@ from .hooks import capture_outputs, eval_mode, frozen_parameters, preserved_grad
 from .layers import resolve_layers
 from .methods import WRAPPERS, get_method
 from .reshape import make_reshape
-from .targets import Target, dominant_class, resolve_targets, select_output
+from .targets import (
+    ResolvedTargets,
+    Target,
+    dominant_class,
+    resolve_targets,
+    select_output,
+)
 
 __all__ = ["CamEngine", "CamResult"]
 
@@ -128,13 +134,16 @@ class CamEngine:
             )
         x = input_tensor.to(self.device)
         with eval_mode(self.model), preserved_grads(self.model):
-            with torch.no_grad():
-                outputs = select_output(self.model(x)).float()
-            resolved = resolve_targets(targets, outputs)
-            if not self.aug_smooth:
-                maps, raw = self._maps(x, resolved.callables)
+            if self.fused and not self.aug_smooth:
+                # Targets are resolved from the fused pass's own outputs: one forward.
+                maps, raw, outputs, resolved = self._fused_maps(x, targets)
             else:
-                maps, raw = self._aug_smooth_maps(x, targets)
+                outputs = self._logits(x)
+                resolved = resolve_targets(targets, outputs)
+                if self.aug_smooth and self.fused:
+                    maps, raw = self._aug_smooth_maps(x, targets)
+                else:
+                    maps, raw = self._library_maps(x, resolved.callables)
         scores, predicted = _summarize(outputs, resolved.classes)
         return CamResult(
             maps=maps.float().cpu(),
@@ -146,29 +155,17 @@ class CamEngine:
 
     # -- passes --------------------------------------------------------------
 
-    def _maps(
-        self, x: torch.Tensor, targets: list
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.fused:
-            return self._fused_maps(x, targets)
-        return self._library_maps(x, targets)
-
     def _aug_smooth_maps(self, x: torch.Tensor, targets: Sequence[Target] | None):
         """pytorch-grad-cam's test-time augmentation: average of the normalised maps
         over flips and brightness factors; targets given as None are re-resolved
         on each augmented image, as the library does."""
-        if not self.fused:
-            return self._library_maps(
-                x, resolve_targets(targets, self._logits(x)).callables
-            )
         transforms = tta.Compose(
             [tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])]
         )
         maps, raws = [], []
         for transform in transforms:
             augmented = transform.augment_image(x)
-            callables = resolve_targets(targets, self._logits(augmented)).callables
-            aug_maps, aug_raw = self._fused_maps(augmented, callables)
+            aug_maps, aug_raw, _, _ = self._fused_maps(augmented, targets)
             maps.append(transform.deaugment_mask(aug_maps))
             raws.append(transform.deaugment_mask(aug_raw))
         return torch.stack(maps).mean(dim=0), torch.stack(raws).mean(dim=0)
@@ -178,8 +175,10 @@ class CamEngine:
             return select_output(self.model(x)).float()
 
     def _fused_maps(
-        self, x: torch.Tensor, targets: list
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, targets: Sequence[Target] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ResolvedTargets]:
+        """Maps, raw maps, the detached float outputs and the targets resolved
+        from them, all from one forward (and one backward) pass."""
         needs_grad = self.cam_class not in GRADIENT_FREE
         input_hw = (x.shape[-2], x.shape[-1])
         with (
@@ -193,10 +192,11 @@ class CamEngine:
             raise RuntimeError(
                 f"layers {missing} did not run in the model's forward pass"
             )
+        resolved = resolve_targets(targets, outputs.detach().float())
         activations = [captured[name] for name in self.layer_names]
         gradients: Sequence[torch.Tensor | None] = [None] * len(activations)
         if needs_grad:
-            loss = sum(t(o) for t, o in zip(targets, outputs, strict=True))
+            loss = sum(t(o) for t, o in zip(resolved.callables, outputs, strict=True))
             gradients = torch.autograd.grad(loss, activations, allow_unused=True)
             for name, grad in zip(self.layer_names, gradients, strict=True):
                 if grad is None:
@@ -223,7 +223,8 @@ class CamEngine:
                     self.eigen_smooth,
                 )
             )
-        return _scale(cams, input_hw)
+        maps, raw = _scale(cams, input_hw)
+        return maps, raw, outputs.detach().float(), resolved
 
     def _library_maps(
         self, x: torch.Tensor, targets: list
