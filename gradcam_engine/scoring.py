@@ -172,30 +172,31 @@ def score_cams(
         # Raw documents: decoding maps ourselves is ~10x faster than building
         # fo.Heatmap objects through mongoengine.
         columns = dict(zip(paths, view.values(paths, _raw=True), strict=True))
-        for i in range(len(chunk)):
-            maps = [_raw_heatmap(columns[f][i]) for f in heat_fields]
-            target = columns[target_path][i] if target_path else None
-            gt = _GroundTruth.from_columns(
-                kind, columns, gt_field, i, label_classes, seg_classes, target
+        n = len(chunk)
+        maps = [[_raw_heatmap(doc) for doc in columns[f]] for f in heat_fields]
+        gts = [
+            _GroundTruth.from_columns(
+                kind,
+                columns,
+                gt_field,
+                i,
+                label_classes,
+                seg_classes,
+                columns[target_path][i] if target_path else None,
             )
-            for f, m in zip(heat_fields, maps, strict=True):
-                usable = m is not None and float(m.sum()) > 0
-                out[spread_field(f)].append(_spread(m) if usable else None)
-                if kind is None:
-                    continue
-                obj = gt.mask(m.shape) if usable else None
-                if obj is None:
-                    out[focus_field(f)].append(None)
-                    out[hit_field(f)].append(None)
-                else:
-                    out[focus_field(f)].append(_focus(m, obj))
-                    out[hit_field(f)].append(gt.hit(m, obj, hit_tolerance))
-            if agreement_field:
-                out[agreement_field].append(_mean_pairwise_corr(maps))
-            for layer, name in vs_fields.items():
-                mine = maps[layers.index(layer)]
-                theirs = _raw_heatmap(columns[compare_fields[layer]][i])
-                out[name].append(_mean_pairwise_corr([mine, theirs]))
+            for i in range(n)
+        ]
+        for f, layer_maps in zip(heat_fields, maps, strict=True):
+            spread, focus, hit = _score_layer(layer_maps, gts, kind, hit_tolerance)
+            out[spread_field(f)] += spread
+            if kind is not None:
+                out[focus_field(f)] += focus
+                out[hit_field(f)] += hit
+        if agreement_field:
+            out[agreement_field] += _agreement(maps)
+        for layer, name in vs_fields.items():
+            theirs = [_raw_heatmap(doc) for doc in columns[compare_fields[layer]]]
+            out[name] += _agreement([maps[layers.index(layer)], theirs])
         done += len(chunk)
         report(done)
 
@@ -413,9 +414,17 @@ class _GroundTruth:
             return np.asarray(canvas, dtype=np.float32)
         return None
 
-    def hit(self, m: np.ndarray, obj: np.ndarray, tol: float) -> bool:
-        h, w = m.shape
-        i, j = np.unravel_index(int(np.argmax(m)), m.shape)
+    def hit_at(
+        self,
+        peak: tuple[int, int],
+        shape: tuple[int, int],
+        obj: np.ndarray,
+        tol: float,
+    ) -> bool:
+        """Whether the peak pixel ``(row, col)`` of a map of ``shape`` lies in an
+        object, boxes expanded (masks dilated) by ``tol`` of the image size."""
+        i, j = peak
+        h, w = shape
         if self.boxes is not None:
             x, y = (j + 0.5) / w, (i + 0.5) / h
             b = self.boxes
@@ -486,10 +495,111 @@ def _raw_heatmap(doc: dict | None) -> np.ndarray | None:
 # --------------------------------------------------------------------------- scores
 
 
-def _focus(m: np.ndarray, obj: np.ndarray) -> float:
-    total = float(m.sum(dtype=np.float64))
-    inside = float((m * obj).sum(dtype=np.float64))
-    return float(min(max(inside / total, 0.0), 1.0))
+def _by_shape(maps: list[np.ndarray | None]) -> dict[tuple[int, int], list[int]]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(maps):
+        if m is not None:
+            groups.setdefault(m.shape, []).append(i)
+    return groups
+
+
+def _score_layer(
+    maps: list[np.ndarray | None],
+    gts: list[_GroundTruth],
+    kind: str | None,
+    tol: float,
+) -> tuple[list, list, list]:
+    """Spread, focus and hit of one layer's maps, batched per map shape."""
+    n = len(maps)
+    spread: list = [None] * n
+    focus: list = [None] * n
+    hit: list = [None] * n
+    for shape, idx in _by_shape(maps).items():
+        stack = np.stack([maps[i] for i in idx])  # [B, H, W] float32
+        totals = stack.reshape(len(idx), -1).sum(axis=1, dtype=np.float64)
+        usable = totals > 0
+        for i, value in zip(idx, _spread_batch(stack, usable), strict=True):
+            spread[i] = value
+        if kind is None:
+            continue
+        objs = [
+            gts[i].mask(shape) if ok else None
+            for i, ok in zip(idx, usable, strict=True)
+        ]
+        rows = [k for k, obj in enumerate(objs) if obj is not None]
+        if not rows:
+            continue
+        sub = stack[rows]
+        obj_stack = np.stack([objs[k] for k in rows])
+        inside = (sub * obj_stack).reshape(len(rows), -1).sum(axis=1, dtype=np.float64)
+        fractions = np.clip(inside / totals[rows], 0.0, 1.0)
+        peaks = sub.reshape(len(rows), -1).argmax(axis=1)
+        for k, fraction, peak in zip(rows, fractions, peaks, strict=True):
+            i = idx[k]
+            focus[i] = float(fraction)
+            hit[i] = gts[i].hit_at(divmod(int(peak), shape[1]), shape, objs[k], tol)
+    return spread, focus, hit
+
+
+def _spread_batch(stack: np.ndarray, usable: np.ndarray) -> list[float | None]:
+    """``_spread`` of each ``[H, W]`` map of ``stack`` (None where unusable)."""
+    b = len(stack)
+    q = np.rint(np.clip(stack, 0.0, 1.0) * 255.0).astype(np.int64).reshape(b, -1)
+    size = q.shape[1]
+    counts = np.bincount((q + 256 * np.arange(b)[:, None]).ravel(), minlength=256 * b)
+    counts = counts.reshape(b, 256)[:, ::-1].astype(np.float64)  # brightest first
+    levels = np.arange(255, -1, -1, dtype=np.float64)
+    energy = counts * levels
+    half = energy.sum(axis=1) / 2.0
+    cum = np.cumsum(energy, axis=1)
+    level = np.argmax(cum >= (half * (1 - 1e-12))[:, None], axis=1)
+    rows = np.arange(b)
+    prev = np.maximum(level - 1, 0)
+    before = np.where(level > 0, cum[rows, prev], 0.0)
+    pixels_before = np.where(level > 0, np.cumsum(counts, axis=1)[rows, prev], 0.0)
+    step = np.maximum(levels[level], 1.0)
+    needed = np.maximum(np.ceil((half - before) / step - 1e-9), 0.0)
+    result: list[float | None] = []
+    for k in range(b):
+        if not usable[k]:
+            result.append(None)
+        elif half[k] <= 0:  # energy below one quantisation step: exact path
+            result.append(_spread(stack[k]))
+        else:
+            result.append(float((pixels_before[k] + needed[k]) / size))
+    return result
+
+
+def _agreement(layer_maps: list[list[np.ndarray | None]]) -> list[float | None]:
+    """Per sample, the mean pairwise Pearson correlation of its maps across
+    ``layer_maps`` (one list per layer), batched where all maps share a shape."""
+    n = len(layer_maps[0])
+    result: list[float | None] = [None] * n
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in range(n):
+        maps = [lm[i] for lm in layer_maps]
+        shapes = {m.shape for m in maps if m is not None}
+        if len(shapes) == 1 and all(m is not None for m in maps):
+            groups.setdefault(shapes.pop(), []).append(i)
+        else:
+            result[i] = _mean_pairwise_corr(maps)
+    n_layers = len(layer_maps)
+    iu = np.triu_indices(n_layers, k=1)
+    for idx in groups.values():
+        z = np.stack(
+            [np.stack([lm[i].ravel() for lm in layer_maps]) for i in idx]
+        ).astype(np.float64)  # [B, L, N]
+        z -= z.mean(axis=2, keepdims=True)
+        norms = np.linalg.norm(z, axis=2)  # [B, L]
+        ok = norms > 1e-12
+        z /= np.where(ok, norms, 1.0)[:, :, None]
+        corr = np.einsum("bln,bmn->blm", z, z)[:, iu[0], iu[1]]  # [B, pairs]
+        valid = ok[:, iu[0]] & ok[:, iu[1]]
+        for k, i in enumerate(idx):
+            if valid[k].any():
+                value = corr[k][valid[k]].mean()
+                result[i] = float(np.clip(value, -1.0, 1.0))
+    return result
 
 
 def _spread(m: np.ndarray) -> float:
