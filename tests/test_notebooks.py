@@ -1,6 +1,6 @@
 """Execute every notebook in notebooks/ with nbclient on this interpreter.
 
-The kernel inherits the isolated FiftyOne database of tests/conftest.py;
+Each kernel runs on its own temporary FiftyOne database;
 ``CAM_AUDIT_NB_QUICK=1`` makes the bias-review notebook train small models.
 """
 
@@ -37,22 +37,14 @@ def test_notebooks_found():
     ]
 
 
-@pytest.fixture(scope="module")
-def database():
-    """Hold a connection to the test database for the whole module, so the
-    embedded mongod outlives each kernel (a kernel that exits last would stop
-    it while the next one connects)."""
-    import fiftyone as fo
-
-    fo.list_datasets()
-    yield
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, database, monkeypatch, tmp_path):
+def test_notebook_runs(path, monkeypatch, tmp_path):
     monkeypatch.setenv("CAM_AUDIT_NB_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("CAM_AUDIT_DEMO_DIR", str(tmp_path / "demo"))
+    # Each kernel gets its own embedded database: a kernel that exits stops the
+    # mongod it shares, which would cut off the next kernel mid-run.
+    monkeypatch.setenv("FIFTYONE_DATABASE_DIR", str(tmp_path / "db"))
     book = nbformat.read(path, as_version=4)
     assert not any(
         cell.get("outputs") for cell in book.cells if cell.cell_type == "code"
