@@ -38,10 +38,11 @@ import fiftyone.core.collections as foc
 import fiftyone.core.utils as fou
 import numpy as np
 from bson import ObjectId
-from PIL import Image, ImageDraw
+from PIL import Image
 from pymongo import UpdateOne
 
 from . import runs
+from .map_scores import GroundTruth, agreement, score_layer
 from .storage import heatmap_to_float, iter_chunks
 
 __all__ = ["GT_TYPES", "score_cams", "focus_field", "hit_field", "spread_field"]
@@ -175,7 +176,7 @@ def score_cams(
         n = len(chunk)
         maps = [[_raw_heatmap(doc) for doc in columns[f]] for f in heat_fields]
         gts = [
-            _GroundTruth.from_columns(
+            _ground_truth(
                 kind,
                 columns,
                 gt_field,
@@ -187,16 +188,16 @@ def score_cams(
             for i in range(n)
         ]
         for f, layer_maps in zip(heat_fields, maps, strict=True):
-            spread, focus, hit = _score_layer(layer_maps, gts, kind, hit_tolerance)
+            spread, focus, hit = score_layer(layer_maps, gts, kind, hit_tolerance)
             out[spread_field(f)] += spread
             if kind is not None:
                 out[focus_field(f)] += focus
                 out[hit_field(f)] += hit
         if agreement_field:
-            out[agreement_field] += _agreement(maps)
+            out[agreement_field] += agreement(maps)
         for layer, name in vs_fields.items():
             theirs = [_raw_heatmap(doc) for doc in columns[compare_fields[layer]]]
-            out[name] += _agreement([maps[layers.index(layer)], theirs])
+            out[name] += agreement([maps[layers.index(layer)], theirs])
         done += len(chunk)
         report(done)
 
@@ -341,124 +342,47 @@ class _SegClasses:
         return None  # all non-zero pixels
 
 
-class _GroundTruth:
-    """One sample's objects, rasterised on demand at a heatmap's resolution."""
-
-    def __init__(self, boxes=None, mask=None, mask_values=None, polygons=None):
-        self.boxes = boxes  # float [N, 4] relative xywh, N >= 1
-        self.seg = mask  # int [h, w]
-        self.mask_values = mask_values
-        self.polygons = polygons  # list of [[x, y], ...] relative
-        self._cache: dict[tuple[int, int], np.ndarray | None] = {}
-
-    @classmethod
-    def from_columns(cls, kind, columns, gt_field, i, label_classes, seg, target):
-        if kind is None:
-            return cls()
-        if kind == "detections":
-            boxes = columns[f"{gt_field}.detections.bounding_box"][i] or []
-            labels = columns[f"{gt_field}.detections.label"][i] or []
-            keep = [
-                b
-                for b, lab in zip(boxes, labels, strict=True)
-                if b is not None and (not label_classes or lab in label_classes)
-            ]
-            return cls(boxes=np.asarray(keep, dtype=np.float64).reshape(-1, 4))
-        label = columns[gt_field][i]
-        if label is None:
-            return cls()
-        if kind == "segmentation":
-            if label.get("mask") is not None:
-                mask = _decode_array(label["mask"])
-            elif label.get("mask_path"):
-                mask = np.asarray(Image.open(label["mask_path"]))
-            else:
-                return cls()
-            if mask.ndim == 3:  # RGB masks: any colour is an object
-                mask = mask.any(axis=-1).astype(np.uint8)
-            return cls(mask=mask, mask_values=seg.values_for(target))
-        polygons = [
-            shape
-            for poly in label.get("polylines") or []
-            if not label_classes or poly.get("label") in label_classes
-            for shape in poly.get("points") or []
-            if len(shape) >= 3
+def _ground_truth(
+    kind, columns, gt_field, i, label_classes, seg, target
+) -> GroundTruth:
+    """Sample ``i``'s objects from the raw columns read by ``score_cams``."""
+    if kind is None:
+        return GroundTruth()
+    if kind == "detections":
+        boxes = columns[f"{gt_field}.detections.bounding_box"][i] or []
+        labels = columns[f"{gt_field}.detections.label"][i] or []
+        keep = [
+            b
+            for b, lab in zip(boxes, labels, strict=True)
+            if b is not None and (not label_classes or lab in label_classes)
         ]
-        return cls(polygons=polygons)
-
-    def mask(self, shape: tuple[int, int]) -> np.ndarray | None:
-        """Object weights in [0, 1] at ``shape`` (None: no object)."""
-        if shape not in self._cache:
-            obj = self._rasterise(shape)
-            self._cache[shape] = obj if obj is not None and obj.any() else None
-        return self._cache[shape]
-
-    def _rasterise(self, shape: tuple[int, int]) -> np.ndarray | None:
-        h, w = shape
-        if self.boxes is not None:
-            return _box_coverage(self.boxes, h, w) if len(self.boxes) else None
-        if self.seg is not None:
-            mh, mw = self.seg.shape[:2]
-            rows = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(int), mh - 1)
-            cols = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(int), mw - 1)
-            resized = self.seg[rows[:, None], cols[None, :]]
-            if self.mask_values is None:
-                return (resized != 0).astype(np.float32)
-            return np.isin(resized, self.mask_values).astype(np.float32)
-        if self.polygons:
-            canvas = Image.new("L", (w, h), 0)
-            draw = ImageDraw.Draw(canvas)
-            for shape_pts in self.polygons:
-                xy = [(x * w - 0.5, y * h - 0.5) for x, y in shape_pts]
-                draw.polygon(xy, fill=1, outline=1)
-            return np.asarray(canvas, dtype=np.float32)
-        return None
-
-    def hit_at(
-        self,
-        peak: tuple[int, int],
-        shape: tuple[int, int],
-        obj: np.ndarray,
-        tol: float,
-    ) -> bool:
-        """Whether the peak pixel ``(row, col)`` of a map of ``shape`` lies in an
-        object, boxes expanded (masks dilated) by ``tol`` of the image size."""
-        i, j = peak
-        h, w = shape
-        if self.boxes is not None:
-            x, y = (j + 0.5) / w, (i + 0.5) / h
-            b = self.boxes
-            inside = (
-                (x >= b[:, 0] - tol)
-                & (x <= b[:, 0] + b[:, 2] + tol)
-                & (y >= b[:, 1] - tol)
-                & (y <= b[:, 1] + b[:, 3] + tol)
-            )
-            return bool(inside.any())
-        ry, rx = int(round(tol * h)), int(round(tol * w))
-        window = obj[max(0, i - ry) : i + ry + 1, max(0, j - rx) : j + rx + 1]
-        return bool((window > 0).any())
-
-
-def _box_coverage(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Fraction of each pixel covered by the union of ``boxes`` (relative xywh),
-    float32 ``[h, w]``; overlapping boxes are merged with ``max``."""
-
-    def axis(start: np.ndarray, length: np.ndarray, n: int) -> np.ndarray:
-        edges = np.arange(n + 1) / n
-        lo, hi = edges[:-1][None, :], edges[1:][None, :]
-        s, e = start[:, None], (start + length)[:, None]
-        return np.clip(np.minimum(hi, e) - np.maximum(lo, s), 0.0, None) * n
-
-    cover_x = axis(boxes[:, 0], boxes[:, 2], w)  # [N, w]
-    cover_y = axis(boxes[:, 1], boxes[:, 3], h)  # [N, h]
-    cover = (cover_y[:, :, None] * cover_x[:, None, :]).max(axis=0)
-    return np.clip(cover, 0.0, 1.0).astype(np.float32)
+        return GroundTruth(boxes=np.asarray(keep, dtype=np.float64).reshape(-1, 4))
+    label = columns[gt_field][i]
+    if label is None:
+        return GroundTruth()
+    if kind == "segmentation":
+        if label.get("mask") is not None:
+            mask = _decode_array(label["mask"])
+        elif label.get("mask_path"):
+            mask = np.asarray(Image.open(label["mask_path"]))
+        else:
+            return GroundTruth()
+        if mask.ndim == 3:  # RGB masks: any colour is an object
+            mask = mask.any(axis=-1).astype(np.uint8)
+        return GroundTruth(mask=mask, mask_values=seg.values_for(target))
+    polygons = [
+        shape
+        for poly in label.get("polylines") or []
+        if not label_classes or poly.get("label") in label_classes
+        for shape in poly.get("points") or []
+        if len(shape) >= 3
+    ]
+    return GroundTruth(polygons=polygons)
 
 
 # --------------------------------------------------------------------------- decoding
 
-_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
 
 
 def _decode_array(data: bytes) -> np.ndarray:
@@ -490,163 +414,6 @@ def _raw_heatmap(doc: dict | None) -> np.ndarray | None:
     if isinstance(doc.get("map"), bytes):
         doc = {**doc, "map": _decode_array(doc["map"])}
     return heatmap_to_float(doc)
-
-
-# --------------------------------------------------------------------------- scores
-
-
-def _by_shape(maps: list[np.ndarray | None]) -> dict[tuple[int, int], list[int]]:
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, m in enumerate(maps):
-        if m is not None:
-            groups.setdefault(m.shape, []).append(i)
-    return groups
-
-
-def _score_layer(
-    maps: list[np.ndarray | None],
-    gts: list[_GroundTruth],
-    kind: str | None,
-    tol: float,
-) -> tuple[list, list, list]:
-    """Spread, focus and hit of one layer's maps, batched per map shape."""
-    n = len(maps)
-    spread: list = [None] * n
-    focus: list = [None] * n
-    hit: list = [None] * n
-    for shape, idx in _by_shape(maps).items():
-        stack = np.stack([maps[i] for i in idx])  # [B, H, W] float32
-        totals = stack.reshape(len(idx), -1).sum(axis=1, dtype=np.float64)
-        usable = totals > 0
-        for i, value in zip(idx, _spread_batch(stack, usable), strict=True):
-            spread[i] = value
-        if kind is None:
-            continue
-        objs = [
-            gts[i].mask(shape) if ok else None
-            for i, ok in zip(idx, usable, strict=True)
-        ]
-        rows = [k for k, obj in enumerate(objs) if obj is not None]
-        if not rows:
-            continue
-        sub = stack[rows]
-        obj_stack = np.stack([objs[k] for k in rows])
-        inside = (sub * obj_stack).reshape(len(rows), -1).sum(axis=1, dtype=np.float64)
-        fractions = np.clip(inside / totals[rows], 0.0, 1.0)
-        peaks = sub.reshape(len(rows), -1).argmax(axis=1)
-        for k, fraction, peak in zip(rows, fractions, peaks, strict=True):
-            i = idx[k]
-            focus[i] = float(fraction)
-            hit[i] = gts[i].hit_at(divmod(int(peak), shape[1]), shape, objs[k], tol)
-    return spread, focus, hit
-
-
-def _spread_batch(stack: np.ndarray, usable: np.ndarray) -> list[float | None]:
-    """``_spread`` of each ``[H, W]`` map of ``stack`` (None where unusable)."""
-    b = len(stack)
-    q = np.rint(np.clip(stack, 0.0, 1.0) * 255.0).astype(np.int64).reshape(b, -1)
-    size = q.shape[1]
-    counts = np.bincount((q + 256 * np.arange(b)[:, None]).ravel(), minlength=256 * b)
-    counts = counts.reshape(b, 256)[:, ::-1].astype(np.float64)  # brightest first
-    levels = np.arange(255, -1, -1, dtype=np.float64)
-    energy = counts * levels
-    half = energy.sum(axis=1) / 2.0
-    cum = np.cumsum(energy, axis=1)
-    level = np.argmax(cum >= (half * (1 - 1e-12))[:, None], axis=1)
-    rows = np.arange(b)
-    prev = np.maximum(level - 1, 0)
-    before = np.where(level > 0, cum[rows, prev], 0.0)
-    pixels_before = np.where(level > 0, np.cumsum(counts, axis=1)[rows, prev], 0.0)
-    step = np.maximum(levels[level], 1.0)
-    needed = np.maximum(np.ceil((half - before) / step - 1e-9), 0.0)
-    result: list[float | None] = []
-    for k in range(b):
-        if not usable[k]:
-            result.append(None)
-        elif half[k] <= 0:  # energy below one quantisation step: exact path
-            result.append(_spread(stack[k]))
-        else:
-            result.append(float((pixels_before[k] + needed[k]) / size))
-    return result
-
-
-def _agreement(layer_maps: list[list[np.ndarray | None]]) -> list[float | None]:
-    """Per sample, the mean pairwise Pearson correlation of its maps across
-    ``layer_maps`` (one list per layer), batched where all maps share a shape."""
-    n = len(layer_maps[0])
-    result: list[float | None] = [None] * n
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i in range(n):
-        maps = [lm[i] for lm in layer_maps]
-        shapes = {m.shape for m in maps if m is not None}
-        if len(shapes) == 1 and all(m is not None for m in maps):
-            groups.setdefault(shapes.pop(), []).append(i)
-        else:
-            result[i] = _mean_pairwise_corr(maps)
-    n_layers = len(layer_maps)
-    iu = np.triu_indices(n_layers, k=1)
-    for idx in groups.values():
-        z = np.stack(
-            [np.stack([lm[i].ravel() for lm in layer_maps]) for i in idx]
-        ).astype(np.float64)  # [B, L, N]
-        z -= z.mean(axis=2, keepdims=True)
-        norms = np.linalg.norm(z, axis=2)  # [B, L]
-        ok = norms > 1e-12
-        z /= np.where(ok, norms, 1.0)[:, :, None]
-        corr = np.einsum("bln,bmn->blm", z, z)[:, iu[0], iu[1]]  # [B, pairs]
-        valid = ok[:, iu[0]] & ok[:, iu[1]]
-        for k, i in enumerate(idx):
-            if valid[k].any():
-                value = corr[k][valid[k]].mean()
-                result[i] = float(np.clip(value, -1.0, 1.0))
-    return result
-
-
-def _spread(m: np.ndarray) -> float:
-    """Smallest fraction of pixels holding half of the energy. Exact for maps
-    quantised to 256 levels (as stored), within 1/255 otherwise."""
-    q = np.rint(np.clip(m, 0.0, 1.0) * 255.0).astype(np.int64).ravel()
-    counts = np.bincount(q, minlength=256)[::-1]  # brightest level first
-    levels = np.arange(255, -1, -1, dtype=np.float64)
-    energy = counts * levels
-    half = energy.sum() / 2.0
-    if half <= 0:
-        # All energy below the quantisation step: fall back to the float map.
-        s = np.sort(m.ravel())[::-1]
-        k = int(np.searchsorted(np.cumsum(s), s.sum() / 2.0 * (1 - 1e-9))) + 1
-        return k / m.size
-    cum = np.cumsum(energy)
-    level = int(np.searchsorted(cum, half * (1 - 1e-12)))
-    before = cum[level - 1] if level > 0 else 0.0
-    pixels_before = counts[:level].sum()
-    needed = int(np.ceil((half - before) / levels[level] - 1e-9))
-    return float((pixels_before + max(needed, 0)) / q.size)
-
-
-def _resize(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if m.shape == shape:
-        return m
-    img = Image.fromarray(m.astype(np.float32), mode="F")
-    return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR))
-
-
-def _mean_pairwise_corr(maps: list[np.ndarray | None]) -> float | None:
-    """Mean Pearson correlation over pairs of maps (resized to the first one's
-    shape); pairs with a missing or constant map are left out."""
-    present = [m for m in maps if m is not None]
-    if len(present) < 2:
-        return None
-    shape = present[0].shape
-    z = np.stack([_resize(m, shape).ravel() for m in present]).astype(np.float64)
-    z -= z.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(z, axis=1)
-    ok = norms > 1e-12
-    if ok.sum() < 2:
-        return None
-    z = z[ok] / norms[ok, None]
-    corr = z @ z.T
-    iu = np.triu_indices(len(z), k=1)
-    return float(np.clip(corr[iu].mean(), -1.0, 1.0))
 
 
 def _mean(values: list) -> float | None:

@@ -417,3 +417,34 @@ def test_end_to_end_with_compute_cams_db_and_disk(tmp_path):
     assert box >= mask - 1e-6
     owned = runs.get_cam_run(ds, "disk").owned_fields
     assert "disk_block4_focus" in owned and "disk_layer_agreement" in owned
+
+
+def test_batched_arithmetic_matches_direct_formulas():
+    """map_scores (pure numpy) against straightforward reference formulas."""
+    from gradcam_engine.map_scores import GroundTruth, agreement, score_layer
+
+    rng = np.random.default_rng(5)
+    maps = [rng.integers(0, 256, (9, 13)).astype(np.float32) / 255 for _ in range(6)]
+    maps.append(np.zeros((9, 13), np.float32))
+    maps.append(rng.integers(0, 256, (4, 7)).astype(np.float32) / 255)  # other shape
+    gts = [GroundTruth(boxes=np.array([[0.1, 0.2, 0.5, 0.4]]))] * len(maps)
+    spread, focus, hit = score_layer(maps, gts, "detections", 0.0)
+    for k, m in enumerate(maps):
+        if m.sum() == 0:
+            assert spread[k] is focus[k] is hit[k] is None
+            continue
+        s = np.sort(m.ravel())[::-1]
+        expected = (np.searchsorted(np.cumsum(s), s.sum() / 2 - 1e-6) + 1) / m.size
+        assert spread[k] == pytest.approx(expected)
+        cover = gts[k].mask(m.shape)
+        assert focus[k] == pytest.approx((m * cover).sum() / m.sum(), rel=1e-5)
+        i, j = np.unravel_index(np.argmax(m), m.shape)
+        x, y = (j + 0.5) / m.shape[1], (i + 0.5) / m.shape[0]
+        assert hit[k] == (0.1 <= x <= 0.6 and 0.2 <= y <= 0.6)
+    a = [rng.random((6, 6)) for _ in range(4)]
+    b = [rng.random((6, 6)) for _ in range(4)]
+    c = [rng.random((6, 6)) for _ in range(4)]
+    got = agreement([a, b, c])
+    for k in range(4):
+        r = np.corrcoef([a[k].ravel(), b[k].ravel(), c[k].ravel()])
+        assert got[k] == pytest.approx(np.mean([r[0, 1], r[0, 2], r[1, 2]]))
