@@ -233,8 +233,11 @@ def _card(sample, info, layer, focus, label_field, boxes_field, alpha, size) -> 
         thumb = _placeholder(size, "image missing")
         over = thumb
     else:
-        thumb = image.copy()
-        thumb.thumbnail((size, size), Image.BILINEAR)
+        scale = size / max(image.size)  # small images are enlarged (crisp) too
+        thumb = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            Image.BILINEAR if scale < 1 else Image.NEAREST,
+        )
         if heatmap is None:
             over = _placeholder(size, "no heatmap")
             notes.append("no heatmap")
