@@ -201,8 +201,9 @@ def score_cams(
         done += len(chunk)
         report(done)
 
+    hit_names = {hit_field(f) for f in heat_fields}
     for name in out:
-        ftype = fo.BooleanField if name.endswith("_hit") else fo.FloatField
+        ftype = fo.BooleanField if name in hit_names else fo.FloatField
         if name not in schema:
             dataset.add_sample_field(name, ftype)
     _write(samples, ids, out)
