@@ -1,6 +1,7 @@
 """Engine speed: CamEngine against a plain forward and against pytorch-grad-cam.
 
     .venv/bin/python benchmarks/bench_engine.py [--batch 8] [--size 224] [--reps 9]
+        [--threads N]
 
 ResNet-50 with random weights (no download), CPU. Every case is warmed up, then
 the cases run interleaved (a rotating order inside each repetition) so that a
@@ -64,7 +65,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=9)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval()

@@ -55,9 +55,11 @@ def capture_outputs(
     """Record each module's output of one forward pass, keyed by name.
 
     With ``track_grad`` each output becomes a leaf that requires grad (when it
-    does not already depend on one), and the forward continues on a clone, so
-    that in-place ops downstream (``ReLU(inplace=True)``, ``+=``) cannot alter
-    or invalidate what was captured. Hooks are removed on exit, even on error.
+    does not already depend on one), and the forward always continues on a
+    clone, so that in-place ops downstream (``ReLU(inplace=True)``, ``+=``)
+    cannot alter or invalidate what was captured, whichever other layers are
+    hooked. Without it each output is stored as a detached copy, for the same
+    reason. Hooks are removed on exit, even on error.
     """
     captured: dict[str, torch.Tensor] = {}
 
@@ -74,11 +76,11 @@ def capture_outputs(
                     "module); pick a layer that runs once"
                 )
             if not track_grad:
-                captured[name] = output.detach()
+                captured[name] = output.detach().clone()
                 return None
-            if output.requires_grad:
+            if output.requires_grad:  # downstream of another hooked layer
                 captured[name] = output
-                return None
+                return output.clone()
             leaf = output.detach().requires_grad_(True)
             captured[name] = leaf
             return leaf.clone()

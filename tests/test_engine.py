@@ -211,6 +211,28 @@ def test_aug_smooth_matches_library(resnet18, targets):
     torch.testing.assert_close(maps, torch.stack(expected, 1), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+def test_layer_map_does_not_depend_on_other_layers(resnet18, method):
+    """``bn1`` feeds an in-place ReLU; hooking ``conv1`` upstream makes bn1's
+    output require grad. Its map must still be bn1's own output's map.
+
+    (pytorch-grad-cam itself stores a CPU activation as a view that the in-place
+    ReLU then overwrites, so for such layers its CPU result is the map of the
+    ReLU's output; the engine keeps the layer's true output, as the library does
+    on a GPU.)
+    """
+    torch.manual_seed(10)
+    x = torch.randn(2, 3, 64, 64)
+    layers = ["conv1", "bn1", "layer1"]
+    with CamEngine(resnet18, layers=layers, method=method) as engine:
+        together = engine.compute(x, [1, 2])
+    for i, layer in enumerate(layers):
+        with CamEngine(resnet18, layers=[layer], method=method) as engine:
+            alone = engine.compute(x, [1, 2])
+        torch.testing.assert_close(together.maps[:, i], alone.maps[:, 0], msg=layer)
+        torch.testing.assert_close(together.raw[:, i], alone.raw[:, 0], msg=layer)
+
+
 # -- raw maps and what was explained -------------------------------------------------
 
 
