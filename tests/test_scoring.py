@@ -448,3 +448,18 @@ def test_batched_arithmetic_matches_direct_formulas():
     for k in range(4):
         r = np.corrcoef([a[k].ravel(), b[k].ravel(), c[k].ravel()])
         assert got[k] == pytest.approx(np.mean([r[0, 1], r[0, 2], r[1, 2]]))
+
+
+def test_scores_follow_a_renamed_run_and_progress_bar_works():
+    ds = make_dataset(3)
+    make_run(ds, "r", {"l": [box_map(8, 8, [0, 0, 0.5, 1])] * 3})
+    set_boxes(ds, [[[0, 0, 0.5, 1]]] * 3)
+    score_cams(ds, "r", "gt", progress=True)
+    runs.rename_cam_run(ds, "r", "r2")
+    assert ds.values("r2_l_focus") == pytest.approx([1.0] * 3)
+    assert "r_l_focus" not in ds.get_field_schema()
+    summary = score_cams(ds, "r2", "gt")
+    assert summary["mean_focus"] == {"l": pytest.approx(1.0)}
+    assert sorted(runs.get_cam_run(ds, "r2").owned_fields) == sorted(
+        ["r2_l", "r2_l_focus", "r2_l_hit", "r2_l_spread"]
+    )
