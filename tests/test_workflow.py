@@ -136,7 +136,9 @@ def test_bulk_writes_only(image_dir, model, monkeypatch):
 
     ds = make_dataset(image_dir)
     monkeypatch.setattr(fo.Sample, "save", no_save)
-    summary = run(ds, model, run_key="cam", layers=["layer4"])
+    summary = run(
+        ds, model, run_key="cam", layers=["layer4"], device="cpu", progress=True
+    )
     assert summary.num_computed == 6
     ds.delete()
 
