@@ -47,6 +47,7 @@ format: install
 bench: install
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_workflow.py
+	$(PY) benchmarks/bench_scoring.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
