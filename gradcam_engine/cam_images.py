@@ -4,17 +4,18 @@ and gradients, so that all layers come from one forward and one backward pass.
 Each function mirrors the ``get_cam_weights`` / ``get_cam_image`` of its
 pytorch-grad-cam class, on ``[B, C, h, w]`` tensors on the model's device, and
 returns the ``[B, h, w]`` map before ReLU. The SVD projections (EigenCAM,
-``eigen_smooth``) call the library's own numpy helper: torch's SVD may flip the
-sign of the first component, which after ReLU would give a different map.
+``eigen_smooth``) use numpy's SVD as the library's ``get_2d_projection`` does:
+torch's SVD may flip the sign of the first component, which after ReLU would
+give a different map.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytorch_grad_cam as pgc
 import torch
-from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 __all__ = ["CAM_IMAGES", "GRADIENT_FREE"]
 
@@ -24,8 +25,20 @@ _SPATIAL = (2, 3)
 
 
 def _project(maps: torch.Tensor) -> torch.Tensor:
-    projected = get_2d_projection(maps.detach().cpu().numpy())
-    return torch.from_numpy(projected).to(maps.device)
+    """pytorch-grad-cam's ``get_2d_projection``, minus the full ``U`` and ``V``
+    it never uses: ``full_matrices=False`` yields the same first right-singular
+    vector (the same LAPACK bidiagonal SVD, bitwise equal in our tests) without
+    building a ``[h*w, h*w]`` or ``[C, C]`` matrix, which took seconds per image
+    on early layers (h*w in the thousands) and wide ones (C = 2048)."""
+    batch = maps.detach().float().cpu().numpy().copy()
+    batch[np.isnan(batch)] = 0
+    projections = []
+    for acts in batch:
+        flat = acts.reshape(acts.shape[0], -1).transpose()
+        flat = flat - flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat, full_matrices=False)
+        projections.append((flat @ vt[0, :]).reshape(acts.shape[1:]))
+    return torch.from_numpy(np.float32(projections)).to(maps.device)
 
 
 def _combine(weighted: torch.Tensor, eigen_smooth: bool) -> torch.Tensor:

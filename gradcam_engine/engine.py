@@ -127,6 +127,13 @@ class CamEngine:
                 "input_tensor must be a float tensor [B, C, H, W], got "
                 f"{input_tensor.dtype} of shape {tuple(input_tensor.shape)}"
             )
+        if targets is not None and (
+            isinstance(targets, str | bytes) or not isinstance(targets, Sequence)
+        ):
+            raise TypeError(
+                "targets must be a list with one entry per image (int, None or "
+                f"callable), got {type(targets).__name__}"
+            )
         if targets is not None and len(targets) != input_tensor.shape[0]:
             raise ValueError(
                 f"targets has {len(targets)} entries but the batch has "
@@ -238,7 +245,8 @@ class CamEngine:
             raw_cams: list = []
             cam = self.cam_class(
                 model=wrapped,
-                target_layers=[module],
+                # FullGrad uses every bias layer and prints a warning when given one.
+                target_layers=[] if layer_free else [module],
                 reshape_transform=lambda t, m=module: self._reshape(t, m, input_hw),
                 **self.method_kwargs,
             )

@@ -313,6 +313,10 @@ def test_bad_inputs_and_targets_raise(tiny):
             ValueError, match="targets has 1 entries but the batch has 2"
         ):
             engine(x, [1])
+        with pytest.raises(TypeError, match="targets must be a list.*got int"):
+            engine(x, 1)
+        with pytest.raises(TypeError, match="targets must be a list.*got str"):
+            engine(x, "ab")
         with pytest.raises(TypeError, match=r"targets\[1\] must be an int.*str"):
             engine(x, [1, "cat"])
         with pytest.raises(TypeError, match=r"targets\[0\] must be an int"):
