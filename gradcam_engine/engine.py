@@ -140,7 +140,14 @@ class CamEngine:
                 f"{input_tensor.shape[0]} images; pass one target per image."
             )
         x = input_tensor.to(self.device)
-        with eval_mode(self.model), preserved_grads(self.model):
+        with (
+            # Gradients are needed even inside the caller's torch.inference_mode().
+            torch.inference_mode(False),
+            eval_mode(self.model),
+            preserved_grads(self.model),
+        ):
+            if x.is_inference():
+                x = x.clone()
             if self.fused and not self.aug_smooth:
                 # Targets are resolved from the fused pass's own outputs: one forward.
                 maps, raw, outputs, resolved = self._fused_maps(x, targets)
@@ -203,8 +210,11 @@ class CamEngine:
         activations = [captured[name] for name in self.layer_names]
         gradients: Sequence[torch.Tensor | None] = [None] * len(activations)
         if needs_grad:
-            loss = sum(t(o) for t, o in zip(resolved.callables, outputs, strict=True))
-            gradients = torch.autograd.grad(loss, activations, allow_unused=True)
+            with torch.enable_grad():  # the caller may be inside torch.no_grad()
+                loss = sum(
+                    t(o) for t, o in zip(resolved.callables, outputs, strict=True)
+                )
+                gradients = torch.autograd.grad(loss, activations, allow_unused=True)
             for name, grad in zip(self.layer_names, gradients, strict=True):
                 if grad is None:
                     raise RuntimeError(

@@ -400,6 +400,19 @@ def test_hooks_removed_when_layer_is_unusable(tiny):
     assert not _hooks(tiny)
 
 
+@pytest.mark.parametrize("method", ["gradcam", "fullgrad"])
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_works_where_the_caller_disabled_gradients(tiny, method, context):
+    """FiftyOne zoo models' ``__enter__`` turns gradients off for the caller."""
+    x = torch.randn(2, 3, 16, 16)
+    with CamEngine(tiny, layers=["conv1", "conv2"], method=method) as engine:
+        expected = engine(x, [0, None])
+        with context():
+            maps = engine(x.clone(), [0, None])
+    torch.testing.assert_close(maps, expected)
+    assert torch.is_grad_enabled()
+
+
 def test_no_weight_gradients_are_computed(resnet18):
     resnet18.zero_grad(set_to_none=True)  # the library, run by other tests, sets them
     seen = []
