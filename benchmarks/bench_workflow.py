@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--skip-seed", action="store_true")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -132,21 +134,32 @@ def main() -> None:
     compute_cams(warm, model, LAYERS, progress=False, transforms=transforms)
     warm.delete()
 
-    ds_seed, ds_cams = make_dataset(paths), make_dataset(paths)
-    t_engine = timed(bare_engine, batches, model)
-    t_cams = timed(
-        compute_cams,
-        ds_cams,
-        model,
-        LAYERS,
-        transforms=transforms,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        progress=False,
-    )
-    t_seed = timed(seed_workflow, ds_seed, model, transforms)
-    t_engine2 = timed(bare_engine, batches, model)  # bracket compute_cams in time
-    t_engine = min(t_engine, t_engine2)
+    # compute_cams and the bare engine alternate; the best of each is kept, so
+    # that load from other processes on a shared machine hits both alike.
+    t_engine, t_cams = float("inf"), float("inf")
+    for i in range(args.rounds):
+        t_engine = min(t_engine, timed(bare_engine, batches, model))
+        ds_cams = make_dataset(paths)
+        t_cams = min(
+            t_cams,
+            timed(
+                compute_cams,
+                ds_cams,
+                model,
+                LAYERS,
+                run_key=f"cams{i}",
+                transforms=transforms,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                progress=False,
+            ),
+        )
+        ds_cams.delete()
+    t_seed = float("nan")
+    if not args.skip_seed:
+        ds_seed = make_dataset(paths)
+        t_seed = timed(seed_workflow, ds_seed, model, transforms)
+        ds_seed.delete()
 
     print(
         f"{args.images} images, ResNet-50 (weights=None), {args.size}x{args.size}, "
@@ -158,8 +171,6 @@ def main() -> None:
     print(f"bare engine        {t_engine:8.2f} s  (already-decoded batches)")
     print(f"seed / compute_cams         = {t_seed / t_cams:5.2f}x  (target >= 6)")
     print(f"compute_cams / bare engine  = {t_cams / t_engine:5.2f}x  (target <= 1.3)")
-    ds_seed.delete()
-    ds_cams.delete()
     shutil.rmtree(root, ignore_errors=True)  # the database dir goes with mongod
 
 
