@@ -55,6 +55,37 @@ def artifacts_dir() -> pathlib.Path:
     return ARTIFACTS
 
 
+CHROMIUM = "/usr/bin/chromium"
+# The closed network refuses Chromium's background connections; these flags
+# stop it from trying (see ENVIRONMENT.md).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium driven by playwright. Browser tests fail, never
+    skip, when it is missing: `make test` installs it (`make browser`)."""
+    assert os.path.exists(CHROMIUM), (
+        f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium); "
+        "browser tests do not skip"
+    )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
 @pytest.fixture(scope="session")
 def tmp_root() -> pathlib.Path:
     return _TMP

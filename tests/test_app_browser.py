@@ -7,7 +7,6 @@ Screenshots go to ``artifacts/`` (``app_panel.png`` is the README's picture).
 
 from __future__ import annotations
 
-import os
 import pathlib
 import socket
 import sys
@@ -21,16 +20,6 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from test_operators import MODEL, PHOTOS, make_dataset  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def _free_port() -> int:
@@ -58,22 +47,6 @@ def app_url(scored_dataset):
         yield f"http://localhost:{port}/datasets/{scored_dataset.name}", session
     finally:
         session.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert os.path.exists(CHROMIUM), (
-        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y "
-        "chromium); the App test does not skip"
-    )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _wait_for_grid(page, n: int, timeout: float = 90) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import uuid
 
 import fiftyone as fo
@@ -15,16 +14,6 @@ from PIL import Image
 from gradcam_engine import runs
 from gradcam_engine.export import export_review, overlay_heatmap
 from gradcam_engine.scoring import score_cams
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def make_review_dataset(tmp_path, n_per_class: int = 4) -> fo.Dataset:
@@ -109,37 +98,27 @@ def test_export_review_is_self_contained(tmp_path):
         export_review(ds, "r", tmp_path / "x.html", alpha=2)
 
 
-def test_export_review_renders_in_chromium(tmp_path, artifacts_dir):
-    # Chromium is part of the test environment (make browser): fail, never skip.
-    assert os.path.exists(CHROMIUM) or shutil.which("chromium"), (
-        f"Chromium not found at {CHROMIUM}: run `make browser`"
-    )
-    from playwright.sync_api import sync_playwright
-
+def test_export_review_renders_in_chromium(tmp_path, artifacts_dir, browser):
     ds = make_review_dataset(tmp_path)
     path = export_review(ds, "r", tmp_path / "review.html", label_field="gt", top_k=2)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            requests = []
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(f"file://{path}")
-            page.wait_for_load_state("load")
-            rows = page.locator("#class-report tbody tr")
-            assert rows.count() == 3  # cat, dog, (all)
-            header = page.locator("#class-report thead").inner_text()
-            assert "mean focus" in header and "accuracy gap" in header
-            widths = page.eval_on_selector_all(
-                "img", "els => els.map(e => [e.complete, e.naturalWidth])"
-            )
-            assert len(widths) == 8  # 2 classes x 2 suspects x (image, overlay)
-            assert all(done and w > 0 for done, w in widths), widths
-            assert max(w for _, w in widths) <= 160
-            assert all(u.startswith(("file:", "data:")) for u in requests), requests
-            page.screenshot(
-                path=str(artifacts_dir / "export_review.png"), full_page=True
-            )
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(f"file://{path}")
+        page.wait_for_load_state("load")
+        rows = page.locator("#class-report tbody tr")
+        assert rows.count() == 3  # cat, dog, (all)
+        header = page.locator("#class-report thead").inner_text()
+        assert "mean focus" in header and "accuracy gap" in header
+        widths = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.complete, e.naturalWidth])"
+        )
+        assert len(widths) == 8  # 2 classes x 2 suspects x (image, overlay)
+        assert all(done and w > 0 for done, w in widths), widths
+        assert max(w for _, w in widths) <= 160
+        assert all(u.startswith(("file:", "data:")) for u in requests), requests
+        page.screenshot(path=str(artifacts_dir / "export_review.png"), full_page=True)
+    finally:
+        page.close()
     assert (artifacts_dir / "export_review.png").stat().st_size > 10_000
