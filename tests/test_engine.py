@@ -337,6 +337,8 @@ def test_bad_inputs_and_targets_raise(tiny):
             engine(x.numpy(), [1, 1])
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         CamEngine(lambda t: t)
+    with pytest.raises(ValueError, match="reshape_transform must be 'auto', None"):
+        CamEngine(tiny, reshape_transform="tokens")
 
 
 # -- no side effects on the caller's model -------------------------------------------

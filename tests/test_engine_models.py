@@ -181,10 +181,11 @@ def test_timm_deit_auto_reshape_matches_library(name, prefix):
     with CamEngine(model, method="gradcam") as engine:  # default layer, "auto"
         maps = engine(x, targets)
     assert maps.shape == (2, 1, 224, 224)
+    by_hand = _tokens_to_map(prefix, 14, 14)
+    with CamEngine(model, reshape_transform=by_hand) as engine:  # a user callable
+        torch.testing.assert_close(engine(x, targets), maps)
     lib_targets = [ClassifierOutputTarget(c) for c in _classes(model, x, targets)]
-    expected = _library(
-        model, "blocks.11.norm1", x, lib_targets, _tokens_to_map(prefix, 14, 14)
-    )
+    expected = _library(model, "blocks.11.norm1", x, lib_targets, by_hand)
     torch.testing.assert_close(maps[:, 0], expected, atol=ATOL, rtol=0)
 
 
@@ -202,6 +203,11 @@ def test_timm_vit_register_tokens_non_square_input():
     ).eval()
     x = torch.randn(2, 3, 96, 128)
     assert token_layout(model, (96, 128)) == (5, (6, 8))
+    with (
+        CamEngine(model, reshape_transform=None) as engine,
+        pytest.raises(ValueError, match="3-D maps after reshape"),
+    ):
+        engine(x, [0, 0])
     layers = ["blocks.11.norm1", "blocks.6.norm1"]
     targets = [None, 4]
     with CamEngine(model, layers=layers, method="layercam") as engine:
