@@ -68,10 +68,14 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     """Debian's headless Chromium driven by playwright. Browser tests fail, never
-    skip, when it is missing: `make test` installs it (`make browser`)."""
+    skip, when it is missing: `make test` installs it (`make browser`).
+
+    Module-scoped: while playwright's sync API is open, its event loop counts as
+    running, and ``foo.execute_operator`` would return an asyncio Task instead of
+    a result in later test modules."""
     assert os.path.exists(CHROMIUM), (
         f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium); "
         "browser tests do not skip"
