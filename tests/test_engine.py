@@ -454,6 +454,6 @@ def test_no_memory_growth_over_many_batches(resnet18):
         grown = process.memory_info().rss - rss
         assert _tensor_count() == tensors
         assert not any(isinstance(v, torch.Tensor) for v in vars(engine).values())
-    # One batch's activations and gradients are ~6 MB: a leak of one per batch
-    # would add ~180 MB.
-    assert grown < 40 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 30 batches"
+    # Measured: ~5 MiB of growth here; keeping each batch's captured activations
+    # (a leak simulated by patching capture_outputs) adds ~64 MiB.
+    assert grown < 30 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 30 batches"
