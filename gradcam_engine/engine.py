@@ -43,6 +43,8 @@ class CamResult:
     target_scores: the model's probability for that class (segmentation: mean
         over the class's predicted region), None where the class is unknown.
     predicted: the top class (segmentation: the class covering most pixels).
+    predicted_scores: the model's probability for the top class (segmentation:
+        mean over its predicted region).
     """
 
     maps: torch.Tensor
@@ -50,6 +52,7 @@ class CamResult:
     target_classes: list[int | None]
     target_scores: list[float | None]
     predicted: list[int]
+    predicted_scores: list[float]
 
 
 class CamEngine:
@@ -158,13 +161,19 @@ class CamEngine:
                     maps, raw = self._aug_smooth_maps(x, targets)
                 else:
                     maps, raw = self._library_maps(x, resolved.callables)
-        scores, predicted = _summarize(outputs, resolved.classes)
+        predicted = _predicted_classes(outputs)
+        probs = outputs.softmax(dim=1)
         return CamResult(
             maps=maps.float().cpu(),
             raw=None if raw is None else raw.float().cpu(),
             target_classes=resolved.classes,
-            target_scores=scores,
+            target_scores=[
+                _class_probability(probs, i, c) for i, c in enumerate(resolved.classes)
+            ],
             predicted=predicted,
+            predicted_scores=[
+                _class_probability(probs, i, c) for i, c in enumerate(predicted)
+            ],
         )
 
     # -- passes --------------------------------------------------------------
@@ -341,25 +350,20 @@ def _scale(
     return torch.stack(maps, dim=1), torch.stack(raws, dim=1)
 
 
-def _summarize(
-    outputs: torch.Tensor, classes: list[int | None]
-) -> tuple[list, list[int]]:
-    """Probability of each image's target class, and its predicted class."""
-    probs = outputs.softmax(dim=1)
-    scores: list[float | None] = []
-    predicted: list[int] = []
-    for i, cls in enumerate(classes):
-        if outputs.ndim == 2:
-            predicted.append(int(outputs[i].argmax()))
-            scores.append(None if cls is None else float(probs[i, cls]))
-            continue
-        predicted.append(dominant_class(outputs[i]))
-        if cls is None:
-            scores.append(None)
-            continue
-        region = outputs[i].argmax(dim=0) == cls
-        class_probs = probs[i, cls]
-        scores.append(
-            float(class_probs[region].mean() if region.any() else class_probs.mean())
-        )
-    return scores, predicted
+def _predicted_classes(outputs: torch.Tensor) -> list[int]:
+    """Top class per image (segmentation: the class covering most pixels)."""
+    if outputs.ndim == 2:
+        return [int(c) for c in outputs.argmax(dim=1)]
+    return [dominant_class(o) for o in outputs]
+
+
+def _class_probability(probs: torch.Tensor, i: int, cls: int | None) -> float | None:
+    """Probability of class ``cls`` for image ``i``; for segmentation, its mean
+    over the pixels predicted as ``cls`` (the whole image if there are none)."""
+    if cls is None:
+        return None
+    if probs.ndim == 2:
+        return float(probs[i, cls])
+    region = probs[i].argmax(dim=0) == cls
+    class_probs = probs[i, cls]
+    return float(class_probs[region].mean() if region.any() else class_probs.mean())

@@ -28,14 +28,19 @@ from PIL import Image
 from torch import nn
 
 from . import runs as cam_runs
+from .batch_fields import (
+    BatchContext,
+    FieldNames,
+    batch_field_values,
+    field_names,
+    label_reader,
+)
 from .engine import CamEngine
 from .images import ImageFiles, collate, default_num_workers
 from .layers import default_layers
 from .methods import get_method
 from .model_sources import ResizeNormalize, load_model
-from .naming import heatmap_field, slug
-from .storage import STORAGE_MODES, make_heatmap, to_uint8_map
-from .targets import MaskSumTarget
+from .storage import STORAGE_MODES
 
 __all__ = ["CamRunSummary", "compute_cams"]
 
@@ -142,7 +147,7 @@ def compute_cams(
     fixed_class = _fixed_class(target, class_names)
     _check_label_field(samples, task, target, label_field)
 
-    names = _field_names(run_key, layer_list)
+    names = field_names(run_key, layer_list)
     if storage == "disk" and output_dir is None:
         output_dir = os.path.join(
             fo.config.default_dataset_dir, "cam_runs", dataset.name
@@ -190,7 +195,7 @@ def compute_cams(
         num_errors=0,
         run_dir=run_dir,
     )
-    labels = _label_reader(dataset, task, target, label_field)
+    labels = label_reader(dataset, task, target, label_field)
     workers = default_num_workers() if num_workers is None else int(num_workers)
     loader = torch.utils.data.DataLoader(
         ImageFiles(filepaths, transforms),
@@ -199,7 +204,7 @@ def compute_cams(
         collate_fn=collate,
         shuffle=False,
     )
-    context = _Context(
+    context = BatchContext(
         engine=engine,
         names=names,
         layers=layer_list,
@@ -219,7 +224,7 @@ def compute_cams(
         done = 0
         for batch in loader:
             batch_ids = ids[batch.indices[0] : batch.indices[-1] + 1]
-            values = _compute_batch(context, batch, batch_ids, labels)
+            values = batch_field_values(context, batch, batch_ids, labels)
             _write(dataset, values)
             for sid, message in values[names.error].items():
                 summary.num_errors += 1
@@ -320,43 +325,8 @@ def _describe_classes(class_names) -> list[str] | str | None:
 # -- fields and runs ---------------------------------------------------------------
 
 
-@dataclass
-class _Names:
-    heatmaps: list[str]
-    strengths: list[str]
-    target: str
-    prediction: str
-    error: str
-
-    @property
-    def owned(self) -> list[str]:
-        return [
-            *self.heatmaps,
-            *self.strengths,
-            self.target,
-            self.prediction,
-            self.error,
-        ]
-
-
-def _field_names(run_key: str, layers: list[str]) -> _Names:
-    heatmaps = [heatmap_field(run_key, layer) for layer in layers]
-    if len(set(heatmaps)) != len(heatmaps):
-        raise ValueError(
-            f"layers {layers} give clashing field names {heatmaps}; pick layers "
-            "whose names differ in letters or digits"
-        )
-    return _Names(
-        heatmaps=heatmaps,
-        strengths=[f"{name}_strength" for name in heatmaps],
-        target=f"{run_key}_target",
-        prediction=f"{run_key}_prediction",
-        error=f"{run_key}_error",
-    )
-
-
 def _prepare_run(
-    dataset, run_key, config, names: _Names, overwrite: bool
+    dataset, run_key, config, names: FieldNames, overwrite: bool
 ) -> dict | None:
     """Resume (same config), replace (``overwrite``) or refuse an existing run;
     returns the stored config when resuming, else None."""
@@ -415,7 +385,7 @@ def _normalise(value):
     return value
 
 
-def _declare_fields(dataset, names: _Names) -> None:
+def _declare_fields(dataset, names: FieldNames) -> None:
     schema = dataset.get_field_schema()
 
     def add(name, ftype, **kwargs):
@@ -447,182 +417,3 @@ def _write(dataset, values: dict[str, dict[str, Any]]) -> None:
     for name, by_id in values.items():
         if by_id:
             dataset.set_values(name, by_id, key_field="id", validate=False)
-
-
-# -- per batch -----------------------------------------------------------------------
-
-
-@dataclass
-class _Context:
-    engine: CamEngine
-    names: _Names
-    layers: list[str]
-    task: str
-    target: Any
-    fixed_class: int | None
-    class_names: list[str] | None
-    storage: str
-    run_dir: str | None
-    max_size: int
-
-
-def _label_reader(dataset, task, target, label_field):
-    """Reads the label targets of a batch of sample ids in one query."""
-    if not label_field or (task == "classification" and target != "label"):
-        return None
-
-    def read(batch_ids: list[str]) -> list:
-        view = dataset.select(batch_ids, ordered=True)
-        return view.values(label_field)
-
-    return read
-
-
-class _GivenMaskTarget(MaskSumTarget):
-    """A ground-truth mask resized (nearest) to the model output on first use."""
-
-    def region(self, model_output: torch.Tensor) -> torch.Tensor:
-        if tuple(self.mask.shape) != tuple(model_output.shape[-2:]):
-            self.mask = _resize_nearest(self.mask, tuple(model_output.shape[-2:]))
-        return super().region(model_output)
-
-
-def _resize_nearest(mask, hw: tuple[int, int]) -> torch.Tensor:
-    arr = np.asarray(mask)
-    img = Image.fromarray(arr.astype(np.int32) if arr.dtype != np.uint8 else arr)
-    resized = np.asarray(img.resize((hw[1], hw[0]), Image.NEAREST))
-    return torch.from_numpy(resized.astype(np.float32))
-
-
-def _sample_target(ctx: _Context, label) -> tuple[Any, str | None]:
-    """The engine target for one sample, or an error message."""
-    if ctx.task == "classification":
-        if ctx.target == "label":
-            if label is None or getattr(label, "label", None) is None:
-                return None, "sample has no label in the label field"
-            name = label.label
-            if ctx.class_names and name in ctx.class_names:
-                return ctx.class_names.index(name), None
-            if not ctx.class_names and str(name).isdigit():
-                return int(name), None
-            return None, f"label {name!r} is not one of the model's classes"
-        return ctx.fixed_class, None
-    # segmentation
-    if label is None and ctx.target == "label":
-        return None, "sample has no segmentation in the label field"
-    if label is not None:
-        mask = label.get_mask() if hasattr(label, "get_mask") else label.mask
-        if mask is None:
-            return None, "segmentation label has no mask"
-        mask = np.asarray(mask)
-        if mask.ndim == 3:
-            mask = mask[..., 0]
-        category = ctx.fixed_class
-        if category is None:
-            values, counts = np.unique(mask[mask > 0], return_counts=True)
-            if not len(values):
-                return None, "segmentation mask has no non-zero class"
-            category = int(values[counts.argmax()])
-        return _GivenMaskTarget(category, (mask == category).astype(np.float32)), None
-    return (None if ctx.fixed_class is None else MaskSumTarget(ctx.fixed_class)), None
-
-
-def _class_name(ctx: _Context, index: int | None) -> str | None:
-    if index is None:
-        return None
-    if ctx.class_names and 0 <= index < len(ctx.class_names):
-        return str(ctx.class_names[index])
-    return str(index)
-
-
-def _compute_batch(ctx: _Context, batch, batch_ids, labels) -> dict[str, dict]:
-    names = ctx.names
-    values: dict[str, dict] = {
-        name: {} for name in (*names.heatmaps, *names.strengths, names.target)
-    }
-    values[names.prediction] = {}
-    values[names.error] = {}
-    label_values = labels(batch_ids) if labels is not None else [None] * len(batch_ids)
-    rows, targets = [], []
-    for i, sid in enumerate(batch_ids):
-        if batch.errors[i] is not None:
-            values[names.error][sid] = batch.errors[i]
-            continue
-        try:
-            target, message = _sample_target(ctx, label_values[i])
-        except Exception as exc:  # a malformed label must not stop the run
-            target, message = None, f"cannot read label: {exc}"
-        if message is not None:
-            values[names.error][sid] = message
-            continue
-        rows.append(i)
-        targets.append(target)
-    if not rows:
-        return values
-    x = torch.stack([batch.tensors[i] for i in rows])
-    # A zoo model's ``with model:`` (or the caller) may have disabled gradients:
-    # the CAM pass needs them, including for the target score after the forward.
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        _captured_output(ctx.engine.model) as outputs,
-    ):
-        result = ctx.engine.compute(x, targets)
-    probs = _probabilities(outputs[0] if outputs else None)
-    for j, i in enumerate(rows):
-        sid = batch_ids[i]
-        size = batch.sizes[i]
-        for layer_index, (hm_name, st_name) in enumerate(
-            zip(names.heatmaps, names.strengths, strict=True)
-        ):
-            u8 = to_uint8_map(result.maps[j, layer_index].numpy(), size, ctx.max_size)
-            path = None
-            if ctx.storage == "disk":
-                path = os.path.join(
-                    ctx.run_dir, slug(ctx.layers[layer_index]), f"{sid}.png"
-                )
-            values[hm_name][sid] = make_heatmap(u8, ctx.storage, path)
-            if result.raw is not None:
-                values[st_name][sid] = float(result.raw[j, layer_index].max())
-        cls = result.target_classes[j]
-        values[names.target][sid] = fo.Classification(
-            label=_class_name(ctx, cls), confidence=result.target_scores[j]
-        )
-        pred = result.predicted[j]
-        values[names.prediction][sid] = fo.Classification(
-            label=_class_name(ctx, pred), confidence=_score(probs, j, pred)
-        )
-    return values
-
-
-@contextlib.contextmanager
-def _captured_output(model: nn.Module):
-    """The model's first output during the engine's call (for the top-class
-    probability), via a forward hook removed on exit."""
-    sink: list = []
-
-    def hook(_module, _inputs, output):
-        if not sink:
-            from .targets import select_output
-
-            sink.append(select_output(output).detach().float())
-
-    handle = model.register_forward_hook(hook)
-    try:
-        yield sink
-    finally:
-        handle.remove()
-
-
-def _probabilities(outputs: torch.Tensor | None) -> torch.Tensor | None:
-    return None if outputs is None else outputs.softmax(dim=1)
-
-
-def _score(probs: torch.Tensor | None, j: int, cls: int) -> float | None:
-    if probs is None:
-        return None
-    if probs.ndim == 2:
-        return float(probs[j, cls])
-    region = probs[j].argmax(dim=0) == cls
-    class_probs = probs[j, cls]
-    return float(class_probs[region].mean() if region.any() else class_probs.mean())

@@ -287,6 +287,8 @@ def test_result_reports_classes_scores_and_prediction(resnet18):
     assert result.target_scores[0] == pytest.approx(float(probs[0, 11]), abs=1e-5)
     assert result.target_scores[1] == pytest.approx(float(probs[1].max()), abs=1e-5)
     assert result.target_scores[2] is None
+    expected = probs.max(dim=1).values.tolist()
+    assert result.predicted_scores == pytest.approx(expected, abs=1e-5)
 
 
 # -- argument errors -----------------------------------------------------------------
@@ -433,9 +435,16 @@ def test_no_weight_gradients_are_computed(resnet18):
     assert all(p.requires_grad for p in resnet18.parameters())
 
 
+def _is_tensor(obj) -> bool:
+    try:
+        return isinstance(obj, torch.Tensor)
+    except ReferenceError:  # a dead weakref.proxy left by another test module
+        return False
+
+
 def _tensor_count() -> int:
     gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+    return sum(1 for obj in gc.get_objects() if _is_tensor(obj))
 
 
 def test_no_memory_growth_over_many_batches(resnet18):

@@ -1,0 +1,201 @@
+"""One decoded batch -> the values of a CAM run's fields, keyed by sample id.
+
+Per sample: the engine target (from the run's target rule and the sample's
+label), then the heatmaps, strengths, target and prediction labels, or an
+error message. No database access except reading a batch's labels in bulk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import fiftyone as fo
+import numpy as np
+import torch
+from PIL import Image
+
+from .engine import CamEngine
+from .naming import heatmap_field, slug
+from .storage import make_heatmap, to_uint8_map
+from .targets import MaskSumTarget
+
+__all__ = [
+    "BatchContext",
+    "FieldNames",
+    "batch_field_values",
+    "field_names",
+    "label_reader",
+]
+
+
+@dataclass
+class FieldNames:
+    heatmaps: list[str]
+    strengths: list[str]
+    target: str
+    prediction: str
+    error: str
+
+    @property
+    def owned(self) -> list[str]:
+        return [
+            *self.heatmaps,
+            *self.strengths,
+            self.target,
+            self.prediction,
+            self.error,
+        ]
+
+
+def field_names(run_key: str, layers: list[str]) -> FieldNames:
+    heatmaps = [heatmap_field(run_key, layer) for layer in layers]
+    if len(set(heatmaps)) != len(heatmaps):
+        raise ValueError(
+            f"layers {layers} give clashing field names {heatmaps}; pick layers "
+            "whose names differ in letters or digits"
+        )
+    return FieldNames(
+        heatmaps=heatmaps,
+        strengths=[f"{name}_strength" for name in heatmaps],
+        target=f"{run_key}_target",
+        prediction=f"{run_key}_prediction",
+        error=f"{run_key}_error",
+    )
+
+
+@dataclass
+class BatchContext:
+    engine: CamEngine
+    names: FieldNames
+    layers: list[str]
+    task: str
+    target: Any
+    fixed_class: int | None
+    class_names: list[str] | None
+    storage: str
+    run_dir: str | None
+    max_size: int
+
+
+def label_reader(dataset, task, target, label_field):
+    """Reads the label targets of a batch of sample ids in one query."""
+    if not label_field or (task == "classification" and target != "label"):
+        return None
+
+    def read(batch_ids: list[str]) -> list:
+        view = dataset.select(batch_ids, ordered=True)
+        return view.values(label_field)
+
+    return read
+
+
+class _GivenMaskTarget(MaskSumTarget):
+    """A ground-truth mask resized (nearest) to the model output on first use."""
+
+    def region(self, model_output: torch.Tensor) -> torch.Tensor:
+        if tuple(self.mask.shape) != tuple(model_output.shape[-2:]):
+            self.mask = _resize_nearest(self.mask, tuple(model_output.shape[-2:]))
+        return super().region(model_output)
+
+
+def _resize_nearest(mask, hw: tuple[int, int]) -> torch.Tensor:
+    arr = np.asarray(mask)
+    img = Image.fromarray(arr.astype(np.int32) if arr.dtype != np.uint8 else arr)
+    resized = np.asarray(img.resize((hw[1], hw[0]), Image.NEAREST))
+    return torch.from_numpy(resized.astype(np.float32))
+
+
+def _sample_target(ctx: BatchContext, label) -> tuple[Any, str | None]:
+    """The engine target for one sample, or an error message."""
+    if ctx.task == "classification":
+        if ctx.target == "label":
+            if label is None or getattr(label, "label", None) is None:
+                return None, "sample has no label in the label field"
+            name = label.label
+            if ctx.class_names and name in ctx.class_names:
+                return ctx.class_names.index(name), None
+            if not ctx.class_names and str(name).isdigit():
+                return int(name), None
+            return None, f"label {name!r} is not one of the model's classes"
+        return ctx.fixed_class, None
+    # segmentation
+    if label is None and ctx.target == "label":
+        return None, "sample has no segmentation in the label field"
+    if label is not None:
+        mask = label.get_mask() if hasattr(label, "get_mask") else label.mask
+        if mask is None:
+            return None, "segmentation label has no mask"
+        mask = np.asarray(mask)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        category = ctx.fixed_class
+        if category is None:
+            values, counts = np.unique(mask[mask > 0], return_counts=True)
+            if not len(values):
+                return None, "segmentation mask has no non-zero class"
+            category = int(values[counts.argmax()])
+        return _GivenMaskTarget(category, (mask == category).astype(np.float32)), None
+    return (None if ctx.fixed_class is None else MaskSumTarget(ctx.fixed_class)), None
+
+
+def _class_name(ctx: BatchContext, index: int | None) -> str | None:
+    if index is None:
+        return None
+    if ctx.class_names and 0 <= index < len(ctx.class_names):
+        return str(ctx.class_names[index])
+    return str(index)
+
+
+def batch_field_values(ctx: BatchContext, batch, batch_ids, labels) -> dict[str, dict]:
+    names = ctx.names
+    values: dict[str, dict] = {
+        name: {} for name in (*names.heatmaps, *names.strengths, names.target)
+    }
+    values[names.prediction] = {}
+    values[names.error] = {}
+    label_values = labels(batch_ids) if labels is not None else [None] * len(batch_ids)
+    rows, targets = [], []
+    for i, sid in enumerate(batch_ids):
+        if batch.errors[i] is not None:
+            values[names.error][sid] = batch.errors[i]
+            continue
+        try:
+            target, message = _sample_target(ctx, label_values[i])
+        except Exception as exc:  # a malformed label must not stop the run
+            target, message = None, f"cannot read label: {exc}"
+        if message is not None:
+            values[names.error][sid] = message
+            continue
+        rows.append(i)
+        targets.append(target)
+    if not rows:
+        return values
+    x = torch.stack([batch.tensors[i] for i in rows])
+    # The engine enables gradients itself, also under a zoo model's no_grad.
+    result = ctx.engine.compute(x, targets)
+    for j, i in enumerate(rows):
+        sid = batch_ids[i]
+        size = batch.sizes[i]
+        for layer_index, (hm_name, st_name) in enumerate(
+            zip(names.heatmaps, names.strengths, strict=True)
+        ):
+            u8 = to_uint8_map(result.maps[j, layer_index].numpy(), size, ctx.max_size)
+            path = None
+            if ctx.storage == "disk":
+                path = os.path.join(
+                    ctx.run_dir, slug(ctx.layers[layer_index]), f"{sid}.png"
+                )
+            values[hm_name][sid] = make_heatmap(u8, ctx.storage, path)
+            if result.raw is not None:
+                values[st_name][sid] = float(result.raw[j, layer_index].max())
+        cls = result.target_classes[j]
+        values[names.target][sid] = fo.Classification(
+            label=_class_name(ctx, cls), confidence=result.target_scores[j]
+        )
+        pred = result.predicted[j]
+        values[names.prediction][sid] = fo.Classification(
+            label=_class_name(ctx, pred), confidence=result.predicted_scores[j]
+        )
+    return values
