@@ -7,6 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+# FiftyOne finds plugins below FIFTYONE_PLUGINS_DIR; .plugins/cam-audit links
+# this repository (which is the plugin) there.
+PLUGINS_DIR := $(CURDIR)/.plugins
 
 export FIFTYONE_DO_NOT_TRACK := true
 export FIFTYONE_DATABASE_VALIDATION := false
@@ -30,8 +33,12 @@ browser:
 		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
-demo: install
-	$(PY) -m gradcam_engine.demo $(ARGS)
+$(PLUGINS_DIR)/cam-audit:
+	mkdir -p $(PLUGINS_DIR)
+	ln -sfn $(CURDIR) $@
+
+demo: install $(PLUGINS_DIR)/cam-audit
+	FIFTYONE_PLUGINS_DIR=$(PLUGINS_DIR) $(PY) -m gradcam_engine.demo $(ARGS)
 
 test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -50,4 +57,4 @@ bench: install
 	$(PY) benchmarks/bench_scoring.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(PLUGINS_DIR) build *.egg-info .pytest_cache

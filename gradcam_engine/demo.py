@@ -276,7 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _say(
         "\nOpen the App with the CAM review panel:\n"
         "  make demo ARGS=--app\n"
-        f"  or: python -c \"import fiftyone as fo; fo.launch_app(fo.load_dataset('{dd.SHORTCUT_DATASET}')).wait()\"\n"
+        "  or, with the plugin on FiftyOne's plugin path (make demo sets\n"
+        "  FIFTYONE_PLUGINS_DIR=.plugins, which links this repository):\n"
+        '  FIFTYONE_PLUGINS_DIR=.plugins .venv/bin/python -c "import fiftyone as fo; '
+        f"fo.launch_app(fo.load_dataset('{dd.SHORTCUT_DATASET}')).wait()\"\n"
         "then click '+' next to the Samples tab and choose 'CAM review'."
     )
     if args.app:

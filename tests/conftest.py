@@ -11,6 +11,7 @@ import sys
 import tempfile
 
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"  # bundled images (both.png: the GradCAM lesson photo)
@@ -53,19 +54,6 @@ def artifacts_dir() -> pathlib.Path:
     """Where tests leave files worth looking at (screenshots, reports)."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
-
-
-CHROMIUM = "/usr/bin/chromium"
-# The closed network refuses Chromium's background connections; these flags
-# stop it from trying (see ENVIRONMENT.md).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
