@@ -57,7 +57,19 @@ def main() -> None:
             browser.close()
     finally:
         session.close()
+    _shrink(args.out)
     print(f"wrote {args.out}")
+
+
+def _shrink(path: str) -> None:
+    """Keep the committed PNG small: 80% size, 128-colour palette."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    image = image.resize((image.width * 4 // 5, image.height * 4 // 5), Image.LANCZOS)
+    image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(
+        path, optimize=True
+    )
 
 
 if __name__ == "__main__":
