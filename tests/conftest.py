@@ -78,6 +78,23 @@ def browser():
             b.close()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch and one BLAS thread for a module: on 2 cores shared with other
+    processes (DataLoader workers, mongod), the thread pools spin against each
+    other and one thread is several times faster."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tmp_root() -> pathlib.Path:
     return _TMP

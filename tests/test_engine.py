@@ -14,7 +14,6 @@ import pytorch_grad_cam as pgc
 import torch
 import torchvision
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from gradcam_engine import METHODS, CamEngine
@@ -34,17 +33,7 @@ FUSED_METHODS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # On 2 cores shared with other processes, torch's and OpenBLAS's thread
-    # pools spin against each other: one thread is several times faster here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputTarget,
     SemanticSegmentationTarget,
 )
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from gradcam_engine import CamEngine, MaskSumTarget, default_layers, token_layout
@@ -25,17 +24,7 @@ from gradcam_engine import CamEngine, MaskSumTarget, default_layers, token_layou
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # On 2 cores shared with other processes, torch's and OpenBLAS's thread
-    # pools spin against each other: one thread is several times faster here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _library(
