@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "rename_cam_run",
     "delete_cam_run",
     "validate_run_key",
+    "prepare_run",
 ]
 
 # Stored in every config so that our runs can be told apart from other custom runs.
@@ -206,3 +208,73 @@ def _delete_saved_views(dataset: fo.Dataset, info: CamRunInfo) -> None:
     for name in info.config.get("saved_views") or []:
         if dataset.has_saved_view(name):
             dataset.delete_saved_view(name)
+
+
+def prepare_run(
+    samples: foc.SampleCollection,
+    run_key: str,
+    config: dict[str, Any],
+    owned: list[str],
+    overwrite: bool,
+    compare_keys: Sequence[str],
+) -> dict[str, Any] | None:
+    """Resume, replace or refuse an existing run before a computation.
+
+    Same ``compare_keys`` values as the stored config: resume (returns the
+    stored config). Different: ``ValueError`` unless ``overwrite``, which
+    deletes the old run. Fields in ``owned`` that exist but belong to no run
+    of this key are refused by name unless ``overwrite``. Returns None when
+    the run starts afresh.
+    """
+    dataset = _dataset(samples)
+    existing = set(dataset.get_field_schema())
+    if run_key in dataset.list_runs():
+        if run_key not in list_cam_runs(dataset):
+            raise ValueError(
+                f"run_key {run_key!r} is already used by a non-CAM run on "
+                f"{dataset.name!r}; pick another run_key"
+            )
+        info = get_cam_run(dataset, run_key)
+        old = info.config
+        diff = [
+            key
+            for key in compare_keys
+            if _normalise(old.get(key)) != _normalise(config.get(key))
+        ]
+        if diff and not overwrite:
+            changes = ", ".join(
+                f"{key}: {old.get(key)!r} -> {config.get(key)!r}" for key in diff
+            )
+            raise ValueError(
+                f"Run {run_key!r} exists with a different config ({changes}). Pass "
+                "overwrite=True to replace it, or pick another run_key."
+            )
+        if not overwrite:  # same config: resume where it stopped
+            foreign = [f for f in owned if f in existing and f not in info.owned_fields]
+            _refuse_foreign(foreign, run_key, overwrite, dataset)
+            return old
+        delete_cam_run(dataset, run_key)
+        existing = set(dataset.get_field_schema())
+    foreign = [f for f in owned if f in existing]
+    _refuse_foreign(foreign, run_key, overwrite, dataset)
+    return None
+
+
+def _refuse_foreign(foreign, run_key, overwrite, dataset) -> None:
+    if not foreign:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"Field(s) {foreign} already exist on {dataset.name!r} and do not belong "
+            f"to CAM run {run_key!r}; pick another run_key, or pass overwrite=True "
+            "to delete and replace them"
+        )
+    dataset.delete_sample_fields(foreign)
+
+
+def _normalise(value):
+    if isinstance(value, tuple):
+        return [_normalise(v) for v in value]
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    return value

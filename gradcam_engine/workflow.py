@@ -168,7 +168,9 @@ def compute_cams(
         "aug_smooth": bool(aug_smooth),
         "owned_fields": names.owned,
     }
-    resumed = _prepare_run(dataset, run_key, config, names, overwrite)
+    resumed = cam_runs.prepare_run(
+        dataset, run_key, config, names.owned, overwrite, (*_RESUME_KEYS, "output_dir")
+    )
     run_dir = None
     if resumed is not None:
         run_dir = resumed.get("run_dir")
@@ -323,66 +325,6 @@ def _describe_classes(class_names) -> list[str] | str | None:
 
 
 # -- fields and runs ---------------------------------------------------------------
-
-
-def _prepare_run(
-    dataset, run_key, config, names: FieldNames, overwrite: bool
-) -> dict | None:
-    """Resume (same config), replace (``overwrite``) or refuse an existing run;
-    returns the stored config when resuming, else None."""
-    existing = set(dataset.get_field_schema())
-    if run_key in dataset.list_runs():
-        if run_key not in cam_runs.list_cam_runs(dataset):
-            raise ValueError(
-                f"run_key {run_key!r} is already used by a non-CAM run on "
-                f"{dataset.name!r}; pick another run_key"
-            )
-        info = cam_runs.get_cam_run(dataset, run_key)
-        old = info.config
-        diff = [
-            key
-            for key in (*_RESUME_KEYS, "output_dir")
-            if _normalise(old.get(key)) != _normalise(config.get(key))
-        ]
-        if diff and not overwrite:
-            changes = ", ".join(
-                f"{key}: {old.get(key)!r} -> {config.get(key)!r}" for key in diff
-            )
-            raise ValueError(
-                f"Run {run_key!r} exists with a different config ({changes}). Pass "
-                "overwrite=True to replace it, or pick another run_key."
-            )
-        if not overwrite:  # same config: resume where it stopped
-            foreign = [
-                f for f in names.owned if f in existing and f not in info.owned_fields
-            ]
-            _refuse_foreign(foreign, run_key, overwrite, dataset)
-            return old
-        cam_runs.delete_cam_run(dataset, run_key)
-        existing = set(dataset.get_field_schema())
-    foreign = [f for f in names.owned if f in existing]
-    _refuse_foreign(foreign, run_key, overwrite, dataset)
-    return None
-
-
-def _refuse_foreign(foreign, run_key, overwrite, dataset) -> None:
-    if not foreign:
-        return
-    if not overwrite:
-        raise ValueError(
-            f"Field(s) {foreign} already exist on {dataset.name!r} and do not belong "
-            f"to CAM run {run_key!r}; pick another run_key, or pass overwrite=True "
-            "to delete and replace them"
-        )
-    dataset.delete_sample_fields(foreign)
-
-
-def _normalise(value):
-    if isinstance(value, tuple):
-        return [_normalise(v) for v in value]
-    if isinstance(value, list):
-        return [_normalise(v) for v in value]
-    return value
 
 
 def _declare_fields(dataset, names: FieldNames) -> None:
