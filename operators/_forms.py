@@ -20,6 +20,20 @@ from gradcam_engine import runs
 PLUGIN_NAME = "@cam-audit/cam-audit"
 
 
+def delegable_config(name: str, label: str, description: str) -> foo.OperatorConfig:
+    """Config of a long-running operator: dynamic form, progress from a
+    generator, runnable immediately or by a delegated-operation worker."""
+    return foo.OperatorConfig(
+        name=name,
+        label=label,
+        description=description,
+        dynamic=True,
+        execute_as_generator=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
+    )
+
+
 def uri(name: str) -> str:
     """The full URI of one of this plugin's operators."""
     return f"{PLUGIN_NAME}/{name}"

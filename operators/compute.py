@@ -45,14 +45,10 @@ def _model_sources() -> list[str]:
 class ComputeCams(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="compute_cams",
-            label="Compute CAMs",
-            description="Class activation maps (one Heatmap field per layer)",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return _forms.delegable_config(
+            "compute_cams",
+            "Compute CAMs",
+            "Class activation maps (one Heatmap field per layer)",
         )
 
     def __call__(

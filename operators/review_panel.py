@@ -304,9 +304,7 @@ class CamReviewPanel(foo.Panel):
             return types.Property(panel, view=types.GridView(orientation="vertical"))
 
         pick = panel.h_stack("pick", gap=2)
-        run_choices = types.DropdownView(label="Run / layer")
-        for key in keys:
-            run_choices.add_choice(key, label=key)
+        run_choices = _dropdown("Run / layer", keys)
         pick.enum(
             "source",
             run_choices.values(),
@@ -411,9 +409,7 @@ class CamReviewPanel(foo.Panel):
         panel.md(state.tag_counts or "", name="tag_counts")
 
         panel.md("#### Compare", name="compare_title")
-        cmp_choices = types.DropdownView(label="Compare with")
-        for key in keys:
-            cmp_choices.add_choice(key, label=key)
+        cmp_choices = _dropdown("Compare with", keys)
         panel.enum(
             "compare",
             cmp_choices.values(),
@@ -426,3 +422,11 @@ class CamReviewPanel(foo.Panel):
         return types.Property(
             panel, view=types.GridView(orientation="vertical", gap=2, padding=1)
         )
+
+
+def _dropdown(label: str, keys: list[str]) -> types.DropdownView:
+    """A dropdown offering each ``run/layer`` key."""
+    view = types.DropdownView(label=label)
+    for key in keys:
+        view.add_choice(key, label=key)
+    return view

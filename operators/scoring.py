@@ -18,14 +18,10 @@ GT_KINDS = (fo.Detections, fo.Segmentation, fo.Polylines)
 class ScoreCams(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="score_cams",
-            label="Score CAMs",
-            description="Focus: the fraction of heatmap energy inside the objects",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return _forms.delegable_config(
+            "score_cams",
+            "Score CAMs",
+            "Focus: the fraction of heatmap energy inside the objects",
         )
 
     def __call__(
