@@ -34,6 +34,14 @@ def delegable_config(name: str, label: str, description: str) -> foo.OperatorCon
     )
 
 
+def dropdown(names, label: str | None = None) -> types.DropdownView:
+    """A dropdown offering each of ``names``, shown as it is."""
+    view = types.DropdownView(label=label) if label else types.DropdownView()
+    for name in names:
+        view.add_choice(name, label=name)
+    return view
+
+
 def uri(name: str) -> str:
     """The full URI of one of this plugin's operators."""
     return f"{PLUGIN_NAME}/{name}"

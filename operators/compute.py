@@ -196,9 +196,7 @@ def _model_inputs(ctx, inputs: types.Object) -> None:
         "model", default=default_model, required=True, view=model_view
     )
 
-    method_choices = types.DropdownView()
-    for name in ge.list_methods():
-        method_choices.add_choice(name, label=name)
+    method_choices = _forms.dropdown(ge.list_methods())
     inputs.enum(
         "method",
         method_choices.values(),
@@ -255,9 +253,7 @@ def _target_inputs(ctx, inputs: types.Object) -> None:
             else (fo.Classification,)
         )
         fields = _forms.label_field_choices(ctx.dataset, kinds)
-        choices = types.DropdownView()
-        for name in fields:
-            choices.add_choice(name, label=name)
+        choices = _forms.dropdown(fields)
         prop = inputs.enum(
             "label_field",
             choices.values(),

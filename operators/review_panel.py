@@ -15,6 +15,8 @@ from fiftyone import ViewField as F
 
 from gradcam_engine import runs
 
+from . import _forms
+
 DEFAULT_TAGS = "spurious,ok,needs-data"
 CHART_LIMIT = 300  # bars in the ranking chart (the lowest focus first)
 TABLE_LIMIT = 25
@@ -304,7 +306,7 @@ class CamReviewPanel(foo.Panel):
             return types.Property(panel, view=types.GridView(orientation="vertical"))
 
         pick = panel.h_stack("pick", gap=2)
-        run_choices = _dropdown("Run / layer", keys)
+        run_choices = _forms.dropdown(keys, "Run / layer")
         pick.enum(
             "source",
             run_choices.values(),
@@ -312,9 +314,7 @@ class CamReviewPanel(foo.Panel):
             view=run_choices,
             on_change=self.on_change_source,
         )
-        class_choices = types.DropdownView(label="Class")
-        for klass in [ALL_CLASSES, *(state.classes or [])]:
-            class_choices.add_choice(klass, label=klass)
+        class_choices = _forms.dropdown([ALL_CLASSES, *(state.classes or [])], "Class")
         pick.enum(
             "klass",
             class_choices.values(),
@@ -409,7 +409,7 @@ class CamReviewPanel(foo.Panel):
         panel.md(state.tag_counts or "", name="tag_counts")
 
         panel.md("#### Compare", name="compare_title")
-        cmp_choices = _dropdown("Compare with", keys)
+        cmp_choices = _forms.dropdown(keys, "Compare with")
         panel.enum(
             "compare",
             cmp_choices.values(),
@@ -422,11 +422,3 @@ class CamReviewPanel(foo.Panel):
         return types.Property(
             panel, view=types.GridView(orientation="vertical", gap=2, padding=1)
         )
-
-
-def _dropdown(label: str, keys: list[str]) -> types.DropdownView:
-    """A dropdown offering each ``run/layer`` key."""
-    view = types.DropdownView(label=label)
-    for key in keys:
-        view.add_choice(key, label=key)
-    return view

@@ -49,9 +49,7 @@ class ScoreCams(foo.Operator):
         key = _forms.cam_run_choice(ctx, inputs)
         if key:
             fields = _forms.label_field_choices(ctx.dataset, GT_KINDS)
-            choices = types.DropdownView()
-            for name in fields:
-                choices.add_choice(name, label=name)
+            choices = _forms.dropdown(fields)
             inputs.enum(
                 "gt_field",
                 choices.values(),
@@ -112,9 +110,7 @@ class CamClassReport(foo.Operator):
         fields = _forms.label_field_choices(
             ctx.dataset, (fo.Classification, fo.Detections)
         )
-        choices = types.DropdownView()
-        for name in fields:
-            choices.add_choice(name, label=name)
+        choices = _forms.dropdown(fields)
         inputs.enum(
             "label_field",
             choices.values(),
