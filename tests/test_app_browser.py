@@ -49,6 +49,9 @@ def app_url(scored_dataset):
         session.close()
 
 
+APP_RACES = ("detached ArrayBuffer", "entry is loading")
+
+
 def _wait_for_grid(page, n: int, timeout: float = 90) -> None:
     page.get_by_text(f"{n} samples").first.wait_for(timeout=timeout * 1000)
     dismiss = page.get_by_text("Dismiss", exact=True)
@@ -104,8 +107,10 @@ def test_review_panel_ranks_opens_and_filters(
     assert len(session.view) == min(10, len(PHOTOS))
     assert session.view.first().filepath.endswith(lowest)
     page.screenshot(path=str(artifacts_dir / "app_lowest.png"))
-    # The App's own looker sometimes reports a detached ArrayBuffer while it
-    # redraws heatmap thumbnails (an App rendering race, not the plugin's).
-    ours = [e for e in errors if "detached ArrayBuffer" not in e]
+    # Known transient errors of the App itself while it redraws: its looker
+    # reports a detached ArrayBuffer for heatmap thumbnails, and Recoil throws
+    # "entry is loading" when a state entry is read mid-update. Every other
+    # page error fails the test.
+    ours = [e for e in errors if not any(known in e for known in APP_RACES)]
     (artifacts_dir / "app_page_errors.txt").write_text("\n".join(errors))
     assert not ours, ours
