@@ -36,9 +36,9 @@ import fiftyone as fo  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gradcam_engine import runs  # noqa: E402
-from gradcam_engine.naming import heatmap_field  # noqa: E402
-from gradcam_engine.scoring import score_cams  # noqa: E402
-from gradcam_engine.storage import heatmap_to_float  # noqa: E402
+from gradcam_engine.audit.scoring import score_cams  # noqa: E402
+from gradcam_engine.runs.naming import heatmap_field  # noqa: E402
+from gradcam_engine.runs.storage import heatmap_to_float  # noqa: E402
 
 BOX = [0.25, 0.25, 0.5, 0.5]
 

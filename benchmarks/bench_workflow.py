@@ -34,8 +34,8 @@ from PIL import Image  # noqa: E402
 from pytorch_grad_cam import GradCAM  # noqa: E402
 
 from gradcam_engine import CamEngine, compute_cams  # noqa: E402
-from gradcam_engine.images import load_rgb  # noqa: E402
-from gradcam_engine.model_sources import ResizeNormalize  # noqa: E402
+from gradcam_engine.sources.images import load_rgb  # noqa: E402
+from gradcam_engine.sources.models import ResizeNormalize  # noqa: E402
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 PHOTOS = (

@@ -9,30 +9,38 @@ from __future__ import annotations
 
 import importlib
 
-from .engine import CamEngine, CamResult
-from .layers import default_layers, layer_names, resolve_layers
-from .methods import METHODS, get_method, list_methods, register_method
-from .naming import heatmap_field, slug
-from .reshape import token_layout
-from .targets import MaskSumTarget
+from .engine import (
+    METHODS,
+    CamEngine,
+    CamResult,
+    MaskSumTarget,
+    default_layers,
+    get_method,
+    layer_names,
+    list_methods,
+    register_method,
+    resolve_layers,
+    token_layout,
+)
+from .runs.naming import heatmap_field, slug
 
 __version__ = "0.1.0"
 
 # name -> module that defines it; imported lazily because it imports fiftyone.
 _WORKFLOW = {
-    "compute_cams": ".workflow",
-    "CamRunSummary": ".workflow",
-    "list_cam_runs": ".runs",
-    "get_cam_run": ".runs",
-    "rename_cam_run": ".runs",
-    "delete_cam_run": ".runs",
-    "load_model": ".model_sources",
-    "list_model_sources": ".model_sources",
-    "register_model_source": ".model_sources",
-    "score_cams": ".scoring",
-    "class_report": ".report",
-    "save_review_views": ".report",
-    "export_review": ".export",
+    "compute_cams": ".runs.compute",
+    "CamRunSummary": ".runs.compute",
+    "list_cam_runs": ".runs.cam_runs",
+    "get_cam_run": ".runs.cam_runs",
+    "rename_cam_run": ".runs.cam_runs",
+    "delete_cam_run": ".runs.cam_runs",
+    "load_model": ".sources.models",
+    "list_model_sources": ".sources.models",
+    "register_model_source": ".sources.models",
+    "score_cams": ".audit.scoring",
+    "class_report": ".audit.report",
+    "save_review_views": ".audit.report",
+    "export_review": ".audit.export",
 }
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from gradcam_engine import runs
+from gradcam_engine.runs import cam_runs as runs
 
 PLUGIN_NAME = "@cam-audit/cam-audit"
 

@@ -10,7 +10,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import gradcam_engine as ge
-from gradcam_engine import runs
+from gradcam_engine.runs import cam_runs as runs
 
 from . import _forms
 
@@ -26,7 +26,7 @@ _MODELS_LOCK = threading.Lock()
 
 def _loaded_model(spec: str):
     """``load_model(spec)``, cached: forms re-resolve on every keystroke."""
-    from gradcam_engine.model_sources import load_model
+    from gradcam_engine.sources.models import load_model
 
     with _MODELS_LOCK:
         if spec not in _MODELS:
@@ -36,7 +36,7 @@ def _loaded_model(spec: str):
 
 def _model_sources() -> list[str]:
     try:
-        from gradcam_engine.model_sources import list_model_sources
+        from gradcam_engine.sources.models import list_model_sources
     except ImportError:  # pragma: no cover - library not installed
         return []
     return list_model_sources()

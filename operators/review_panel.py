@@ -13,7 +13,7 @@ import fiftyone.operators.types as types
 import numpy as np
 from fiftyone import ViewField as F
 
-from gradcam_engine import runs
+from gradcam_engine.runs import cam_runs as runs
 
 from . import _forms
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from gradcam_engine import runs
+from gradcam_engine.runs import cam_runs as runs
 
 from . import _forms
 

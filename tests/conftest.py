@@ -14,7 +14,8 @@ import pytest
 from chromium import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"  # bundled images (both.png: the GradCAM lesson photo)
+# bundled images (both.png: the GradCAM lesson photo), package data of the demo
+DATA = ROOT / "gradcam_engine" / "demo" / "data"
 
 _TMP = pathlib.Path(tempfile.mkdtemp(prefix="cam-audit-tests-"))
 _PLUGINS = _TMP / "plugins"

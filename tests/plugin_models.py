@@ -8,7 +8,7 @@ the plumbing, not what the model looks at.
 import torch
 from torch import nn
 
-from gradcam_engine.model_sources import ResizeNormalize
+from gradcam_engine.sources.models import ResizeNormalize
 
 CLASSES = ["cat", "coffee", "rocket"]
 

@@ -15,12 +15,12 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
-from gradcam_engine import shortcut_data as sd
-from gradcam_engine import shortcut_model as sm
-from gradcam_engine.export import export_review
-from gradcam_engine.report import ALL_CLASSES, class_report, save_review_views
-from gradcam_engine.scoring import score_cams
-from gradcam_engine.workflow import compute_cams
+from gradcam_engine.audit.export import export_review
+from gradcam_engine.audit.report import ALL_CLASSES, class_report, save_review_views
+from gradcam_engine.audit.scoring import score_cams
+from gradcam_engine.demo import shortcut_data as sd
+from gradcam_engine.demo import shortcut_model as sm
+from gradcam_engine.runs.compute import compute_cams
 
 LAYERS = ["block3", "block4"]
 

@@ -6,8 +6,8 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
-from gradcam_engine import demo_datasets as dd
-from gradcam_engine.shortcut_data import CLASSES
+from gradcam_engine.demo import datasets as dd
+from gradcam_engine.demo.shortcut_data import CLASSES
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradcam_engine import runs
-from gradcam_engine.export import export_review, overlay_heatmap
-from gradcam_engine.scoring import score_cams
+from gradcam_engine.audit.export import export_review, overlay_heatmap
+from gradcam_engine.audit.scoring import score_cams
+from gradcam_engine.runs import cam_runs as runs
 
 
 def make_review_dataset(tmp_path, n_per_class: int = 4) -> fo.Dataset:

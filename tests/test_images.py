@@ -9,7 +9,12 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from gradcam_engine.images import ImageFiles, collate, default_num_workers, load_rgb
+from gradcam_engine.sources.images import (
+    ImageFiles,
+    collate,
+    default_num_workers,
+    load_rgb,
+)
 
 
 def _check_rgb(img: Image.Image, size: tuple[int, int]) -> np.ndarray:

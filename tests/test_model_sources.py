@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 
 from gradcam_engine import compute_cams
-from gradcam_engine.model_sources import (
+from gradcam_engine.sources.models import (
     LoadedModel,
     ResizeNormalize,
     from_torch_image_model,

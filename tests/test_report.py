@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradcam_engine import runs
-from gradcam_engine.report import (
+from gradcam_engine.audit.report import (
     ALL_CLASSES,
     class_report,
     format_report,
     save_review_views,
 )
-from gradcam_engine.scoring import score_cams
+from gradcam_engine.audit.scoring import score_cams
+from gradcam_engine.runs import cam_runs as runs
 
 # (class, focus, prediction): cat is right only when it looks at the cat.
 ROWS = [

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradcam_engine import runs
-from gradcam_engine.naming import heatmap_field
-from gradcam_engine.scoring import score_cams
+from gradcam_engine.audit.scoring import score_cams
+from gradcam_engine.runs import cam_runs as runs
+from gradcam_engine.runs.naming import heatmap_field
 
 
 def make_dataset(n: int) -> fo.Dataset:
@@ -366,9 +366,9 @@ def test_end_to_end_with_compute_cams_db_and_disk(tmp_path):
     the same model score identically, and rescoring is stable."""
     import torch
 
-    from gradcam_engine import shortcut_data as sd
-    from gradcam_engine import shortcut_model as sm
-    from gradcam_engine.workflow import compute_cams
+    from gradcam_engine.demo import shortcut_data as sd
+    from gradcam_engine.demo import shortcut_model as sm
+    from gradcam_engine.runs.compute import compute_cams
 
     torch.manual_seed(0)
     model = sm.ShortcutCNN().eval()
@@ -421,7 +421,7 @@ def test_end_to_end_with_compute_cams_db_and_disk(tmp_path):
 
 def test_batched_arithmetic_matches_direct_formulas():
     """map_scores (pure numpy) against straightforward reference formulas."""
-    from gradcam_engine.map_scores import GroundTruth, agreement, score_layer
+    from gradcam_engine.audit.metrics import GroundTruth, agreement, score_layer
 
     rng = np.random.default_rng(5)
     maps = [rng.integers(0, 256, (9, 13)).astype(np.float32) / 255 for _ in range(6)]

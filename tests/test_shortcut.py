@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from gradcam_engine import CamEngine, default_layers
-from gradcam_engine import shortcut_data as sd
-from gradcam_engine import shortcut_model as sm
+from gradcam_engine.demo import shortcut_data as sd
+from gradcam_engine.demo import shortcut_model as sm
 
 SEED = 0
 N_TRAIN = 1000

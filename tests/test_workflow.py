@@ -14,8 +14,8 @@ import torchvision
 from PIL import Image
 
 from gradcam_engine import compute_cams, get_cam_run
-from gradcam_engine.model_sources import ResizeNormalize
-from gradcam_engine.storage import heatmap_to_float
+from gradcam_engine.runs.storage import heatmap_to_float
+from gradcam_engine.sources.models import ResizeNormalize
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "coins")
 LAYERS = ["layer3", "layer4"]
@@ -299,7 +299,7 @@ def test_argument_errors_before_any_work(image_dir, model):
 def test_overwrite_same_config_recomputes_and_resume_keeps_owned_fields(
     image_dir, model
 ):
-    from gradcam_engine.runs import add_owned_fields
+    from gradcam_engine.runs.cam_runs import add_owned_fields
 
     ds = make_dataset(image_dir)
     run(ds, model, run_key="cam", layers=["layer4"])

@@ -13,7 +13,7 @@ import torchvision
 from PIL import Image
 
 from gradcam_engine import compute_cams
-from gradcam_engine.model_sources import ResizeNormalize
+from gradcam_engine.sources.models import ResizeNormalize
 
 
 @pytest.fixture(scope="module")

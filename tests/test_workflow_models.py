@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 
 from gradcam_engine import compute_cams, get_cam_run
-from gradcam_engine.model_sources import ResizeNormalize
+from gradcam_engine.sources.models import ResizeNormalize
 
 
 def test_pretrained_efficientnet_predictions_land_in_fields(tmp_path):

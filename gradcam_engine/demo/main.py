@@ -25,16 +25,16 @@ from collections.abc import Sequence
 import fiftyone as fo
 import numpy as np
 
-from . import demo_datasets as dd
-from .export import export_review
-from .model_sources import load_model
-from .naming import heatmap_field
-from .report import class_report, format_report, save_review_views
-from .runs import list_cam_runs
-from .scoring import score_cams
+from ..audit.export import export_review
+from ..audit.report import class_report, format_report, save_review_views
+from ..audit.scoring import score_cams
+from ..runs.cam_runs import list_cam_runs
+from ..runs.compute import compute_cams
+from ..runs.naming import heatmap_field
+from ..sources.models import load_model
+from . import datasets as dd
 from .shortcut_data import CLASSES
 from .shortcut_model import transforms as shortcut_transforms
-from .workflow import compute_cams
 
 __all__ = ["main", "run_photos", "run_shortcut"]
 
@@ -288,7 +288,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"App running at {session.url} (Ctrl+C to stop)")
         session.wait()
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

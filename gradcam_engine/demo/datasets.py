@@ -1,11 +1,11 @@
 """FiftyOne datasets built from offline material, for the demo and the notebooks.
 
 - :func:`build_photos_dataset`: real photos that ship with scikit-image (colour
-  and grayscale), the GradCAM lesson's dog-and-cat photo (``data/both.png``,
+  and grayscale), the GradCAM lesson's dog-and-cat photo (``demo/data/both.png``,
   with boxes) and a composite "two subjects" image (the cat next to the
   coffee cup, with boxes).
 - :func:`build_shortcut_dataset`: the planted-shortcut test split
-  (:mod:`gradcam_engine.shortcut_data`) with class, boxes, masks, background.
+  (:mod:`gradcam_engine.demo.shortcut_data`) with class, boxes, masks, background.
 - :func:`shortcut_models`: the shortcut model (trained on the biased split) and
   the control model (trained on decorrelated data), cached to disk.
 
@@ -16,6 +16,7 @@ Builders reuse an existing dataset of the same name unless ``fresh=True``.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import os
 import pathlib
@@ -43,9 +44,12 @@ __all__ = [
 PHOTOS_DATASET = "cam-audit-photos"
 SHORTCUT_DATASET = "cam-audit-shortcut"
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
-BOTH_PNG = _ROOT / "data" / "both.png"
-BOTH_JSON = _ROOT / "data" / "both.json"
+# The demo's own images are package data, so they ship in the wheel.
+_DATA = importlib.resources.files(__package__) / "data"
+BOTH_PNG = _DATA / "both.png"
+BOTH_JSON = _DATA / "both.json"
+# The source checkout, when running from one (demo outputs go there, git-ignored).
+_CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 
 # skimage.data photos that ship with the wheel (no download). name -> subject.
 PHOTOS: dict[str, str] = {
@@ -80,8 +84,8 @@ def demo_dir() -> pathlib.Path:
     env = os.environ.get("CAM_AUDIT_DEMO_DIR")
     if env:
         path = pathlib.Path(env).expanduser()
-    elif (_ROOT / "pyproject.toml").exists():
-        path = _ROOT / "demo_output"
+    elif (_CHECKOUT / "pyproject.toml").exists():
+        path = _CHECKOUT / "demo_output"
     else:
         path = pathlib.Path.home() / ".cache" / "cam-audit" / "demo"
     path.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,13 @@ def _detections(boxes: dict[str, list[float]]) -> fo.Detections:
 
 
 def _skimage_photo(name: str) -> np.ndarray:
-    import skimage.data
+    try:
+        import skimage.data
+    except ImportError as exc:
+        raise ImportError(
+            "the demo's photos ship with scikit-image: "
+            "pip install 'fiftyone-cam-audit[demo]'"
+        ) from exc
 
     image = np.asarray(getattr(skimage.data, name)())
     if image.dtype == bool:
@@ -224,7 +234,7 @@ def build_shortcut_dataset(
     (``"water"``/``"land"``), ``agrees`` (bool: the background is the class's
     training background). Samples are tagged ``"agree"`` or ``"disagree"``.
     Persistent; reused unless ``fresh`` or built with other arguments or by
-    another version of :mod:`gradcam_engine.shortcut_data`.
+    another version of :mod:`gradcam_engine.demo.shortcut_data`.
     """
     version = f"{_code_version()}-n{n}-s{seed}-{size}px"
     dataset = _reuse(name, fresh, version)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -41,9 +42,9 @@ from bson import ObjectId
 from PIL import Image
 from pymongo import UpdateOne
 
-from . import runs
-from .map_scores import GroundTruth, agreement, score_layer
-from .storage import heatmap_to_float, iter_chunks
+from ..runs import cam_runs as runs
+from ..runs.storage import heatmap_to_float, iter_chunks
+from .metrics import GroundTruth, agreement, score_layer
 
 __all__ = ["GT_TYPES", "score_cams", "focus_field", "hit_field", "spread_field"]
 
@@ -99,6 +100,68 @@ def score_cams(
     field), ``mean_focus`` / ``hit_rate`` / ``mean_spread`` per layer,
     ``mean_layer_agreement`` and ``mean_agreement_vs`` per layer.
     """
+    plan = _plan_scoring(
+        samples,
+        run_key,
+        gt_field,
+        layers,
+        compare_run,
+        hit_tolerance,
+        label_classes,
+        batch_size,
+    )
+    ids = samples.values("id")
+    out = _score_chunks(samples, plan, ids, batch_size, _progress(progress, len(ids)))
+    _finish_scoring(samples, plan, ids, out)
+    return _summary(
+        run_key, gt_field, plan.layers, plan.info, out, plan.vs_fields, len(ids)
+    )
+
+
+# -- the three steps: plan (checks, no writes), score (read, compute), finish ----
+
+
+@dataclass
+class _ScorePlan:
+    """What to read and which fields to write, checked before any work."""
+
+    run_key: str
+    info: runs.CamRunInfo
+    layers: list[str]
+    gt_field: str | None
+    kind: str | None  # a GT_TYPES key, or None without ground truth
+    hit_tolerance: float
+    label_classes: list[str] | None
+    compare_run: str | None
+    heat_fields: list[str]
+    compare_fields: dict[str, str]  # layer -> the other run's heatmap field
+    vs_fields: dict[str, str]  # layer -> F_vs_<compare_run>
+    agreement_field: str | None
+    target_path: str | None
+    seg_classes: _SegClasses | None
+    paths: list[str] = field(default_factory=list)  # read per chunk
+
+    def output_fields(self) -> list[str]:
+        names = []
+        for f in self.heat_fields:
+            names.append(spread_field(f))
+            if self.kind is not None:
+                names += [focus_field(f), hit_field(f)]
+        if self.agreement_field:
+            names.append(self.agreement_field)
+        return names + list(self.vs_fields.values())
+
+
+def _plan_scoring(
+    samples,
+    run_key,
+    gt_field,
+    layers,
+    compare_run,
+    hit_tolerance,
+    label_classes,
+    batch_size,
+) -> _ScorePlan:
     info = runs.get_cam_run(samples, run_key)
     dataset = samples._root_dataset
     layers = _resolve_layers(info, layers)
@@ -134,95 +197,107 @@ def score_cams(
     schema = dataset.get_field_schema()
     heat_fields = [info.fields[layer] for layer in layers]
     target_path = f"{info.target_field}.label" if info.target_field in schema else None
-    seg_classes = (
-        _SegClasses(dataset, gt_field, label_classes)
-        if kind == "segmentation"
-        else None
+    plan = _ScorePlan(
+        run_key=run_key,
+        info=info,
+        layers=layers,
+        gt_field=gt_field,
+        kind=kind,
+        hit_tolerance=float(hit_tolerance),
+        label_classes=list(label_classes) if label_classes else None,
+        compare_run=compare_run,
+        heat_fields=heat_fields,
+        compare_fields=compare_fields,
+        vs_fields={
+            layer: f"{info.fields[layer]}_vs_{compare_run}" for layer in compare_layers
+        },
+        agreement_field=(
+            f"{run_key}_layer_agreement" if len(heat_fields) >= 2 else None
+        ),
+        target_path=target_path,
+        seg_classes=(
+            _SegClasses(dataset, gt_field, label_classes)
+            if kind == "segmentation"
+            else None
+        ),
     )
-
-    # Outputs: field -> list of values, in the order of `ids`.
-    out: dict[str, list] = {}
-    for f in heat_fields:
-        out[spread_field(f)] = []
-        if kind is not None:
-            out[focus_field(f)] = []
-            out[hit_field(f)] = []
-    agreement_field = f"{run_key}_layer_agreement" if len(heat_fields) >= 2 else None
-    if agreement_field:
-        out[agreement_field] = []
-    vs_fields = {
-        layer: f"{info.fields[layer]}_vs_{compare_run}" for layer in compare_layers
-    }
-    for name in vs_fields.values():
-        out[name] = []
-
-    paths = heat_fields + [compare_fields[layer] for layer in compare_layers]
+    plan.paths = heat_fields + [compare_fields[layer] for layer in compare_layers]
     if kind == "detections":
-        paths += [f"{gt_field}.detections.bounding_box", f"{gt_field}.detections.label"]
+        plan.paths += [
+            f"{gt_field}.detections.bounding_box",
+            f"{gt_field}.detections.label",
+        ]
     elif kind is not None:
-        paths.append(gt_field)
+        plan.paths.append(gt_field)
     if target_path:
-        paths.append(target_path)
+        plan.paths.append(target_path)
+    return plan
 
-    ids = samples.values("id")
-    total = len(ids)
-    report = _progress(progress, total)
+
+def _score_chunks(
+    samples, plan: _ScorePlan, ids: list[str], batch_size: int, report
+) -> dict[str, list]:
+    """Every output field's values, in the order of ``ids``."""
+    out: dict[str, list] = {name: [] for name in plan.output_fields()}
+    kind, heat_fields = plan.kind, plan.heat_fields
     done = 0
     for chunk in iter_chunks(ids, batch_size):
         view = samples.select(chunk, ordered=True)
         # Raw documents: decoding maps ourselves is ~10x faster than building
         # fo.Heatmap objects through mongoengine.
-        columns = dict(zip(paths, view.values(paths, _raw=True), strict=True))
-        n = len(chunk)
+        columns = dict(zip(plan.paths, view.values(plan.paths, _raw=True), strict=True))
         maps = [[_raw_heatmap(doc) for doc in columns[f]] for f in heat_fields]
         gts = [
             _ground_truth(
                 kind,
                 columns,
-                gt_field,
+                plan.gt_field,
                 i,
-                label_classes,
-                seg_classes,
-                columns[target_path][i] if target_path else None,
+                plan.label_classes,
+                plan.seg_classes,
+                columns[plan.target_path][i] if plan.target_path else None,
             )
-            for i in range(n)
+            for i in range(len(chunk))
         ]
         for f, layer_maps in zip(heat_fields, maps, strict=True):
-            spread, focus, hit = score_layer(layer_maps, gts, kind, hit_tolerance)
+            spread, focus, hit = score_layer(layer_maps, gts, kind, plan.hit_tolerance)
             out[spread_field(f)] += spread
             if kind is not None:
                 out[focus_field(f)] += focus
                 out[hit_field(f)] += hit
-        if agreement_field:
-            out[agreement_field] += agreement(maps)
-        for layer, name in vs_fields.items():
-            theirs = [_raw_heatmap(doc) for doc in columns[compare_fields[layer]]]
-            out[name] += agreement([maps[layers.index(layer)], theirs])
+        if plan.agreement_field:
+            out[plan.agreement_field] += agreement(maps)
+        for layer, name in plan.vs_fields.items():
+            theirs = [_raw_heatmap(doc) for doc in columns[plan.compare_fields[layer]]]
+            out[name] += agreement([maps[plan.layers.index(layer)], theirs])
         done += len(chunk)
         report(done)
+    return out
 
-    hit_names = {hit_field(f) for f in heat_fields}
+
+def _finish_scoring(samples, plan: _ScorePlan, ids, out: dict[str, list]) -> None:
+    """Declare and write the score fields; record them and the settings on the run."""
+    dataset = samples._root_dataset
+    schema = dataset.get_field_schema()
+    hit_names = {hit_field(f) for f in plan.heat_fields}
     for name in out:
         ftype = fo.BooleanField if name in hit_names else fo.FloatField
         if name not in schema:
             dataset.add_sample_field(name, ftype)
     _write(samples, ids, out)
-
-    written = list(out)
     runs._update_config(
         dataset,
-        run_key,
+        plan.run_key,
         scoring={
-            "gt_field": gt_field,
-            "gt_kind": kind,
-            "layers": layers,
-            "compare_run": compare_run,
-            "hit_tolerance": float(hit_tolerance),
-            "label_classes": list(label_classes) if label_classes else None,
+            "gt_field": plan.gt_field,
+            "gt_kind": plan.kind,
+            "layers": plan.layers,
+            "compare_run": plan.compare_run,
+            "hit_tolerance": plan.hit_tolerance,
+            "label_classes": plan.label_classes,
         },
     )
-    runs.add_owned_fields(dataset, run_key, written)
-    return _summary(run_key, gt_field, layers, info, out, vs_fields, total)
+    runs.add_owned_fields(dataset, plan.run_key, list(out))
 
 
 def _write(samples: foc.SampleCollection, ids: list[str], out: dict[str, list]) -> None:

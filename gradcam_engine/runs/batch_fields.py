@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .engine import CamEngine
+from ..engine.cam_engine import CamEngine
+from ..engine.targets import MaskSumTarget
 from .naming import heatmap_field, slug
 from .storage import make_heatmap, to_uint8_map
-from .targets import MaskSumTarget
 
 __all__ = [
     "BatchContext",

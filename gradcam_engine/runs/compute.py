@@ -27,7 +27,12 @@ from fiftyone import ViewField as VF
 from PIL import Image
 from torch import nn
 
-from . import runs as cam_runs
+from ..engine.cam_engine import CamEngine
+from ..engine.layers import default_layers
+from ..engine.methods import get_method
+from ..sources.images import ImageFiles, collate, default_num_workers
+from ..sources.models import ResizeNormalize, load_model
+from . import cam_runs
 from .batch_fields import (
     BatchContext,
     FieldNames,
@@ -35,11 +40,6 @@ from .batch_fields import (
     field_names,
     label_reader,
 )
-from .engine import CamEngine
-from .images import ImageFiles, collate, default_num_workers
-from .layers import default_layers
-from .methods import get_method
-from .model_sources import ResizeNormalize, load_model
 from .storage import STORAGE_MODES
 
 __all__ = ["CamRunSummary", "compute_cams"]
@@ -123,6 +123,55 @@ def compute_cams(
     int class index or a class name. Segmentation explains the mask-sum of a
     class over the predicted region, or over ``label_field``'s mask.
     """
+    plan = _plan_run(
+        samples,
+        model,
+        layers,
+        method,
+        run_key,
+        task=task,
+        target=target,
+        label_field=label_field,
+        classes=classes,
+        transforms=transforms,
+        storage=storage,
+        output_dir=output_dir,
+        max_size=max_size,
+        eigen_smooth=eigen_smooth,
+        aug_smooth=aug_smooth,
+        reshape_transform=reshape_transform,
+        batch_size=batch_size,
+    )
+    _open_run(plan, overwrite)
+    return _stream_run(
+        plan, samples, batch_size, num_workers, device, progress, progress_callback
+    )
+
+
+# -- the three steps: plan (no writes), open (register), stream (compute, write) --
+
+
+@dataclass
+class _RunPlan:
+    """Everything a run needs, checked before anything is written."""
+
+    dataset: fo.Dataset
+    run_key: str
+    engine: CamEngine
+    transforms: Callable[[Image.Image], torch.Tensor]
+    class_names: list[str] | None
+    fixed_class: int | None
+    names: FieldNames
+    config: dict[str, Any]
+
+
+def _plan_run(
+    samples, model, layers, method, run_key, *, batch_size, **options
+) -> _RunPlan:
+    """Check the arguments, load the model and build the engine and the config."""
+    task, target = options["task"], options["target"]
+    label_field, storage = options["label_field"], options["storage"]
+    max_size, output_dir = options["max_size"], options["output_dir"]
     cam_runs.validate_run_key(run_key)
     dataset = cam_runs._dataset(samples)
     _check_args(task, target, label_field, storage, batch_size, max_size)
@@ -131,7 +180,8 @@ def compute_cams(
 
     loaded = load_model(model)
     module = loaded.module
-    transforms = transforms or loaded.transforms or ResizeNormalize(224)
+    transforms = options["transforms"] or loaded.transforms or ResizeNormalize(224)
+    classes = options["classes"]
     class_names = list(classes) if classes is not None else loaded.classes
     if layers is None:
         layers = loaded.default_layers or default_layers(module)
@@ -139,9 +189,9 @@ def compute_cams(
         module,
         layers,
         method_name,
-        reshape_transform,
-        eigen_smooth=eigen_smooth,
-        aug_smooth=aug_smooth,
+        options["reshape_transform"],
+        eigen_smooth=options["eigen_smooth"],
+        aug_smooth=options["aug_smooth"],
     )
     layer_list = engine.layer_names
     fixed_class = _fixed_class(target, class_names)
@@ -164,12 +214,32 @@ def compute_cams(
         "storage": storage,
         "output_dir": None if output_dir is None else os.path.abspath(output_dir),
         "max_size": int(max_size),
-        "eigen_smooth": bool(eigen_smooth),
-        "aug_smooth": bool(aug_smooth),
+        "eigen_smooth": bool(options["eigen_smooth"]),
+        "aug_smooth": bool(options["aug_smooth"]),
         "owned_fields": names.owned,
     }
+    return _RunPlan(
+        dataset=dataset,
+        run_key=run_key,
+        engine=engine,
+        transforms=transforms,
+        class_names=class_names,
+        fixed_class=fixed_class,
+        names=names,
+        config=config,
+    )
+
+
+def _open_run(plan: _RunPlan, overwrite: bool) -> None:
+    """Register the run (new, resumed or replaced) and declare its fields."""
+    config, names = plan.config, plan.names
     resumed = cam_runs.prepare_run(
-        dataset, run_key, config, names.owned, overwrite, (*_RESUME_KEYS, "output_dir")
+        plan.dataset,
+        plan.run_key,
+        config,
+        names.owned,
+        overwrite,
+        (*_RESUME_KEYS, "output_dir"),
     )
     run_dir = None
     if resumed is not None:
@@ -177,51 +247,65 @@ def compute_cams(
         # keep fields added on the run's behalf since (e.g. by score_cams)
         extra = [f for f in resumed.get("owned_fields", []) if f not in names.owned]
         config["owned_fields"] = names.owned + extra
-    if storage == "disk" and run_dir is None:
+    if config["storage"] == "disk" and run_dir is None:
         run_dir = os.path.join(
-            config["output_dir"], f"{run_key}-{uuid.uuid4().hex[:12]}"
+            config["output_dir"], f"{plan.run_key}-{uuid.uuid4().hex[:12]}"
         )
     config["run_dir"] = run_dir
-    cam_runs.register_cam_run(dataset, run_key, **config)
-    _declare_fields(dataset, names)
+    cam_runs.register_cam_run(plan.dataset, plan.run_key, **config)
+    _declare_fields(plan.dataset, names)
 
+
+def _stream_run(
+    plan: _RunPlan,
+    samples,
+    batch_size,
+    num_workers,
+    device,
+    progress,
+    progress_callback,
+) -> CamRunSummary:
+    """Compute the samples not done yet, batch by batch, writing each batch in bulk."""
+    dataset, names, config = plan.dataset, plan.names, plan.config
     num_samples = len(samples)
     pending = samples.match(~(VF(names.prediction).exists() | VF(names.error).exists()))
     ids, filepaths = pending.values(["id", "filepath"])
     summary = CamRunSummary(
-        run_key=run_key,
-        fields=dict(zip(layer_list, names.heatmaps, strict=True)),
+        run_key=plan.run_key,
+        fields=dict(zip(config["layers"], names.heatmaps, strict=True)),
         num_samples=num_samples,
         num_computed=0,
         num_skipped=num_samples - len(ids),
         num_errors=0,
-        run_dir=run_dir,
+        run_dir=config["run_dir"],
     )
-    labels = label_reader(dataset, task, target, label_field)
+    labels = label_reader(
+        dataset, config["task"], config["target"], config["label_field"]
+    )
     workers = default_num_workers() if num_workers is None else int(num_workers)
     loader = torch.utils.data.DataLoader(
-        ImageFiles(filepaths, transforms),
+        ImageFiles(filepaths, plan.transforms),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
         shuffle=False,
     )
     context = BatchContext(
-        engine=engine,
+        engine=plan.engine,
         names=names,
-        layers=layer_list,
-        task=task,
-        target=target,
-        fixed_class=fixed_class,
-        class_names=class_names,
-        storage=storage,
-        run_dir=run_dir,
-        max_size=int(max_size),
+        layers=config["layers"],
+        task=config["task"],
+        target=config["target"],
+        fixed_class=plan.fixed_class,
+        class_names=plan.class_names,
+        storage=config["storage"],
+        run_dir=config["run_dir"],
+        max_size=config["max_size"],
     )
     total = len(ids)
     with contextlib.ExitStack() as stack:
         if device is not None:
-            stack.enter_context(_on_device(module, torch.device(device)))
+            stack.enter_context(_on_device(plan.engine.model, torch.device(device)))
         bar = stack.enter_context(fou.ProgressBar(total=total, progress=progress))
         done = 0
         for batch in loader:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from fiftyone import ViewField as F
 
-from . import runs
+from ..runs import cam_runs as runs
 from .scoring import focus_field
 
 __all__ = [

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from . import runs
-from .images import load_rgb
+from ..runs import cam_runs as runs
+from ..runs.storage import heatmap_to_float
+from ..sources.images import load_rgb
 from .report import ALL_CLASSES, _collect, class_report, resolve_layer
 from .scoring import hit_field, spread_field
-from .storage import heatmap_to_float
 
 __all__ = ["export_review", "overlay_heatmap"]
 
