@@ -37,6 +37,7 @@ class FieldNames:
     target: str
     prediction: str
     error: str
+    seen: str  # fo.Detection: the box of the original image the model saw
 
     @property
     def owned(self) -> list[str]:
@@ -46,6 +47,7 @@ class FieldNames:
             self.target,
             self.prediction,
             self.error,
+            self.seen,
         ]
 
 
@@ -62,6 +64,7 @@ def field_names(run_key: str, layers: list[str]) -> FieldNames:
         target=f"{run_key}_target",
         prediction=f"{run_key}_prediction",
         error=f"{run_key}_error",
+        seen=f"{run_key}_seen",
     )
 
 
@@ -148,15 +151,24 @@ def _class_name(ctx: BatchContext, index: int | None) -> str | None:
     return str(index)
 
 
+def _by_input_shape(batch, rows: list[int]) -> list[list[int]]:
+    """Rows grouped by input shape (first-seen order): mixed sizes run as
+    sub-batches, so that memory stays bounded by the batch size."""
+    groups: dict[tuple, list[int]] = {}
+    for i in rows:
+        groups.setdefault(tuple(batch.tensors[i].shape), []).append(i)
+    return list(groups.values())
+
+
 def batch_field_values(ctx: BatchContext, batch, batch_ids, labels) -> dict[str, dict]:
     names = ctx.names
     values: dict[str, dict] = {
         name: {} for name in (*names.heatmaps, *names.strengths, names.target)
     }
-    values[names.prediction] = {}
-    values[names.error] = {}
+    for name in (names.prediction, names.error, names.seen):
+        values[name] = {}
     label_values = labels(batch_ids) if labels is not None else [None] * len(batch_ids)
-    rows, targets = [], []
+    rows, targets = [], {}
     for i, sid in enumerate(batch_ids):
         if batch.errors[i] is not None:
             values[names.error][sid] = batch.errors[i]
@@ -169,33 +181,43 @@ def batch_field_values(ctx: BatchContext, batch, batch_ids, labels) -> dict[str,
             values[names.error][sid] = message
             continue
         rows.append(i)
-        targets.append(target)
-    if not rows:
-        return values
-    x = torch.stack([batch.tensors[i] for i in rows])
-    # The engine enables gradients itself, also under a zoo model's no_grad.
-    result = ctx.engine.compute(x, targets)
-    for j, i in enumerate(rows):
-        sid = batch_ids[i]
-        size = batch.sizes[i]
-        for layer_index, (hm_name, st_name) in enumerate(
-            zip(names.heatmaps, names.strengths, strict=True)
-        ):
-            u8 = to_uint8_map(result.maps[j, layer_index].numpy(), size, ctx.max_size)
-            path = None
-            if ctx.storage == "disk":
-                path = os.path.join(
-                    ctx.run_dir, slug(ctx.layers[layer_index]), f"{sid}.png"
-                )
-            values[hm_name][sid] = make_heatmap(u8, ctx.storage, path)
-            if result.raw is not None:
-                values[st_name][sid] = float(result.raw[j, layer_index].max())
-        cls = result.target_classes[j]
-        values[names.target][sid] = fo.Classification(
-            label=_class_name(ctx, cls), confidence=result.target_scores[j]
-        )
-        pred = result.predicted[j]
-        values[names.prediction][sid] = fo.Classification(
-            label=_class_name(ctx, pred), confidence=result.predicted_scores[j]
-        )
+        targets[i] = target
+    for group in _by_input_shape(batch, rows):
+        x = torch.stack([batch.tensors[i] for i in group])
+        # The engine enables gradients itself, also under a zoo model's no_grad.
+        result = ctx.engine.compute(x, [targets[i] for i in group])
+        for j, i in enumerate(group):
+            _sample_values(ctx, values, result, j, batch_ids[i], batch, i)
     return values
+
+
+def _sample_values(ctx: BatchContext, values, result, j, sid, batch, i) -> None:
+    """Row ``j`` of ``result`` (batch item ``i``) -> this sample's field values."""
+    names = ctx.names
+    geometry = batch.geometries[i]
+    for layer_index, (hm_name, st_name) in enumerate(
+        zip(names.heatmaps, names.strengths, strict=True)
+    ):
+        u8 = to_uint8_map(
+            result.maps[j, layer_index].numpy(), batch.sizes[i], ctx.max_size, geometry
+        )
+        path = None
+        if ctx.storage == "disk":
+            path = os.path.join(
+                ctx.run_dir, slug(ctx.layers[layer_index]), f"{sid}.png"
+            )
+        values[hm_name][sid] = make_heatmap(u8, ctx.storage, path)
+        if result.raw is not None:
+            values[st_name][sid] = float(result.raw[j, layer_index].max())
+    cls = result.target_classes[j]
+    values[names.target][sid] = fo.Classification(
+        label=_class_name(ctx, cls), confidence=result.target_scores[j]
+    )
+    pred = result.predicted[j]
+    values[names.prediction][sid] = fo.Classification(
+        label=_class_name(ctx, pred), confidence=result.predicted_scores[j]
+    )
+    if geometry is not None:
+        values[names.seen][sid] = fo.Detection(
+            label="seen", bounding_box=geometry.seen_box_relative()
+        )

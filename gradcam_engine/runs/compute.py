@@ -30,6 +30,7 @@ from torch import nn
 from ..engine.cam_engine import CamEngine
 from ..engine.layers import default_layers
 from ..engine.methods import get_method
+from ..sources.geometry import TransformGeometry
 from ..sources.images import ImageFiles, collate, default_num_workers
 from ..sources.models import ResizeNormalize, load_model
 from . import cam_runs
@@ -159,6 +160,7 @@ class _RunPlan:
     run_key: str
     engine: CamEngine
     transforms: Callable[[Image.Image], torch.Tensor]
+    geometry: TransformGeometry
     class_names: list[str] | None
     fixed_class: int | None
     names: FieldNames
@@ -181,6 +183,9 @@ def _plan_run(
     loaded = load_model(model)
     module = loaded.module
     transforms = options["transforms"] or loaded.transforms or ResizeNormalize(224)
+    # Probes the transforms; random or rotating ones are refused here, before
+    # anything is written.
+    geometry = TransformGeometry(transforms)
     classes = options["classes"]
     class_names = list(classes) if classes is not None else loaded.classes
     if layers is None:
@@ -211,6 +216,7 @@ def _plan_run(
         "label_field": label_field,
         "classes": _describe_classes(class_names),
         "transforms": _describe(transforms),
+        "geometry": geometry.reference(),
         "storage": storage,
         "output_dir": None if output_dir is None else os.path.abspath(output_dir),
         "max_size": int(max_size),
@@ -223,6 +229,7 @@ def _plan_run(
         run_key=run_key,
         engine=engine,
         transforms=transforms,
+        geometry=geometry,
         class_names=class_names,
         fixed_class=fixed_class,
         names=names,
@@ -284,7 +291,7 @@ def _stream_run(
     )
     workers = default_num_workers() if num_workers is None else int(num_workers)
     loader = torch.utils.data.DataLoader(
-        ImageFiles(filepaths, plan.transforms),
+        ImageFiles(filepaths, plan.transforms, plan.geometry),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
@@ -425,6 +432,7 @@ def _declare_fields(dataset, names: FieldNames) -> None:
     for name in (names.target, names.prediction):
         add(name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
     add(names.error, fo.StringField)
+    add(names.seen, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detection)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """Heatmap storage: compact uint8 maps in the database, or PNG files on disk.
 
 Maps arrive as float arrays in [0, 1] at the model's input size; they are
-resized to the original image's aspect (longest side capped at ``max_size``)
-so that the App lays them over the whole image.
+mapped back onto the original image (longest side capped at ``max_size``)
+through the transform's geometry, so that the App lays them over the whole
+image where the model looked; what the model never saw is 0.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
 from PIL import Image
+
+from ..sources.geometry import Geometry, map_to_original
 
 __all__ = [
     "STORAGE_MODES",
@@ -28,18 +31,27 @@ _RANGE = [0, 255]
 
 
 def to_uint8_map(
-    cam: np.ndarray, image_size: tuple[int, int], max_size: int = 256
+    cam: np.ndarray,
+    image_size: tuple[int, int],
+    max_size: int = 256,
+    geometry: Geometry | None = None,
 ) -> np.ndarray:
-    """Resize a ``[h, w]`` float map in [0, 1] to the image's aspect, longest side
+    """Map a ``[h, w]`` float map in [0, 1] onto the original image, longest side
     at most ``max_size``; returns uint8 ``[H', W']``.
 
     ``image_size`` is ``(width, height)`` of the original (EXIF-rotated) image.
+    ``geometry`` places the map where the input came from (parts of the image
+    the model never saw are 0); without it the map is stretched over the
+    whole image.
     """
     width, height = image_size
     scale = min(1.0, max_size / max(width, height))
     out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
-    img = Image.fromarray(np.asarray(cam, dtype=np.float32), mode="F")
-    resized = np.asarray(img.resize((out_w, out_h), Image.BILINEAR))
+    if geometry is None:
+        img = Image.fromarray(np.asarray(cam, dtype=np.float32), mode="F")
+        resized = np.asarray(img.resize((out_w, out_h), Image.BILINEAR))
+    else:
+        resized = map_to_original(cam, geometry, (out_w, out_h))
     return np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
 
 

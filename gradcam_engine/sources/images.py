@@ -125,18 +125,24 @@ class DecodedBatch:
     tensors: list  # CHW float tensors or None
     sizes: list  # (width, height) of the original (EXIF-rotated) image, or None
     errors: list  # None or an error message
+    geometries: list  # sources.geometry.Geometry of each input, or None
 
 
 class ImageFiles:
-    """A map-style dataset over file paths: item ``i`` -> ``(i, tensor, size, error)``.
+    """A map-style dataset over file paths: item ``i`` ->
+    ``(i, tensor, size, error, geometry)``.
 
     Decoding or transform failures become error messages, so that one bad file
-    never stops a run. Picklable; works with forked DataLoader workers.
+    never stops a run. ``geometry`` (optional, original size -> ``Geometry``,
+    e.g. a ``TransformGeometry``) locates each input in its original image;
+    each worker keeps its own per-size cache. Picklable; works with forked
+    DataLoader workers.
     """
 
-    def __init__(self, filepaths: list[str], transforms) -> None:
+    def __init__(self, filepaths: list[str], transforms, geometry=None) -> None:
         self.filepaths = filepaths
         self.transforms = transforms
+        self.geometry = geometry
 
     def __len__(self) -> int:
         return len(self.filepaths)
@@ -146,17 +152,33 @@ class ImageFiles:
         try:
             img = load_rgb(path)
         except (OSError, ValueError) as exc:
-            return index, None, None, f"{type(exc).__name__}: {exc}"
+            return index, None, None, f"{type(exc).__name__}: {exc}", None
         try:
             tensor = self.transforms(img)
         except Exception as exc:  # user transforms: report, do not stop the run
-            return index, None, img.size, f"transforms failed on {path!r}: {exc!r}"
-        return index, tensor, img.size, None
+            message = f"transforms failed on {path!r}: {exc!r}"
+            return index, None, img.size, message, None
+        if self.geometry is None:
+            return index, tensor, img.size, None, None
+        try:
+            geometry = self.geometry(img.size)
+        except ValueError as exc:  # this size cannot be mapped back: skip it
+            return index, None, img.size, f"{path!r}: {exc}", None
+        shape = (int(tensor.shape[-1]), int(tensor.shape[-2]))
+        if shape != geometry.input_size:
+            message = (
+                f"transforms gave a {shape[0]}x{shape[1]} input for {path!r} but "
+                f"{geometry.input_size[0]}x{geometry.input_size[1]} for a probe of "
+                "the same size: they depend on the image content, so the heatmap "
+                "cannot be placed"
+            )
+            return index, None, img.size, message, None
+        return index, tensor, img.size, None, geometry
 
 
 def collate(items) -> DecodedBatch:
     """Keep items as lists: failed images have no tensor to stack."""
-    indices, tensors, sizes, errors = (
+    indices, tensors, sizes, errors, geometries = (
         list(column) for column in zip(*items, strict=True)
     )
-    return DecodedBatch(indices, tensors, sizes, errors)
+    return DecodedBatch(indices, tensors, sizes, errors, geometries)

@@ -32,6 +32,7 @@ __all__ = [
     "LoadedModel",
     "ResizeNormalize",
     "imagenet_classes",
+    "timm_transforms",
     "register_model_source",
     "list_model_sources",
     "load_model",
@@ -118,7 +119,7 @@ def load_model(spec: str | os.PathLike | nn.Module | LoadedModel) -> LoadedModel
     if isinstance(spec, LoadedModel):
         return spec
     if isinstance(spec, nn.Module):
-        return LoadedModel(spec, description=type(spec).__name__)
+        return LoadedModel(spec, timm_transforms(spec), description=type(spec).__name__)
     if _is_torch_image_model(spec):
         return from_torch_image_model(spec)
     if isinstance(spec, os.PathLike):
@@ -149,6 +150,19 @@ def load_model(spec: str | os.PathLike | nn.Module | LoadedModel) -> LoadedModel
     )
 
 
+def timm_transforms(module: nn.Module) -> Transforms | None:
+    """A timm model's own evaluation transforms (``resolve_data_config`` +
+    ``create_transform``: its input size, crop and normalisation), or None for
+    a module that is not a timm model (it gets the whole-image 224 resize)."""
+    if not type(module).__module__.startswith("timm.") or not hasattr(
+        module, "pretrained_cfg"
+    ):
+        return None
+    from timm.data import create_transform, resolve_data_config
+
+    return create_transform(**resolve_data_config({}, model=module))
+
+
 # -- FiftyOne zoo ---------------------------------------------------------------
 
 
@@ -163,8 +177,9 @@ def _is_torch_image_model(obj) -> bool:
 
 
 class _ZooTransforms:
-    """A zoo model's transforms on a PIL image (they expect HWC numpy), resized to a
-    fixed size when the model allows ragged batches, so that images batch."""
+    """A zoo model's transforms on a PIL image (they expect HWC numpy), optionally
+    resized to a fixed ``size`` afterwards. Inputs of different sizes need no
+    fixed size: ``compute_cams`` batches them by size."""
 
     def __init__(self, transforms: Callable, size: tuple[int, int] | None) -> None:
         self.transforms = transforms
@@ -181,24 +196,29 @@ class _ZooTransforms:
         return x.float()
 
     def __repr__(self) -> str:
-        return f"zoo transforms {self.transforms!r} (fixed size {self.size})"
+        fixed = "" if self.size is None else f" (fixed size {self.size})"
+        return f"zoo transforms {self.transforms!r}{fixed}"
 
 
-def from_torch_image_model(model, size: int = 224) -> LoadedModel:
+def from_torch_image_model(model, size: int | None = None) -> LoadedModel:
     """Adapt a ``fiftyone.utils.torch.TorchImageModel``: reuse its ``_model`` module,
-    its transforms and classes. (Its ``__enter__`` disables gradients; the engine
-    enables them for its own pass, so do not run inside ``with model:``.)"""
+    its own transforms (their geometry, crops included, is probed by
+    ``compute_cams``) and classes. ``size`` resizes every input to
+    ``size x size`` after them (the heatmaps still land right).
+    (Its ``__enter__`` disables gradients; the engine enables them for its own
+    pass, so do not run inside ``with model:``.)"""
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise ValueError(f"size must be None or a positive int, got {size!r}")
     module = getattr(model, "_model", None)
     if not isinstance(module, nn.Module):
         raise TypeError(
             f"{type(model).__name__} has no torch module in '_model'; cannot compute CAMs"
         )
-    ragged = bool(getattr(model, "ragged_batches", True))
     transforms = getattr(model, "transforms", None)
     wrapped = (
         None
         if transforms is None
-        else _ZooTransforms(transforms, (size, size) if ragged else None)
+        else _ZooTransforms(transforms, None if size is None else (size, size))
     )
     classes = getattr(model, "classes", None)
     name = getattr(getattr(model, "config", None), "name", None)
@@ -241,7 +261,7 @@ def _as_loaded(obj, description: str) -> LoadedModel:
     if isinstance(obj, LoadedModel):
         return obj
     if isinstance(obj, nn.Module):
-        return LoadedModel(obj, description=description)
+        return LoadedModel(obj, timm_transforms(obj), description=description)
     if isinstance(obj, tuple) and 1 <= len(obj) <= 3 and isinstance(obj[0], nn.Module):
         module, transforms, classes = (*obj, None, None)[:3]
         return LoadedModel(

@@ -1,0 +1,286 @@
+"""Transform geometry: where each pixel of the model's input came from.
+
+A user's preprocessing (resize, center crop, pad, letterbox; torchvision,
+``transforms.v2``, timm, a FiftyOne zoo model's transforms or a plain function)
+is probed, never parsed: a coordinate-ramp image (red = x, green = y, blue = a
+marker) is pushed through it, the per-channel normalisation is undone with a
+black and a white image, and an axis-aligned affine map from input-tensor
+pixels to original pixels is fitted by least squares. The fit is cached per
+original size. Random transforms (two calls differ) and non-axis-aligned ones
+(rotation, perspective: cross terms or residuals) are refused. No fiftyone.
+
+Coordinates are continuous: pixel ``i`` covers ``[i, i + 1)``;
+``original_x = scale_x * input_x + offset_x``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "Geometry",
+    "GeometryError",
+    "TransformGeometry",
+    "map_to_original",
+]
+
+# Reference sizes probed before a run: a landscape and a portrait photo.
+REFERENCE_SIZES = ((640, 480), (480, 640))
+_MARKER = 201  # blue value of the probe: padding (any fill) reads otherwise
+_RANDOM_REPEATS = 8  # a p=0.5 flip survives 8 identical calls with p < 1%
+_CACHE_LIMIT = 4096  # sizes remembered per process (a Geometry is ~100 bytes)
+
+
+class GeometryError(ValueError):
+    """The transform's geometry cannot be mapped back to the original image."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Axis-aligned affine map from input-tensor pixels to original pixels."""
+
+    image_size: tuple[int, int]  # (width, height) of the original image
+    input_size: tuple[int, int]  # (width, height) of the model input
+    scale: tuple[float, float]  # original pixels per input pixel, (x, y)
+    offset: tuple[float, float]  # original coordinate of input coordinate 0
+
+    def seen_box(self) -> tuple[float, float, float, float]:
+        """``(x0, y0, x1, y1)`` of the original the input covers, in original
+        pixels, clipped to the image (cropped-away parts are outside it)."""
+        box = []
+        for axis in (0, 1):
+            ends = (
+                self.offset[axis],
+                self.offset[axis] + self.scale[axis] * self.input_size[axis],
+            )
+            lo, hi = min(ends), max(ends)
+            box.append((max(0.0, lo), min(float(self.image_size[axis]), hi)))
+        (x0, x1), (y0, y1) = box
+        return x0, y0, max(x0, x1), max(y0, y1)
+
+    def seen_box_relative(self) -> list[float]:
+        """The seen box as FiftyOne's ``[x, y, width, height]`` in [0, 1]."""
+        x0, y0, x1, y1 = self.seen_box()
+        width, height = self.image_size
+        return [
+            round(x0 / width, 4),
+            round(y0 / height, 4),
+            round((x1 - x0) / width, 4),
+            round((y1 - y0) / height, 4),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able and rounded, so that equal transforms describe equal."""
+        return {
+            "image_size": list(self.image_size),
+            "input_size": list(self.input_size),
+            "scale": [round(v, 3) for v in self.scale],
+            "offset": [round(v, 2) for v in self.offset],
+            "seen_box": self.seen_box_relative(),
+        }
+
+
+def map_to_original(
+    cam: np.ndarray, geometry: Geometry, out_size: tuple[int, int]
+) -> np.ndarray:
+    """Resample a float ``[h, w]`` map on the input grid onto the original image
+    at ``out_size`` ``(width, height)``; pixels the model never saw are 0."""
+    cam = np.asarray(cam, dtype=np.float32)
+    out_w, out_h = out_size
+    out = np.zeros((out_h, out_w), dtype=np.float32)
+    spans = []
+    for axis, out_n in ((0, out_w), (1, out_h)):
+        step = geometry.image_size[axis] / out_n  # original pixels per output pixel
+        lo, hi = geometry.seen_box()[axis], geometry.seen_box()[axis + 2]
+        i0, i1 = round(lo / step), round(hi / step)
+        i0, i1 = min(max(i0, 0), out_n), min(max(i1, 0), out_n)
+        n_in = geometry.input_size[axis]
+        ends = [
+            (i * step - geometry.offset[axis]) / geometry.scale[axis] for i in (i0, i1)
+        ]
+        if geometry.scale[axis] < 0:  # a flip: read the map mirrored
+            cam = np.flip(cam, axis=1 - axis)
+            ends = [n_in - e for e in ends]
+        spans.append((i0, i1, *(min(max(e, 0.0), float(n_in)) for e in ends)))
+    (i0, i1, u0, u1), (j0, j1, v0, v1) = spans
+    if i1 <= i0 or j1 <= j0:
+        return out
+    img = Image.fromarray(np.ascontiguousarray(cam), mode="F")
+    region = img.resize((i1 - i0, j1 - j0), Image.BILINEAR, box=(u0, v0, u1, v1))
+    out[j0:j1, i0:i1] = np.asarray(region)
+    return out
+
+
+def describe(obj: Any) -> str:
+    """A short name for messages: the class name, or a function's name."""
+    name = getattr(obj, "__qualname__", None) or type(obj).__name__
+    parts = getattr(obj, "transforms", None)
+    if isinstance(parts, list | tuple) and parts:
+        name += "[" + ", ".join(type(p).__name__ for p in parts) + "]"
+    return name
+
+
+class TransformGeometry:
+    """Probes ``transforms`` (PIL RGB -> ``[C, H, W]`` tensor) once per original
+    size and returns its :class:`Geometry`. Picklable when ``transforms`` is,
+    so that DataLoader workers keep their own cache.
+
+    Construction calibrates the normalisation and refuses random or
+    non-mappable transforms with :class:`GeometryError`.
+    """
+
+    def __init__(self, transforms: Callable[[Image.Image], Any]) -> None:
+        if not callable(transforms):
+            raise TypeError(
+                f"transforms must be callable, got {type(transforms).__name__}"
+            )
+        self.transforms = transforms
+        self._cache: dict[tuple[int, int], Geometry] = {}
+        size = REFERENCE_SIZES[0]
+        black = self._call(Image.new("RGB", size, (0, 0, 0)), size)
+        white = self._call(Image.new("RGB", size, (255, 255, 255)), size)
+        if black.shape[0] != 3:
+            raise GeometryError(
+                f"transforms {describe(transforms)} returned {black.shape[0]} "
+                "channels; the geometry probe needs 3 (RGB) output channels"
+            )
+        # Per channel: output = gain * value + bias (the normalisation).
+        diff = (white - black).reshape(3, -1)
+        seen = np.abs(diff).max(axis=0) > 0.5 * np.abs(diff).max()
+        self._gain = np.median(diff[:, seen], axis=1) / 255.0
+        self._bias = np.median(black.reshape(3, -1)[:, seen], axis=1)
+        if np.any(np.abs(self._gain) < 1e-9):
+            raise GeometryError(
+                f"transforms {describe(transforms)} do not pass image values "
+                "through; cannot locate the input's pixels in the original"
+            )
+        self._check_deterministic()
+
+    def reference(self) -> dict[str, Any]:
+        """JSON-able geometry at the reference sizes, for the run config."""
+        return {
+            "method": "ramp-probe",
+            "sizes": {f"{w}x{h}": self((w, h)).to_dict() for w, h in REFERENCE_SIZES},
+        }
+
+    def __call__(self, image_size: tuple[int, int]) -> Geometry:
+        size = (int(image_size[0]), int(image_size[1]))
+        geometry = self._cache.get(size)
+        if geometry is None:
+            geometry = self._fit(size)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[size] = geometry
+        return geometry
+
+    # -- probing -------------------------------------------------------------------
+
+    def _call(self, img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+        try:
+            out = self.transforms(img)
+        except Exception as exc:
+            raise GeometryError(
+                f"transforms {describe(self.transforms)} raised on a "
+                f"{size[0]}x{size[1]} probe image: {exc!r}"
+            ) from exc
+        arr = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out
+        arr = np.asarray(arr, dtype=np.float64)
+        if arr.ndim != 3:
+            raise GeometryError(
+                f"transforms {describe(self.transforms)} returned shape "
+                f"{tuple(arr.shape)}; expected a [C, H, W] tensor"
+            )
+        return arr
+
+    def _check_deterministic(self) -> None:
+        for size in REFERENCE_SIZES:
+            probe = _ramp_image(size)
+            first = self._call(probe, size)
+            for _ in range(_RANDOM_REPEATS):
+                again = self._call(probe, size)
+                if again.shape != first.shape or not np.allclose(
+                    again, first, atol=1e-5
+                ):
+                    raise GeometryError(
+                        f"transforms {describe(self.transforms)} are random: two "
+                        "calls on the same image gave different tensors (e.g. "
+                        "RandomResizedCrop, RandomHorizontalFlip, ColorJitter). "
+                        "CAMs need the deterministic evaluation preprocessing; "
+                        "pass transforms=<eval transforms> (timm: "
+                        "create_transform(..., is_training=False))"
+                    )
+
+    def _fit(self, size: tuple[int, int]) -> Geometry:
+        out = self._call(_ramp_image(size), size)
+        if out.shape[0] != 3:
+            raise GeometryError(
+                f"transforms {describe(self.transforms)} returned "
+                f"{out.shape[0]} channels for a {size[0]}x{size[1]} image"
+            )
+        values = (out - self._bias[:, None, None]) / self._gain[:, None, None]
+        height, width = values.shape[1:]
+        valid = np.abs(values[2] - _MARKER) < 3.0  # not padding
+        interior = _erode(valid, 2)  # filters blur the border with the padding
+        if interior.sum() < 4:
+            interior = valid
+        vs, us = np.nonzero(interior)
+        if len(us) < 4 or np.ptp(us) < 1 or np.ptp(vs) < 1:
+            raise GeometryError(
+                f"transforms {describe(self.transforms)}: too few pixels of a "
+                f"{size[0]}x{size[1]} image reach the model input"
+            )
+        design = np.stack([us + 0.5, vs + 0.5, np.ones(len(us))], axis=1)
+        scale, offset = [], []
+        for axis in (0, 1):
+            # ramp value v encodes the original coordinate (v + 0.5) * n / 256
+            n = size[axis]
+            coords = (values[axis][interior] + 0.5) * n / 256.0
+            coef, *_ = np.linalg.lstsq(design, coords, rcond=None)
+            residual = np.abs(design @ coef - coords).max()
+            other = abs(coef[1 - axis]) * (height if axis == 0 else width)
+            tolerance = 2.0 + 0.01 * n  # 8-bit ramp: n / 256 per level
+            if other > tolerance or residual > tolerance + n / 256.0:
+                raise GeometryError(
+                    f"transforms {describe(self.transforms)} are not an "
+                    f"axis-aligned resize/crop/pad on a {size[0]}x{size[1]} image "
+                    f"(rotation, shear or perspective?): the fit is off by "
+                    f"{max(other, residual):.1f} pixels. Only such geometry "
+                    "can be mapped back to the original image"
+                )
+            if not abs(coef[axis]) > 1e-9:  # also catches NaN
+                raise GeometryError(
+                    f"transforms {describe(self.transforms)} collapse the "
+                    f"{'xy'[axis]} axis of a {size[0]}x{size[1]} image"
+                )
+            scale.append(float(coef[axis]))
+            offset.append(float(coef[2]))
+        return Geometry(size, (width, height), tuple(scale), tuple(offset))
+
+
+def _ramp_image(size: tuple[int, int]) -> Image.Image:
+    width, height = size
+    x = np.floor((np.arange(width) + 0.5) * 256.0 / width).astype(np.uint8)
+    y = np.floor((np.arange(height) + 0.5) * 256.0 / height).astype(np.uint8)
+    arr = np.empty((height, width, 3), dtype=np.uint8)
+    arr[..., 0] = x[None, :]
+    arr[..., 1] = y[:, None]
+    arr[..., 2] = _MARKER
+    return Image.fromarray(arr, "RGB")
+
+
+def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(steps):
+        shrunk = out.copy()
+        shrunk[1:, :] &= out[:-1, :]
+        shrunk[:-1, :] &= out[1:, :]
+        shrunk[:, 1:] &= out[:, :-1]
+        shrunk[:, :-1] &= out[:, 1:]
+        out = shrunk
+    return out
