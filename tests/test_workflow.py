@@ -98,6 +98,7 @@ def test_fields_summary_and_run_config(image_dir, model):
         "cam_target",
         "cam_prediction",
         "cam_error",
+        "cam_seen",
     }
     ds.delete()
 

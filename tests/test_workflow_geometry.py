@@ -6,6 +6,10 @@ the red region of the model input, so the stored map must peak on the red
 square of the original image wherever the transforms put it.
 """
 
+import base64
+import io
+import re
+
 import fiftyone as fo
 import numpy as np
 import pytest
@@ -17,6 +21,7 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from gradcam_engine import compute_cams, score_cams
+from gradcam_engine.audit.export import export_review
 from gradcam_engine.runs import cam_runs
 from gradcam_engine.runs.storage import heatmap_to_float
 from gradcam_engine.sources.models import IMAGENET_MEAN, IMAGENET_STD
@@ -146,6 +151,28 @@ def test_seen_box_of_a_center_crop(dataset):
     heatmap = dataset.match(fo.ViewField("filepath").ends_with("120x80.png")).first()
     cam = heatmap_to_float(heatmap["seen_features"])
     assert cam[:, :24].max() == 0 and cam[:, 96:].max() == 0 and cam[76:].max() == 0
+
+
+def test_review_page_shows_the_seen_box(dataset, tmp_path):
+    compute_cams(
+        dataset, RedNet(), layers=["features"], run_key="page", target=0,
+        transforms=TRANSFORMS["torchvision_center_crop"], num_workers=0,
+        progress=False,
+    )  # fmt: skip
+    score_cams(dataset, run_key="page", gt_field="ground_truth")
+    text = open(export_review(dataset, "page", tmp_path / "r.html", top_k=4)).read()
+    # 120x80: the model saw 70x70 of 120x80 = 51% (drawn as a dashed yellow box)
+    assert "<dt>seen</dt><dd>51% (yellow box)</dd>" in text
+    assert text.count("(yellow box)") == 4  # every sample here was cropped
+    overlays = re.findall(r'class="overlay" alt="heatmap 120x80.png" src="data:image/'
+                          r'jpeg;base64,([^"]+)"', text)  # fmt: skip
+    over = np.asarray(Image.open(io.BytesIO(base64.b64decode(overlays[0]))))
+    left = round(25 / 120 * over.shape[1])  # the box's left edge
+    column = over[:, max(0, left - 1) : left + 2].reshape(-1, 3).astype(int)
+    # bright red and green: the yellow dashes (JPEG smears their blue); the
+    # heatmap there is 0 (dark blue) and the grey image is dimmed by it
+    yellow = (column[:, 0] > 180) & (column[:, 1] > 160)
+    assert yellow.sum() >= 20
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 The page holds the class report and, per class, the top suspects (lowest
 focus) as small thumbnails: the image, the heatmap over it (matplotlib's jet
-colormap) with the ground-truth boxes, and the scores. Every image is inlined
+colormap) with the ground-truth boxes and, when the preprocessing cropped, the
+box the model saw (dashed yellow), and the scores. Every image is inlined
 as base64; the file has no external URL and opens offline.
 """
 
@@ -220,6 +221,7 @@ def _placeholder(size: int, text: str) -> Image.Image:
 
 def _card(sample, info, layer, focus, label_field, boxes_field, alpha, size) -> str:
     heat_field = info.fields[layer]
+    seen = _cropped_seen_box(sample, info.seen_field)
     notes = []
     try:
         image = load_rgb(sample.filepath)
@@ -245,6 +247,8 @@ def _card(sample, info, layer, focus, label_field, boxes_field, alpha, size) -> 
             over = overlay_heatmap(thumb, heatmap, alpha)
         if boxes_field and sample.has_field(boxes_field) and sample[boxes_field]:
             over = _draw_boxes(over, sample[boxes_field])
+        if seen is not None:
+            over = _draw_seen_box(over, seen)
 
     def get(field: str) -> Any:
         return sample[field] if sample.has_field(field) else None
@@ -263,6 +267,8 @@ def _card(sample, info, layer, focus, label_field, boxes_field, alpha, size) -> 
     ]
     if label_field:
         scores.insert(3, ("label", truth))
+    if seen is not None:  # the preprocessing cropped: say how much was seen
+        scores.append(("seen", f"{_seen_share(seen)} (yellow box)"))
     dl = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in scores)
     name = os.path.basename(sample.filepath)
     note = f'<p class="note">{_e("; ".join(notes))}</p>' if notes else ""
@@ -286,6 +292,38 @@ def _draw_boxes(image: Image.Image, detections) -> Image.Image:
             outline=(255, 255, 255),
             width=2,
         )
+    return out
+
+
+def _cropped_seen_box(sample, field: str) -> list[float] | None:
+    """The seen box ``[x, y, w, h]`` (relative) when the model missed part of the
+    image, else None."""
+    seen = sample[field] if sample.has_field(field) else None
+    box = getattr(seen, "bounding_box", None)
+    if not box or (box[2] >= 0.999 and box[3] >= 0.999):
+        return None
+    return list(box)
+
+
+def _seen_share(box: list[float]) -> str:
+    return f"{100 * box[2] * box[3]:.0f}%"
+
+
+def _draw_seen_box(image: Image.Image, box: list[float]) -> Image.Image:
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    x0, y0 = box[0] * w, box[1] * h
+    x1, y1 = (box[0] + box[2]) * w - 1, (box[1] + box[3]) * h - 1
+    dash = 6  # dashed, so that it reads apart from the white object boxes
+    for start in np.arange(x0, x1, 2 * dash):
+        end = min(start + dash, x1)
+        draw.line([(start, y0), (end, y0)], fill=(255, 220, 0), width=2)
+        draw.line([(start, y1), (end, y1)], fill=(255, 220, 0), width=2)
+    for start in np.arange(y0, y1, 2 * dash):
+        end = min(start + dash, y1)
+        draw.line([(x0, start), (x0, end)], fill=(255, 220, 0), width=2)
+        draw.line([(x1, start), (x1, end)], fill=(255, 220, 0), width=2)
     return out
 
 

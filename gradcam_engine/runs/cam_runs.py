@@ -60,6 +60,11 @@ class CamRunInfo:
     def prediction_field(self) -> str:
         return f"{self.run_key}_prediction"
 
+    @property
+    def seen_field(self) -> str:
+        """fo.Detection: the box of the original image the model saw."""
+        return f"{self.run_key}_seen"
+
 
 def _dataset(samples: foc.SampleCollection) -> fo.Dataset:
     if not isinstance(samples, foc.SampleCollection):

@@ -161,6 +161,8 @@ class TransformGeometry:
                 "through; cannot locate the input's pixels in the original"
             )
         self._check_deterministic()
+        for size in REFERENCE_SIZES:  # a rotation or perspective raises here
+            self(size)
 
     def reference(self) -> dict[str, Any]:
         """JSON-able geometry at the reference sizes, for the run config."""
@@ -226,6 +228,13 @@ class TransformGeometry:
         values = (out - self._bias[:, None, None]) / self._gain[:, None, None]
         height, width = values.shape[1:]
         valid = np.abs(values[2] - _MARKER) < 3.0  # not padding
+        for axis in (0, 1):
+            # An upscale replicates the edge pixels: half an original pixel at
+            # each end reads the end value, off the line; fit between them.
+            ends = _ramp_values(size[axis])[[0, -1]]
+            inside = (values[axis] > ends[0] + 0.5) & (values[axis] < ends[1] - 0.5)
+            if size[axis] > 1 and (valid & inside).sum() >= 4:
+                valid &= inside
         interior = _erode(valid, 2)  # filters blur the border with the padding
         if interior.sum() < 4:
             interior = valid
@@ -240,6 +249,10 @@ class TransformGeometry:
         for axis in (0, 1):
             # ramp value v encodes the original coordinate (v + 0.5) * n / 256
             n = size[axis]
+            if n == 1:  # no ramp to read; the stored map is 1 pixel wide anyway
+                scale.append(1.0 / (width if axis == 0 else height))
+                offset.append(0.0)
+                continue
             coords = (values[axis][interior] + 0.5) * n / 256.0
             coef, *_ = np.linalg.lstsq(design, coords, rcond=None)
             residual = np.abs(design @ coef - coords).max()
@@ -263,10 +276,14 @@ class TransformGeometry:
         return Geometry(size, (width, height), tuple(scale), tuple(offset))
 
 
+def _ramp_values(n: int) -> np.ndarray:
+    """8 bits per pixel: value v stands for coordinate (v + 0.5) * n / 256."""
+    return np.floor((np.arange(n) + 0.5) * 256.0 / n).astype(np.uint8)
+
+
 def _ramp_image(size: tuple[int, int]) -> Image.Image:
     width, height = size
-    x = np.floor((np.arange(width) + 0.5) * 256.0 / width).astype(np.uint8)
-    y = np.floor((np.arange(height) + 0.5) * 256.0 / height).astype(np.uint8)
+    x, y = _ramp_values(width), _ramp_values(height)
     arr = np.empty((height, width, 3), dtype=np.uint8)
     arr[..., 0] = x[None, :]
     arr[..., 1] = y[:, None]
