@@ -8,6 +8,7 @@ square of the original image wherever the transforms put it.
 
 import base64
 import io
+import pathlib
 import re
 
 import fiftyone as fo
@@ -112,12 +113,33 @@ def dataset(tmp_path_factory):
     ds.delete()
 
 
-@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def zoo_model():
+    """A FiftyOne TorchImageModel around RedNet; its own transforms upsize the
+    shorter side to 96 (fiftyone's MinResize): inputs of several sizes."""
+    import fiftyone.utils.torch as fout
+
+    config = fout.TorchImageModelConfig(
+        {
+            "entrypoint_fcn": RedNet,
+            "image_min_dim": 96,
+            "image_mean": list(IMAGENET_MEAN),
+            "image_std": list(IMAGENET_STD),
+            "classes": ["red", "other"],
+            "output_processor_cls": "fiftyone.utils.torch.ClassifierOutputProcessor",
+        }
+    )
+    return fout.TorchImageModel(config)
+
+
+@pytest.mark.parametrize("name", [*sorted(TRANSFORMS), "zoo_model_own_transforms"])
 def test_heatmap_peak_and_focus_on_the_object(dataset, name):
     key = f"g_{name}"
+    model, transforms = (
+        (zoo_model(), None) if name.startswith("zoo") else (RedNet(), TRANSFORMS[name])
+    )
     summary = compute_cams(
-        dataset, RedNet(), layers=["features"], run_key=key, target=0,
-        transforms=TRANSFORMS[name], batch_size=4, num_workers=0, progress=False,
+        dataset, model, layers=["features"], run_key=key, target=0,
+        transforms=transforms, batch_size=4, num_workers=0, progress=False,
     )  # fmt: skip
     assert summary.num_errors == 0, summary.errors
     score_cams(dataset, run_key=key, gt_field="ground_truth")
@@ -160,7 +182,8 @@ def test_review_page_shows_the_seen_box(dataset, tmp_path):
         progress=False,
     )  # fmt: skip
     score_cams(dataset, run_key="page", gt_field="ground_truth")
-    text = open(export_review(dataset, "page", tmp_path / "r.html", top_k=4)).read()
+    path = export_review(dataset, "page", tmp_path / "r.html", top_k=4)
+    text = pathlib.Path(path).read_text(encoding="utf-8")
     # 120x80: the model saw 70x70 of 120x80 = 51% (drawn as a dashed yellow box)
     assert "<dt>seen</dt><dd>51% (yellow box)</dd>" in text
     assert text.count("(yellow box)") == 4  # every sample here was cropped
