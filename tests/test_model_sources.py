@@ -126,6 +126,10 @@ def test_torch_image_model_adapter_in_compute_cams(tmp_path):
     assert loaded.module is zoo_model._model and loaded.classes == ["a", "b", "c"]
     x = loaded.transforms(Image.fromarray(skimage.data.coffee()))
     assert x.shape == (3, 48, 48)
+    fixed = from_torch_image_model(zoo_model, size=32).transforms
+    assert fixed(Image.fromarray(skimage.data.coffee())).shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="size must be None or a positive int, got 0"):
+        from_torch_image_model(zoo_model, size=0)
     for name in ("coffee", "camera"):
         Image.fromarray(getattr(skimage.data, name)()).save(tmp_path / f"{name}.png")
     ds = fo.Dataset()
