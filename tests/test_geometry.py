@@ -134,10 +134,27 @@ def test_probes_once_per_size():
             "not an axis-aligned",
         ),  # fmt: skip
         (T.Compose([T.Grayscale(), T.ToTensor()]), "1 channels"),
+        (T.Compose([T.Grayscale(3), T.ToTensor()]), "change colours.*grayscale"),
+        (
+            lambda img: T.functional.to_tensor(
+                T.functional.adjust_brightness(img, 1.3)
+            ),
+            "change colours",
+        ),  # fmt: skip
         (lambda img: torch.zeros(5), r"shape \(5,\)"),
         (lambda img: 1 / 0, "raised on a 640x480 probe image: ZeroDivisionError"),
     ],
-    ids=["random_crop", "jitter", "rotation", "perspective", "gray", "flat", "raises"],
+    ids=[
+        "random_crop",
+        "jitter",
+        "rotation",
+        "perspective",
+        "gray",
+        "gray3",
+        "brightness",
+        "flat",
+        "raises",
+    ],
 )
 def test_unmappable_transforms_are_refused(transforms, match):
     with pytest.raises(GeometryError, match=match):

@@ -33,6 +33,7 @@ __all__ = [
 # Reference sizes probed before a run: a landscape and a portrait photo.
 REFERENCE_SIZES = ((640, 480), (480, 640))
 _MARKER = 201  # blue value of the probe: padding (any fill) reads otherwise
+_TINT = (200, 40, 120)  # a colour that must survive the transform unchanged
 _RANDOM_REPEATS = 8  # a p=0.5 flip survives 8 identical calls with p < 1%
 _CACHE_LIMIT = 4096  # sizes remembered per process (a Geometry is ~100 bytes)
 
@@ -159,6 +160,16 @@ class TransformGeometry:
             raise GeometryError(
                 f"transforms {describe(transforms)} do not pass image values "
                 "through; cannot locate the input's pixels in the original"
+            )
+        # A colour the ramps rely on must come back: no channel mixing (grayscale)
+        # nor brightness or contrast changes that the probe would misread.
+        tint = self._call(Image.new("RGB", size, _TINT), size).reshape(3, -1)
+        back = np.median(tint[:, seen], axis=1) - self._bias
+        if np.abs(back / self._gain - _TINT).max() > 3.0:
+            raise GeometryError(
+                f"transforms {describe(transforms)} change colours: only a "
+                "per-channel scale and shift (Normalize) can be undone, not "
+                "grayscale, jitter or other colour changes"
             )
         self._check_deterministic()
         for size in REFERENCE_SIZES:  # a rotation or perspective raises here
