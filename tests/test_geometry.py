@@ -83,6 +83,8 @@ def test_map_to_original_zero_where_unseen_and_on_the_right_spot():
     # input (162, 112) -> original (108.9 + 162 * 1.877, 30 + 112 * 1.875) / 2
     assert xs.mean() == pytest.approx((108.9 + 162 * 640 / 341) / 2, abs=1.5)
     assert ys.mean() == pytest.approx((30 + 112 * 1.875) / 2, abs=1.5)
+    with pytest.raises(ValueError, match=r"cam has shape \(7, 7\).*224x224"):
+        map_to_original(np.zeros((7, 7)), geometry, (320, 240))
 
 
 def test_default_whole_image_resize_is_unchanged():

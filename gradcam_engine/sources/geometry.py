@@ -6,8 +6,9 @@ is probed, never parsed: a coordinate-ramp image (red = x, green = y, blue = a
 marker) is pushed through it, the per-channel normalisation is undone with a
 black and a white image, and an axis-aligned affine map from input-tensor
 pixels to original pixels is fitted by least squares. The fit is cached per
-original size. Random transforms (two calls differ) and non-axis-aligned ones
-(rotation, perspective: cross terms or residuals) are refused. No fiftyone.
+original size. Random transforms (repeated calls differ), non-axis-aligned
+ones (rotation, perspective: cross terms or residuals) and colour changes (a
+tinted probe comes back altered) are refused. No fiftyone.
 
 Coordinates are continuous: pixel ``i`` covers ``[i, i + 1)``;
 ``original_x = scale_x * input_x + offset_x``.
@@ -34,7 +35,7 @@ __all__ = [
 REFERENCE_SIZES = ((640, 480), (480, 640))
 _MARKER = 201  # blue value of the probe: padding (any fill) reads otherwise
 _TINT = (200, 40, 120)  # a colour that must survive the transform unchanged
-_RANDOM_REPEATS = 8  # a p=0.5 flip survives 8 identical calls with p < 1%
+_RANDOM_REPEATS = 8  # per reference size: a coin-flip transform slips by 2**-16
 _CACHE_LIMIT = 4096  # sizes remembered per process (a Geometry is ~100 bytes)
 
 
@@ -93,6 +94,11 @@ def map_to_original(
     """Resample a float ``[h, w]`` map on the input grid onto the original image
     at ``out_size`` ``(width, height)``; pixels the model never saw are 0."""
     cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape != geometry.input_size[::-1]:
+        raise ValueError(
+            f"cam has shape {cam.shape}; the geometry's input is "
+            f"{geometry.input_size[1]}x{geometry.input_size[0]} (height x width)"
+        )
     out_w, out_h = out_size
     out = np.zeros((out_h, out_w), dtype=np.float32)
     spans = []
@@ -161,6 +167,7 @@ class TransformGeometry:
                 f"transforms {describe(transforms)} do not pass image values "
                 "through; cannot locate the input's pixels in the original"
             )
+        self._check_deterministic()
         # A colour the ramps rely on must come back: no channel mixing (grayscale)
         # nor brightness or contrast changes that the probe would misread.
         tint = self._call(Image.new("RGB", size, _TINT), size).reshape(3, -1)
@@ -171,9 +178,8 @@ class TransformGeometry:
                 "per-channel scale and shift (Normalize) can be undone, not "
                 "grayscale, jitter or other colour changes"
             )
-        self._check_deterministic()
-        for size in REFERENCE_SIZES:  # a rotation or perspective raises here
-            self(size)
+        for reference_size in REFERENCE_SIZES:  # rotation, perspective raise here
+            self(reference_size)
 
     def reference(self) -> dict[str, Any]:
         """JSON-able geometry at the reference sizes, for the run config."""
