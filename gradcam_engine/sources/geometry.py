@@ -5,7 +5,8 @@ A user's preprocessing (resize, center crop, pad, letterbox; torchvision,
 is probed, never parsed: a coordinate-ramp image (red = x, green = y, blue = a
 marker) is pushed through it, the per-channel normalisation is undone with a
 black and a white image, and an axis-aligned affine map from input-tensor
-pixels to original pixels is fitted by least squares. The fit is cached per
+pixels to original pixels is fitted by least squares (a grayscale transform
+gets the three planes as three gray probes). The fit is cached per
 original size. Random transforms (repeated calls differ), non-axis-aligned
 ones (rotation, perspective: cross terms or residuals) and colour changes (a
 tinted probe comes back altered) are refused. No fiftyone.
@@ -152,31 +153,37 @@ class TransformGeometry:
         size = REFERENCE_SIZES[0]
         black = self._call(Image.new("RGB", size, (0, 0, 0)), size)
         white = self._call(Image.new("RGB", size, (255, 255, 255)), size)
-        if black.shape[0] != 3:
-            raise GeometryError(
-                f"transforms {describe(transforms)} returned {black.shape[0]} "
-                "channels; the geometry probe needs 3 (RGB) output channels"
-            )
-        # Per channel: output = gain * value + bias (the normalisation).
-        diff = (white - black).reshape(3, -1)
+        # Per output channel: output = gain * value + bias (the normalisation).
+        channels = black.shape[0]
+        diff = (white - black).reshape(channels, -1)
         seen = np.abs(diff).max(axis=0) > 0.5 * np.abs(diff).max()
         self._gain = np.median(diff[:, seen], axis=1) / 255.0
-        self._bias = np.median(black.reshape(3, -1)[:, seen], axis=1)
+        self._bias = np.median(black.reshape(channels, -1)[:, seen], axis=1)
         if np.any(np.abs(self._gain) < 1e-9):
             raise GeometryError(
                 f"transforms {describe(transforms)} do not pass image values "
                 "through; cannot locate the input's pixels in the original"
             )
         self._check_deterministic()
-        # A colour the ramps rely on must come back: no channel mixing (grayscale)
-        # nor brightness or contrast changes that the probe would misread.
-        tint = self._call(Image.new("RGB", size, _TINT), size).reshape(3, -1)
-        back = np.median(tint[:, seen], axis=1) - self._bias
-        if np.abs(back / self._gain - _TINT).max() > 3.0:
+
+        def comes_back(colour: tuple[int, int, int]) -> bool:
+            out = self._call(Image.new("RGB", size, colour), size)
+            back = np.median(out.reshape(channels, -1)[:, seen], axis=1) - self._bias
+            expected = colour if channels == 3 else colour[:1] * channels
+            return np.abs(back / self._gain - expected).max() <= 3.0
+
+        # One RGB probe per size needs colours to come back unmixed; grayscale
+        # (1 or 3 channels) needs three gray probes. Brightness or contrast
+        # changes would be misread as positions: refused.
+        if channels == 3 and comes_back(_TINT):
+            self._gray = False
+        elif comes_back((_MARKER,) * 3) and comes_back((90, 90, 90)):
+            self._gray = True
+        else:
             raise GeometryError(
                 f"transforms {describe(transforms)} change colours: only a "
-                "per-channel scale and shift (Normalize) can be undone, not "
-                "grayscale, jitter or other colour changes"
+                "per-channel scale and shift (Normalize) or a grayscale "
+                "conversion can be undone, not brightness, contrast or jitter"
             )
         for reference_size in REFERENCE_SIZES:  # rotation, perspective raise here
             self(reference_size)
@@ -235,14 +242,28 @@ class TransformGeometry:
                         "create_transform(..., is_training=False))"
                     )
 
+    def _probe(self, size: tuple[int, int]) -> np.ndarray:
+        """Decoded ``[3, H, W]``: x-ramp value, y-ramp value, marker value."""
+        ramps = _ramp_image(size)
+        if self._gray:
+            arr = np.asarray(ramps)
+            planes = [Image.fromarray(arr[..., c]).convert("RGB") for c in range(3)]
+        else:
+            planes = [ramps]
+        decoded = []
+        for img in planes:
+            out = self._call(img, size)
+            if out.shape[0] != len(self._gain):
+                raise GeometryError(
+                    f"transforms {describe(self.transforms)} returned "
+                    f"{out.shape[0]} channels for a {size[0]}x{size[1]} image"
+                )
+            values = (out - self._bias[:, None, None]) / self._gain[:, None, None]
+            decoded.append(values.mean(axis=0, keepdims=True) if self._gray else values)
+        return np.concatenate(decoded)
+
     def _fit(self, size: tuple[int, int]) -> Geometry:
-        out = self._call(_ramp_image(size), size)
-        if out.shape[0] != 3:
-            raise GeometryError(
-                f"transforms {describe(self.transforms)} returned "
-                f"{out.shape[0]} channels for a {size[0]}x{size[1]} image"
-            )
-        values = (out - self._bias[:, None, None]) / self._gain[:, None, None]
+        values = self._probe(size)
         height, width = values.shape[1:]
         valid = np.abs(values[2] - _MARKER) < 3.0  # not padding
         for axis in (0, 1):
