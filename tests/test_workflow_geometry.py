@@ -157,6 +157,29 @@ def test_heatmap_peak_and_focus_on_the_object(dataset, name):
     assert "geometry" in cam_runs.get_cam_run(dataset, key).config
 
 
+class DarkNet(RedNet):
+    """One input channel: fires where the grayscale image is darker than 0.4
+    (the red square's luma is 0.30, the grey background's 0.50)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(1, 1, 1)
+        with torch.no_grad():
+            self.features.weight.fill_(-1.0)
+            self.features.bias.fill_(0.4)
+
+
+def test_grayscale_model_center_crop(dataset):
+    gray = T.Compose([T.Grayscale(), T.Resize(64), T.CenterCrop(56), T.ToTensor()])
+    summary = compute_cams(
+        dataset, DarkNet(), layers=["features"], run_key="gray", target=0,
+        transforms=gray, num_workers=0, progress=False,
+    )  # fmt: skip
+    assert summary.num_errors == 0, summary.errors
+    score_cams(dataset, run_key="gray", gt_field="ground_truth")
+    assert min(dataset.values("gray_features_focus")) >= 0.8
+
+
 def test_seen_box_of_a_center_crop(dataset):
     compute_cams(
         dataset, RedNet(), layers=["features"], run_key="seen", target=0,
