@@ -194,7 +194,8 @@ def rename_cam_run(
 
 
 def delete_cam_run(samples: foc.SampleCollection, run_key: str) -> None:
-    """Delete the run, the fields it owns and, for disk storage, its PNG files."""
+    """Delete the run, the fields it owns, its brain runs and, for disk storage,
+    its PNG files."""
     dataset = _dataset(samples)
     info = get_cam_run(dataset, run_key)
     existing = set(dataset.get_field_schema())
@@ -202,6 +203,9 @@ def delete_cam_run(samples: foc.SampleCollection, run_key: str) -> None:
     if owned:
         dataset.delete_sample_fields(owned)
     _delete_saved_views(dataset, info)
+    for brain_key in info.config.get("brain_keys") or []:  # cluster_cams' plots
+        if dataset.has_brain_run(brain_key):
+            dataset.delete_brain_run(brain_key)
     run_dir = info.config.get("run_dir")
     if info.storage == "disk" and run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
