@@ -1,0 +1,230 @@
+"""A Clever-Hans shortcut found without boxes, and proven.
+
+A small CNN is trained on circles and crosses where 80% of the circles carry a
+watermark in the corner (crosses never): it learns the mark as a second rule
+for "circle". On test images marked at random, each also drawn without the
+mark (the counterfactual truth):
+
+- cluster_cams puts the maps that sit on the mark into one cluster, with high
+  purity and recall, without looking at any box;
+- background_test (objects kept, the rest blurred) flags the samples whose
+  prediction the mark causes, i.e. the prediction differs on the clean image;
+- road_cams equals pytorch-grad-cam's ROADCombined on the same map and model.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import fiftyone as fo
+import numpy as np
+import pytest
+import torch
+
+from gradcam_engine.audit.clusters import cluster_cams
+from gradcam_engine.audit.counterfactual import road_scores
+from gradcam_engine.audit.model_checks import _resize, background_test, road_cams
+from gradcam_engine.audit.scoring import _raw_heatmap
+from gradcam_engine.demo import marked_data as md
+from gradcam_engine.demo import shortcut_data as sd
+from gradcam_engine.demo import shortcut_model as sm
+from gradcam_engine.runs.cam_runs import delete_cam_run, get_cam_run
+from gradcam_engine.runs.compute import compute_cams
+from gradcam_engine.sources.models import LoadedModel
+
+N_TEST = 200
+F = "hans_block4"
+
+
+@pytest.fixture(scope="module")
+def hans(tmp_path_factory):
+    model = sm.train_classifier(md.generate_marked(1000, "train", seed=0), seed=0)
+    test = md.generate_marked(N_TEST, "test", seed=1)
+    paths = sd.write_images(test, tmp_path_factory.mktemp("marked"))
+    ds = fo.Dataset(f"discovery-{uuid.uuid4().hex[:8]}")
+    ds.add_samples(
+        [
+            fo.Sample(
+                filepath=path,
+                ground_truth=fo.Classification(label=s.label),
+                objects=fo.Detections(
+                    detections=[fo.Detection(label=s.label, bounding_box=s.bbox)]
+                ),
+                marked=s.marked,
+            )
+            for s, path in zip(test, paths, strict=True)
+        ]
+    )
+    compute_cams(
+        ds,
+        model,
+        layers=["block4"],
+        run_key="hans",
+        transforms=sm.transforms(),
+        classes=list(sd.CLASSES),
+        num_workers=0,
+        progress=False,
+    )
+    with_mark = sm.predict(model, np.stack([s.image for s in test]))
+    without = sm.predict(model, np.stack([s.clean for s in test]))
+    yield {"ds": ds, "model": model, "test": test, "caused": with_mark != without}
+    ds.delete()
+
+
+def _by_filepath(ds, field):
+    """``field``'s values in the order the samples were generated."""
+    return ds.sort_by("filepath").values(field)
+
+
+def test_the_mark_is_a_real_shortcut(hans):
+    # The model uses the mark on part of the test set, not on all of it.
+    assert 20 <= hans["caused"].sum() <= 120
+
+
+def test_clusters_find_the_mark_without_boxes(hans):
+    ds = hans["ds"]
+    result = cluster_cams(ds, "hans", visualization="pca")
+    assert result["fields"] == [f"{F}_cluster"]
+    names = np.array(_by_filepath(ds, f"{F}_cluster"), dtype=object)
+    predicted = np.array(_by_filepath(ds, "hans_prediction.label"))
+    marked = np.array([s.marked for s in hans["test"]])
+    # Maps that sit on the mark: marked samples predicted "circle".
+    on_mark = marked & (predicted == md.MARK_CLASS)
+    cue = max(set(names), key=lambda c: (on_mark & (names == c)).sum())
+    members = names == cue
+    purity = (on_mark & members).sum() / members.sum()
+    recall = (on_mark & members).sum() / on_mark.sum()
+    print(f"cue cluster {cue}: purity {purity:.3f}, recall {recall:.3f}")
+    assert cue.startswith("circle/")
+    assert purity >= 0.95 and recall >= 0.9, (purity, recall)
+    # The cluster summary: its mean map is hottest where the mark is.
+    summary = {c["name"]: c for c in result["clusters"][F]}
+    assert summary[cue]["size"] == members.sum()
+    assert sum(summary[cue]["class_mix"].values()) == members.sum()
+    mean = np.array(summary[cue]["mean_map"])
+    row, col = np.unravel_index(mean.argmax(), mean.shape)
+    x0, y0, x1, y1 = md.mark_box(16 * 4)
+    assert row * 4 < y1 + 4 and col * 4 < x1 + 4, (row, col)
+    # The Embeddings panel has the heatmap-space plot, and the run owns it all.
+    assert f"{F}_clusters" in ds.list_brain_runs()
+    info = get_cam_run(ds, "hans")
+    assert f"{F}_cluster" in info.owned_fields
+    assert info.config["brain_keys"] == [f"{F}_clusters"]
+
+
+def test_background_test_flags_what_the_mark_causes(hans):
+    ds = hans["ds"]
+    summary = background_test(
+        ds, "hans", "objects", hans["model"], transforms=sm.transforms()
+    )
+    assert summary["num_tested"] == N_TEST
+    flips = np.array(_by_filepath(ds, "hans_bg_flip"))
+    caused = hans["caused"]
+    agreement = (flips == caused).mean()
+    precision = (flips & caused).sum() / flips.sum()
+    recall = (flips & caused).sum() / caused.sum()
+    print(
+        f"bg_flip vs counterfactual truth: agreement {agreement:.3f}, precision "
+        f"{precision:.3f}, recall {recall:.3f} ({caused.sum()} caused)"
+    )
+    assert agreement >= 0.97 and precision >= 0.9 and recall >= 0.9, (
+        agreement,
+        precision,
+        recall,
+    )
+    drops = np.array(_by_filepath(ds, "hans_bg_drop"))
+    assert drops[flips].mean() > 0.3 > abs(drops[~flips].mean())
+    # The run's own fields are recomputed without overwrite=True.
+    again = background_test(
+        ds, "hans", "objects", hans["model"], transforms=sm.transforms()
+    )
+    assert again["flip_rate"] == pytest.approx(flips.mean())
+
+
+def test_road_equals_pytorch_grad_cam(hans):
+    ds, model = hans["ds"], hans["model"]
+    view = ds.sort_by("filepath").limit(6)
+    result = road_cams(view, "hans", model=model, transforms=sm.transforms(), seed=3)
+    ours = np.array(view.values(f"{F}_road"))
+    x = torch.stack([sm.transforms()(_img(p)) for p in view.values("filepath")])
+    cams = np.stack(
+        [_resize(_raw_heatmap(h.to_dict()), (64, 64)) for h in view.values(F)]
+    )
+    targets = [sd.CLASSES.index(t) for t in view.values("hans_target.label")]
+    theirs = road_scores(model, x, cams, targets, (20, 40, 60, 80), seed=3)
+    assert np.array_equal(ours.astype(np.float32), theirs)
+    assert result["mean_road"]["block4"] == pytest.approx(float(ours.mean()))
+    # Faithful maps beat their own inverse: removing what the map says matters
+    # hurts the model more than removing what it says does not.
+    inverse = road_scores(model, x, 1 - cams, targets, (20, 40, 60, 80), seed=3)
+    assert ours.mean() > inverse.mean() + 0.1
+
+
+def _img(path):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
+def test_bad_arguments_are_named(hans):
+    ds = hans["ds"]
+    with pytest.raises(ValueError, match=r"by must be one of .*got 'colour'"):
+        cluster_cams(ds, "hans", by="colour")
+    with pytest.raises(ValueError, match=r"by='label' needs a class field"):
+        cluster_cams(ds, "hans", by="label")
+    with pytest.raises(ValueError, match=r"fill must be one of .*got 'sepia'"):
+        background_test(ds, "hans", "objects", hans["model"], fill="sepia")
+    with pytest.raises(ValueError, match=r"model: run 'hans' was computed with"):
+        background_test(ds, "hans", "objects", transforms=sm.transforms())
+    with pytest.raises(ValueError, match=r"transforms: .* differ from the run's"):
+        background_test(ds, "hans", "objects", LoadedModel(hans["model"]))
+    with pytest.raises(ValueError, match=r"gt_field 'nothing' does not exist"):
+        background_test(ds, "hans", "nothing", hans["model"])
+
+
+def test_foreign_fields_and_brain_keys_are_refused(hans):
+    import fiftyone.brain as fob
+
+    ds = hans["ds"].clone()
+    try:
+        # A field of the same name that the run does not own.
+        if "hans_bg_flip" not in ds.get_field_schema():
+            ds.add_sample_field("hans_bg_flip", fo.BooleanField)
+        _drop_owned(ds, ["hans_bg_flip", "hans_bg_drop"])
+        with pytest.raises(
+            ValueError, match=r"\['hans_bg_flip', 'hans_bg_drop'\] already exist"
+        ):
+            background_test(
+                ds, "hans", "objects", hans["model"], transforms=sm.transforms()
+            )
+        background_test(
+            ds.limit(4),
+            "hans",
+            "objects",
+            hans["model"],
+            transforms=sm.transforms(),
+            overwrite=True,
+        )
+        assert ds.limit(4).values("hans_bg_flip").count(None) == 0
+        fob.compute_visualization(
+            ds, embeddings=np.random.rand(len(ds), 4), brain_key="mine", method="pca"
+        )
+        with pytest.raises(ValueError, match=r"brain_key 'mine' already exists"):
+            cluster_cams(ds, "hans", brain_key="mine", visualization="pca")
+        # Deleting the run takes its cluster fields and plots along.
+        cluster_cams(ds, "hans", visualization="pca", overwrite=True)
+        assert f"{F}_clusters" in ds.list_brain_runs()
+        delete_cam_run(ds, "hans")
+        assert not [f for f in ds.get_field_schema() if f.startswith("hans_")]
+        assert ds.list_brain_runs() == ["mine"]
+    finally:
+        ds.delete()
+
+
+def _drop_owned(ds, fields):
+    from gradcam_engine.runs import cam_runs
+
+    info = get_cam_run(ds, "hans")
+    cam_runs._update_config(
+        ds, "hans", owned_fields=[f for f in info.owned_fields if f not in fields]
+    )
