@@ -20,6 +20,7 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..runs import cam_runs as runs
 from . import spray
@@ -68,7 +69,7 @@ def cluster_cams(
         or ``"eigengap"``, up to ``max_clusters``).
     brain_key: the visualization's brain key (one layer only); default
         ``F_clusters``. visualization: ``"tsne"``, ``"pca"``, ``"umap"`` (needs
-        umap-learn), ``"auto"`` (t-SNE up to 5,000 samples, else PCA) or None
+        umap-learn), ``"auto"`` (t-SNE up to 1,000 samples, else PCA) or None
         for no visualization.
     label_field: a ``fo.Classification`` field for the class mix (default: the
         run's ``label_field``, else its predictions).
@@ -240,14 +241,15 @@ def _visualize(samples, ids, vectors, brain_key, method, seed) -> None:
         return
     view = samples.select([ids[i] for i in keep], ordered=True)
     if method == "auto":
-        method = "tsne" if len(keep) <= 5000 else "pca"
+        method = "tsne" if len(keep) <= 1000 else "pca"
     kwargs = {"seed": seed} if method in ("tsne", "umap") else {}
-    fob.compute_visualization(
-        view,
-        embeddings=vectors[keep],
-        brain_key=brain_key,
-        method=method,
-        num_dims=2,
-        progress=False,
-        **kwargs,
-    )
+    with threadpool_limits(1):  # as in spray.cluster_maps: faster on shared cores
+        fob.compute_visualization(
+            view,
+            embeddings=vectors[keep],
+            brain_key=brain_key,
+            method=method,
+            num_dims=2,
+            progress=False,
+            **kwargs,
+        )

@@ -17,8 +17,10 @@ from PIL import Image
 from scipy.sparse import csgraph, diags
 from scipy.sparse.linalg import eigsh
 from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import kneighbors_graph
+from threadpoolctl import threadpool_limits
 
 __all__ = ["SELECT", "choose_k_eigengap", "cluster_maps", "map_vectors", "mean_maps"]
 
@@ -33,13 +35,23 @@ def map_vectors(maps: Sequence[np.ndarray], size: int = 16) -> np.ndarray:
     if not isinstance(size, int) or isinstance(size, bool) or size < 2:
         raise ValueError(f"size must be an int >= 2, got {size!r}")
     out = np.zeros((len(maps), size * size), dtype=np.float32)
+    by_shape: dict[tuple, list[int]] = {}
     for i, m in enumerate(maps):
-        m = np.asarray(m, dtype=np.float32)
-        if m.ndim != 2:
-            raise ValueError(f"maps[{i}] must be a 2-D [H, W] map, got {m.shape}")
-        if m.shape != (size, size):
-            m = np.asarray(Image.fromarray(m, mode="F").resize((size, size), Image.BOX))
-        out[i] = m.ravel()
+        if np.ndim(m) != 2:
+            raise ValueError(f"maps[{i}] must be a 2-D [H, W] map, got {np.shape(m)}")
+        by_shape.setdefault(np.shape(m), []).append(i)
+    for (h, w), idx in by_shape.items():
+        stack = np.stack([np.asarray(maps[i], dtype=np.float32) for i in idx])
+        if h % size == 0 and w % size == 0:  # exact block means, vectorised
+            blocks = stack.reshape(len(idx), size, h // size, size, w // size)
+            out[idx] = blocks.mean(axis=(2, 4)).reshape(len(idx), -1)
+        else:
+            out[idx] = [
+                np.asarray(
+                    Image.fromarray(m, mode="F").resize((size, size), Image.BOX)
+                ).ravel()
+                for m in stack
+            ]
     out /= np.maximum(out.max(axis=1, keepdims=True), 1e-12)
     return out
 
@@ -57,12 +69,35 @@ def cluster_maps(
 
     n_clusters: fixed number of clusters; None chooses it: by the best k-means
         silhouette in ``2 .. max_clusters`` (``select="silhouette"``, k-means
-        on the vectors), or by the eigengap of the kNN graph's normalised
-        Laplacian in ``1 .. max_clusters`` (``select="eigengap"``, SpRAy's
-        spectral clustering). On CAM maps of planted shortcuts the silhouette
-        keeps a cue's maps together where the eigengap splits them by object
-        position (see tests/test_discovery.py), hence the default.
+        on the vectors' first 32 principal components), or by the eigengap of
+        the kNN graph's normalised Laplacian in ``1 .. max_clusters``
+        (``select="eigengap"``, SpRAy's spectral clustering). On CAM maps of
+        planted shortcuts the silhouette keeps a cue's maps together where the
+        eigengap splits them by object position (tests/test_spray.py), hence
+        the default.
     """
+    # One BLAS/OpenMP thread: on a shared 2-core machine sklearn's k-means ran
+    # 16x faster so (many small fits; see BENCHMARKS.md).
+    with threadpool_limits(1):
+        return _cluster_maps(
+            vectors,
+            n_clusters,
+            max_clusters=max_clusters,
+            select=select,
+            n_neighbors=n_neighbors,
+            seed=seed,
+        )
+
+
+def _cluster_maps(
+    vectors: np.ndarray,
+    n_clusters: int | None = None,
+    *,
+    max_clusters: int = 8,
+    select: str = "silhouette",
+    n_neighbors: int = 10,
+    seed: int = 0,
+) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"vectors must be [N, D], got shape {x.shape}")
@@ -81,24 +116,21 @@ def cluster_maps(
     n = len(x)
     if n <= 2:
         return np.zeros(n, dtype=np.int64)
-    embedding = None
+    max_k = min(max_clusters, n - 1)
     if select == "eigengap":
-        values, embedding = _spectrum(x, min(max_clusters, n - 1), n_neighbors)
-    if n_clusters is None:
-        if select == "eigengap":
-            n_clusters = choose_k_eigengap(values)
-        else:
-            n_clusters = _choose_k_silhouette(x, min(max_clusters, n - 1), seed)
-    n_clusters = min(n_clusters, n)
-    if n_clusters == 1:
-        return np.zeros(n, dtype=np.int64)
-    points = x
-    if embedding is not None:
+        values, embedding = _spectrum(x, max_k, n_neighbors)
+        n_clusters = n_clusters or choose_k_eigengap(values)
         # Ng-Jordan-Weiss: rows of the first k eigenvectors, unit length.
         points = embedding[:, :n_clusters]
         points = points / np.maximum(
             np.linalg.norm(points, axis=1, keepdims=True), 1e-12
         )
+    else:
+        points = _reduce(x, seed)
+        n_clusters = n_clusters or _choose_k_silhouette(points, max_k, seed)
+    n_clusters = min(n_clusters, n)
+    if n_clusters == 1:
+        return np.zeros(n, dtype=np.int64)
     labels = KMeans(n_clusters, n_init=4, random_state=seed).fit_predict(points)
     return _by_size(labels)
 
@@ -138,6 +170,16 @@ def _spectrum(
     values, vectors = eigsh(adjacency, k=count, which="LA", v0=rng.uniform(size=n))
     order = np.argsort(-values)
     return 1.0 - values[order], vectors[:, order]
+
+
+def _reduce(x: np.ndarray, seed: int, dims: int = 32) -> np.ndarray:
+    """The first ``dims`` principal components: k-means and silhouettes on them
+    cost several times less than on all pixels, and the maps' variance lies
+    in few components."""
+    if x.shape[1] <= dims or len(x) <= dims:
+        return x
+    pca = PCA(dims, svd_solver="randomized", random_state=seed)
+    return pca.fit_transform(x).astype(np.float32)
 
 
 def _choose_k_silhouette(x: np.ndarray, max_k: int, seed: int) -> int:
