@@ -41,6 +41,9 @@ _WORKFLOW = {
     "class_report": ".audit.report",
     "save_review_views": ".audit.report",
     "export_review": ".audit.export",
+    "cluster_cams": ".audit.clusters",
+    "background_test": ".audit.model_checks",
+    "road_cams": ".audit.model_checks",
 }
 
 __all__ = [

@@ -23,7 +23,9 @@ import torch
 
 from gradcam_engine.audit.clusters import cluster_cams
 from gradcam_engine.audit.counterfactual import road_scores
+from gradcam_engine.audit.export import export_review
 from gradcam_engine.audit.model_checks import _resize, background_test, road_cams
+from gradcam_engine.audit.report import class_report
 from gradcam_engine.audit.scoring import _raw_heatmap
 from gradcam_engine.demo import marked_data as md
 from gradcam_engine.demo import shortcut_data as sd
@@ -139,6 +141,27 @@ def test_background_test_flags_what_the_mark_causes(hans):
         ds, "hans", "objects", hans["model"], transforms=sm.transforms()
     )
     assert again["flip_rate"] == pytest.approx(flips.mean())
+
+
+def test_report_and_review_show_flips_and_clusters(hans, tmp_path):
+    # Runs after the cluster and background tests (module order): no focus
+    # scores (no score_cams), yet the report has the discovery columns.
+    ds = hans["ds"]
+    report = class_report(ds, "hans", label_field="ground_truth")
+    assert list(report.columns[-3:]) == ["bg_flip_rate", "mean_bg_drop", "cluster_mix"]
+    flips = np.array(_by_filepath(ds, "hans_bg_flip"))
+    labels = np.array([s.label for s in hans["test"]])
+    for cls in sd.CLASSES:
+        expected = flips[labels == cls].mean()
+        assert report.loc[cls, "bg_flip_rate"] == pytest.approx(expected)
+    assert report.loc["(all)", "bg_flip_rate"] == pytest.approx(flips.mean())
+    assert "circle/" in report.loc["cross", "cluster_mix"]
+    assert report["mean_focus"].isna().all()
+    with open(export_review(ds, "hans", tmp_path / "review.html")) as f:
+        page = f.read()
+    assert 'id="clusters"' in page and "flips w/o background" in page
+    clusters = get_cam_run(ds, "hans").config["clusters"][F]["clusters"]
+    assert page.count('class="card cluster"') == len(clusters)
 
 
 def test_road_equals_pytorch_grad_cam(hans):

@@ -84,7 +84,7 @@ def export_review(
         samples, run_key, layer, label_field=label_field, low_focus=low_focus
     )
     focus = report.attrs["focus_field"]
-    data = _collect(samples, info, focus, label_field, None)
+    data = _collect(samples, info, focus, label_field, None, {})
     data = data[data["class"].notna() & data["focus"].notna()]
     picks = {
         cls: group.sort_values("focus", kind="stable").head(top_k)
@@ -121,7 +121,7 @@ def export_review(
         title=_e(f"CAM review: {run_key} / {layer}"),
         subtitle=_e(_subtitle(samples, info, layer, label_field, low_focus, top_k)),
         table=_table(report),
-        sections="\n".join(sections),
+        sections="\n".join([*sections, _clusters_section(info, layer, thumb_size)]),
         css=_CSS,
     )
     path = os.path.abspath(os.fspath(path))
@@ -143,6 +143,8 @@ def _fmt(value: Any, kind: str = "num") -> str:
         return "–"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
+    if kind == "text":
+        return _e(value)
     if kind == "int" or isinstance(value, (int, np.integer)):
         return str(int(value))
     return f"{100 * value:.0f}%" if kind == "pct" else f"{value:.2f}"
@@ -178,13 +180,20 @@ _COLUMNS = [
     ("accuracy_low_focus", "acc. low focus", "pct"),
     ("accuracy_gap", "accuracy gap", "pct"),
 ]
+# Shown when the run has them (background_test, cluster_cams).
+_DISCOVERY = [
+    ("bg_flip_rate", "flips w/o background", "pct"),
+    ("mean_bg_drop", "mean prob. drop", "num"),
+    ("cluster_mix", "heatmap clusters", "text"),
+]
 
 
 def _table(report: pd.DataFrame) -> str:
-    head = "".join(f"<th>{_e(label)}</th>" for _, label, _ in _COLUMNS)
+    columns = _COLUMNS + [c for c in _DISCOVERY if c[0] in report.columns]
+    head = "".join(f"<th>{_e(label)}</th>" for _, label, _ in columns)
     rows = []
     for cls, row in report.iterrows():
-        cells = "".join(f"<td>{_fmt(row[col], kind)}</td>" for col, _, kind in _COLUMNS)
+        cells = "".join(f"<td>{_fmt(row[col], kind)}</td>" for col, _, kind in columns)
         cls_attr = ' class="all"' if cls == ALL_CLASSES else ""
         rows.append(f"<tr{cls_attr}><th>{_e(cls)}</th>{cells}</tr>")
     return (
@@ -199,6 +208,31 @@ def _class_line(row: pd.Series) -> str:
         f"{_fmt(row['mean_focus'])} · low-focus share "
         f"{_fmt(row['low_focus_share'], 'pct')} · accuracy gap "
         f"{_fmt(row['accuracy_gap'], 'pct')}"
+    )
+
+
+def _clusters_section(info: runs.CamRunInfo, layer: str, size: int) -> str:
+    """The heatmap clusters of ``cluster_cams`` (stored on the run): per
+    cluster its mean map, size and class mix; empty without clusters."""
+    stored = (info.config.get("clusters") or {}).get(info.fields[layer])
+    if not stored:
+        return ""
+    cards = []
+    for c in stored["clusters"]:
+        mean = np.asarray(c["mean_map"], dtype=np.float32)
+        picture = overlay_heatmap(Image.new("RGB", (size, size), (0, 0, 0)), mean, 1.0)
+        mix = ", ".join(f"{k}: {v}" for k, v in c["class_mix"].items())
+        cards.append(
+            f'<figure class="card cluster"><img src="{_data_uri(picture, "PNG")}" '
+            f'alt="mean map of {_e(c["name"])}" width="{size}">'
+            f"<figcaption><b>{_e(c['name'])}</b> · {c['size']} samples"
+            f"<br>{_e(mix)}</figcaption></figure>"
+        )
+    return (
+        '<section id="clusters"><h2>Heatmap clusters</h2><p class="meta">'
+        f"Maps clustered by {_e(stored.get('by'))} (cluster_cams): a small "
+        "cluster whose mean map sits off the objects is a strategy to check.</p>"
+        f'<div class="cards">{"".join(cards)}</div></section>'
     )
 
 

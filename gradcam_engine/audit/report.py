@@ -46,6 +46,10 @@ REPORT_COLUMNS = (
     "accuracy_low_focus",
     "accuracy_gap",
 )
+# Added when the run has them (cluster_cams, background_test): per class, the
+# share of samples whose prediction flips without the background, the mean
+# drop of the target's probability, and the mix of heatmap clusters.
+DISCOVERY_COLUMNS = ("bg_flip_rate", "mean_bg_drop", "cluster_mix")
 _LABEL_TYPES = (fo.Classification, fo.Detections)
 
 
@@ -67,9 +71,13 @@ def resolve_layer(info: runs.CamRunInfo, layer: str | None) -> str:
     )
 
 
-def _focus_field(samples: foc.SampleCollection, info: runs.CamRunInfo, layer) -> str:
+def _focus_field(
+    samples: foc.SampleCollection, info: runs.CamRunInfo, layer, required: bool = True
+) -> str | None:
     field = focus_field(info.fields[resolve_layer(info, layer)])
     if field not in samples.get_field_schema():
+        if not required:
+            return None
         raise ValueError(
             f"No focus scores {field!r} for run {info.run_key!r}: run "
             f"score_cams(samples, {info.run_key!r}, gt_field=...) first"
@@ -91,14 +99,16 @@ def _label_kind(samples: foc.SampleCollection, label_field: str) -> str:
 def _collect(
     samples: foc.SampleCollection,
     info: runs.CamRunInfo,
-    focus: str,
+    focus: str | None,
     label_field: str | None,
     prediction_field: str | None,
+    extra: dict[str, str],
 ) -> pd.DataFrame:
-    """One row per sample: id, class, focus, correct (NaN when unknown)."""
+    """One row per sample: id, class, focus, correct (NaN when unknown), and a
+    column per ``extra`` name (its field path)."""
     schema = samples.get_field_schema()
     pred = prediction_field or info.prediction_field
-    paths = ["id", focus]
+    paths = ["id", *([focus] if focus else []), *extra.values()]
     has_pred = pred in schema
     if has_pred:
         paths.append(f"{pred}.label")
@@ -120,9 +130,10 @@ def _collect(
     columns = dict(zip(paths, samples.values(paths), strict=True))
     classes = columns[paths[-1]]
     preds = columns[f"{pred}.label"] if has_pred else [None] * len(classes)
+    focus_values = columns[focus] if focus else [None] * len(classes)
     rows = []
-    for sample_id, f, p, c in zip(
-        columns["id"], columns[focus], preds, classes, strict=True
+    for n, (sample_id, f, p, c) in enumerate(
+        zip(columns["id"], focus_values, preds, classes, strict=True)
     ):
         labels = [c] if isinstance(c, str) else [x for x in (c or []) if x is not None]
         cls = Counter(labels).most_common(1)[0][0] if labels else None
@@ -135,9 +146,10 @@ def _collect(
                 "class": cls,
                 "focus": math.nan if f is None else float(f),
                 "correct": correct,
+                **{name: columns[path][n] for name, path in extra.items()},
             }
         )
-    return pd.DataFrame(rows, columns=["id", "class", "focus", "correct"])
+    return pd.DataFrame(rows, columns=["id", "class", "focus", "correct", *extra])
 
 
 def _summarise(group: pd.DataFrame, low_focus: float) -> dict[str, Any]:
@@ -161,7 +173,38 @@ def _summarise(group: pd.DataFrame, low_focus: float) -> dict[str, Any]:
         "accuracy_high_focus": acc_high,
         "accuracy_low_focus": acc_low,
         "accuracy_gap": acc_high - acc_low,
+        **_discovery_summary(group),
     }
+
+
+def _discovery_summary(group: pd.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "bg_flip" in group:
+        flips = group["bg_flip"].dropna().astype(float)
+        drops = group["bg_drop"].dropna().astype(float)
+        out["bg_flip_rate"] = float(flips.mean()) if len(flips) else math.nan
+        out["mean_bg_drop"] = float(drops.mean()) if len(drops) else math.nan
+    if "cluster" in group:
+        counts = group["cluster"].dropna().value_counts()
+        total = counts.sum()
+        out["cluster_mix"] = ", ".join(
+            f"{name} {count / total:.0%}" for name, count in counts.head(4).items()
+        )
+    return out
+
+
+def _discovery_paths(
+    samples: foc.SampleCollection, info: runs.CamRunInfo, layer: str
+) -> dict[str, str]:
+    """Column -> field of the discovery results this run has on ``samples``."""
+    schema = samples.get_field_schema()
+    heat = info.fields[layer]
+    paths = {
+        "cluster": f"{heat}_cluster",
+        "bg_flip": f"{info.run_key}_bg_flip",
+        "bg_drop": f"{info.run_key}_bg_drop",
+    }
+    return {name: path for name, path in paths.items() if path in schema}
 
 
 def class_report(
@@ -191,13 +234,19 @@ def class_report(
     ``label_field``. Rows sorted by mean focus (most suspect first), then an
     ``"(all)"`` row. The DataFrame is indexed by ``class``; ``attrs`` hold
     ``run_key``, ``layer``, ``focus_field`` and ``low_focus``.
+
+    When the run has them, ``bg_flip_rate`` and ``mean_bg_drop``
+    (``background_test``) and ``cluster_mix`` (``cluster_cams``: the class's
+    clusters and their shares) follow; then focus scores are optional.
     """
     info = runs.get_cam_run(samples, run_key)
     if not 0.0 <= low_focus <= 1.0:
         raise ValueError(f"low_focus must be in [0, 1], got {low_focus!r}")
     layer = resolve_layer(info, layer)
-    focus = _focus_field(samples, info, layer)
-    data = _collect(samples, info, focus, label_field, prediction_field)
+    extra = _discovery_paths(samples, info, layer)
+    # Without boxes a report of clusters and flips is still worth having.
+    focus = _focus_field(samples, info, layer, required=not extra)
+    data = _collect(samples, info, focus, label_field, prediction_field, extra)
     data = data[data["class"].notna()]
     rows = [
         {"class": cls, **_summarise(group, low_focus)}
@@ -214,7 +263,9 @@ def class_report(
     }
     if not as_dataframe:
         return rows
-    frame = pd.DataFrame(rows, columns=["class", *REPORT_COLUMNS]).set_index("class")
+    found = [c for c in DISCOVERY_COLUMNS if c in rows[-1]]
+    frame = pd.DataFrame(rows, columns=["class", *REPORT_COLUMNS, *found])
+    frame = frame.set_index("class")
     frame.attrs.update(attrs)
     return frame
 
@@ -230,6 +281,8 @@ def format_report(report: pd.DataFrame | Sequence[dict[str, Any]]) -> str:
     for col in shown.columns:
         if col in ("count", "scored", "n_low_focus"):
             shown[col] = shown[col].map(lambda v: f"{int(v)}")
+        elif col == "cluster_mix":
+            continue
         else:
             shown[col] = shown[col].map(lambda v: "-" if _isnan(v) else f"{v:.2f}")
     title = "CAM class report"
