@@ -1,6 +1,7 @@
 """Thin FiftyOne adapters: read params, call one gradcam_engine function, report progress."""
 
 from .compute import ComputeCams
+from .discovery import BackgroundTest, ClusterCams, RoadCams
 from .review_panel import CamReviewPanel
 from .run_management import DeleteCamRun, ListCamRuns, RenameCamRun
 from .scoring import CamClassReport, ScoreCams
@@ -12,6 +13,9 @@ OPERATORS: list = [
     DeleteCamRun,
     ScoreCams,
     CamClassReport,
+    ClusterCams,
+    BackgroundTest,
+    RoadCams,
 ]
 PANELS: list = [CamReviewPanel]
 

@@ -164,6 +164,27 @@ def test_report_and_review_show_flips_and_clusters(hans, tmp_path):
     assert page.count('class="card cluster"') == len(clusters)
 
 
+def test_operators_cluster_and_test_through_fiftyone(hans):
+    import fiftyone.operators as foo
+
+    ds = hans["ds"].clone()
+    try:
+        plugin = "@cam-audit/cam-audit"
+        result = foo.get_operator(f"{plugin}/cluster_cams")(
+            ds, "hans", by="none", n_clusters=3
+        )
+        result.raise_exceptions()
+        names = ds.values(f"{F}_cluster")
+        assert set(names) == {"all/0", "all/1", "all/2"}
+        # The model is no registered source: the operator's error says so.
+        with pytest.raises(Exception, match=r"model: run 'hans' was computed with"):
+            foo.get_operator(f"{plugin}/background_test")(
+                ds, "hans", gt_field="objects"
+            ).raise_exceptions()
+    finally:
+        ds.delete()
+
+
 def test_road_equals_pytorch_grad_cam(hans):
     ds, model = hans["ds"], hans["model"]
     view = ds.sort_by("filepath").limit(6)
