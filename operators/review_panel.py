@@ -16,6 +16,7 @@ from fiftyone import ViewField as F
 from gradcam_engine.runs import cam_runs as runs
 
 from . import _forms
+from . import discovery_panel as discovery
 
 DEFAULT_TAGS = "spurious,ok,needs-data"
 CHART_LIMIT = 300  # bars in the ranking chart (the lowest focus first)
@@ -129,6 +130,18 @@ class CamReviewPanel(foo.Panel):
         if row is not None and 0 <= int(row) < len(rows):
             self._open(ctx, rows[int(row)]["id"])
 
+    def on_click_cluster(self, ctx):
+        rows, row = ctx.panel.state.clusters or [], ctx.params.get("row")
+        src = self._source(ctx)
+        if src and row is not None and 0 <= int(row) < len(rows):
+            name = rows[int(row)]["cluster"]
+            ctx.ops.set_view(discovery.cluster_view(ctx, src, name))
+
+    def show_flips(self, ctx):
+        src = self._source(ctx)
+        if src:
+            ctx.ops.set_view(discovery.flip_view(ctx, src))
+
     def on_select_bars(self, ctx):
         ids = [p.get("id") for p in ctx.params.get("data") or [] if p.get("id")]
         if ids:
@@ -234,6 +247,8 @@ class CamReviewPanel(foo.Panel):
                 marker=dict(color=focus, colorscale="RdYlGn", cmin=0, cmax=1),
             )
         ]
+        state.clusters = discovery.cluster_rows(ctx, src)
+        state.has_flips = "flip" in discovery.fields(ctx.dataset, src)
         self._refresh_classes(ctx, src)
         self._refresh_tags(ctx)
         self._refresh_compare(ctx)
@@ -373,6 +388,8 @@ class CamReviewPanel(foo.Panel):
             on_click=self.reset_view,
             variant="outlined",
         )
+
+        discovery.render(panel, state, self.on_click_cluster, self.show_flips)
 
         if state.classes:
             panel.plot(

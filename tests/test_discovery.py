@@ -15,6 +15,7 @@ mark (the counterfactual truth):
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import fiftyone as fo
 import numpy as np
@@ -26,13 +27,14 @@ from gradcam_engine.audit.counterfactual import road_scores
 from gradcam_engine.audit.export import export_review
 from gradcam_engine.audit.model_checks import _resize, background_test, road_cams
 from gradcam_engine.audit.report import class_report
-from gradcam_engine.audit.scoring import _raw_heatmap
+from gradcam_engine.audit.scoring import _raw_heatmap, score_cams
 from gradcam_engine.demo import marked_data as md
 from gradcam_engine.demo import shortcut_data as sd
 from gradcam_engine.demo import shortcut_model as sm
 from gradcam_engine.runs.cam_runs import delete_cam_run, get_cam_run
 from gradcam_engine.runs.compute import compute_cams
 from gradcam_engine.sources.models import LoadedModel
+from operators import discovery_panel
 
 N_TEST = 200
 F = "hans_block4"
@@ -176,6 +178,35 @@ def test_operators_cluster_and_test_through_fiftyone(hans):
         result.raise_exceptions()
         names = ds.values(f"{F}_cluster")
         assert set(names) == {"all/0", "all/1", "all/2"}
+        # The review panel: a cluster table for the chosen run/layer, a click
+        # filters to a cluster, a button shows the background flips.
+        score_cams(ds, "hans", "objects")
+        background_test(
+            ds, "hans", "objects", hans["model"], transforms=sm.transforms()
+        )
+        src = dict(run_key="hans", heatmap=F)
+        rows = discovery_panel.cluster_rows(SimpleNamespace(dataset=ds, view=ds), src)
+        assert [r["cluster"] for r in rows] == ["all/0", "all/1", "all/2"]
+        assert sum(r["size"] for r in rows) == len(ds)
+        flips = np.array(ds.values("hans_bg_flip"))
+        names = np.array(names)
+        for r in rows:
+            assert r["flip_rate"] == f"{flips[names == r['cluster']].mean():.0%}"
+        state = dict(source="hans/block4", clusters=rows)
+        for method, params in (
+            ("on_load", {}),
+            ("on_click_cluster", {"row": 1}),
+            ("show_flips", {}),
+        ):
+            foo.execute_operator(
+                f"{plugin}/cam_review",
+                ctx=dict(
+                    view=ds.view(),
+                    params=dict(
+                        panel_id="p1", __method__=method, state=state, **params
+                    ),
+                ),
+            ).raise_exceptions()
         # The model is no registered source: the operator's error says so.
         with pytest.raises(Exception, match=r"model: run 'hans' was computed with"):
             foo.get_operator(f"{plugin}/background_test")(

@@ -242,7 +242,7 @@ def _visualize(samples, ids, vectors, brain_key, method, seed) -> None:
     view = samples.select([ids[i] for i in keep], ordered=True)
     if method == "auto":
         method = "tsne" if len(keep) <= 1000 else "pca"
-    kwargs = {"seed": seed} if method in ("tsne", "umap") else {}
+    kwargs = {"seed": seed, "verbose": False} if method in ("tsne", "umap") else {}
     with threadpool_limits(1):  # as in spray.cluster_maps: faster on shared cores
         fob.compute_visualization(
             view,
