@@ -9,6 +9,9 @@
    the class in training). A shortcut model and a control model are explained
    with Grad-CAM, scored against the object boxes, reported per class, the
    suspects saved as views, and an HTML review report is written.
+3. ``cam-audit-clever-hans``: a watermark nobody labelled, found by heatmap
+   clusters without boxes and proven by the background test
+   (:mod:`gradcam_engine.demo.clever_hans`).
 
 Datasets are persistent and reused (CAM runs resume, so a second run only
 prints); ``--fresh`` rebuilds them. Model weights are cached under the demo
@@ -33,6 +36,7 @@ from ..runs.compute import compute_cams
 from ..runs.naming import heatmap_field
 from ..sources.models import load_model
 from . import datasets as dd
+from .clever_hans import CLEVER_HANS_DATASET, run_clever_hans
 from .shortcut_data import CLASSES
 from .shortcut_model import transforms as shortcut_transforms
 
@@ -259,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dataset",
-        choices=[dd.SHORTCUT_DATASET, dd.PHOTOS_DATASET],
+        choices=[dd.SHORTCUT_DATASET, dd.PHOTOS_DATASET, CLEVER_HANS_DATASET],
         default=dd.SHORTCUT_DATASET,
         help="the dataset --app opens",
     )
@@ -268,9 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     photos = run_photos(fresh=args.fresh)
     shortcut = run_shortcut(fresh=args.fresh)
+    clever = run_clever_hans(fresh=args.fresh, say=_say)
     _say(f"Demo data: {dd.demo_dir()}")
     _say(
-        f"Datasets: {photos.name!r} ({len(photos)} samples), {shortcut.name!r} ({len(shortcut)} samples)"
+        f"Datasets: {photos.name!r} ({len(photos)} samples), {shortcut.name!r} "
+        f"({len(shortcut)} samples), {clever.name!r} ({len(clever)} samples)"
     )
     _say(f"Done in {time.perf_counter() - start:.0f}s.")
     _say(
