@@ -28,10 +28,11 @@ class _Discovery(foo.Operator):
     def resolve_delegation(self, ctx):
         return ctx.params.get("delegate", None)
 
-    def _run(self, ctx, label: str, fn):
-        view = ctx.target_view()
+    def _run(self, ctx, label: str, fn, *args, **kwargs):
+        """``fn(view, run_key, *args, progress=..., **kwargs)`` with progress."""
+        view, key = ctx.target_view(), ctx.params["run_key"]
         yield from _forms.run_with_progress(
-            ctx, label, lambda report: fn(view, ctx.params["run_key"], report)
+            ctx, label, lambda report: fn(view, key, *args, progress=report, **kwargs)
         )
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
@@ -79,13 +80,7 @@ class ClusterCams(_Discovery):
             by=None if by == "none" else by,
             n_clusters=ctx.params.get("n_clusters") or None,
         )
-        yield from self._run(
-            ctx,
-            "Clustering CAMs",
-            lambda view, key, report: ge.cluster_cams(
-                view, key, progress=report, **kwargs
-            ),
-        )
+        yield from self._run(ctx, "Clustering CAMs", ge.cluster_cams, **kwargs)
 
 
 class BackgroundTest(_Discovery):
@@ -124,14 +119,10 @@ class BackgroundTest(_Discovery):
         yield from self._run(
             ctx,
             "Background test",
-            lambda view, key, report: ge.background_test(
-                view,
-                key,
-                params["gt_field"],
-                params.get("model") or None,
-                fill=params.get("fill", "blur"),
-                progress=report,
-            ),
+            ge.background_test,
+            params["gt_field"],
+            params.get("model") or None,
+            fill=params.get("fill", "blur"),
         )
 
 
@@ -156,13 +147,5 @@ class RoadCams(_Discovery):
     def execute(self, ctx):
         params = ctx.params
         yield from self._run(
-            ctx,
-            "ROAD",
-            lambda view, key, report: ge.road_cams(
-                view,
-                key,
-                params.get("layer"),
-                params.get("model") or None,
-                progress=report,
-            ),
+            ctx, "ROAD", ge.road_cams, params.get("layer"), params.get("model") or None
         )

@@ -93,21 +93,32 @@ def background_test(
     ids = samples.values("id")
     out: dict[str, list] = {flip: [None] * len(ids), drop: [None] * len(ids)}
     report = _progress(progress, len(ids))
+
+    def keep_mask(columns, i, image) -> np.ndarray | None:
+        target = columns[paths[-1]][i]
+        gt = _ground_truth(kind, columns, gt_field, i, label_classes, seg, target)
+        return gt.mask((image.shape[0], image.shape[1]))
+
     with _eval(module):
-        for batch in _batches(samples, ids, paths, batch_size, report):
-            _test_batch(
-                batch,
-                module,
-                tf,
-                classes,
-                kind,
-                gt_field,
-                label_classes,
-                seg,
-                fill,
-                out[flip],
-                out[drop],
+        for start, columns, images in _batches(samples, ids, paths, batch_size, report):
+            rows, before, after, targets = [], [], [], []
+            for i, image in enumerate(images):
+                keep = keep_mask(columns, i, image)
+                if keep is None:  # no object: nothing to keep, no test
+                    continue
+                rows.append(start + i)
+                before.append(tf(Image.fromarray(image)))
+                after.append(tf(Image.fromarray(replace_background(image, keep, fill))))
+                targets.append(_class_index(columns[paths[-1]][i], classes))
+            if not rows:
+                continue
+            with torch.no_grad():
+                logits = module(torch.stack(before + after))
+            flips, drops = prediction_change(
+                logits[: len(rows)], logits[len(rows) :], targets
             )
+            for j, row in enumerate(rows):
+                out[flip][row], out[drop][row] = flips[j], drops[j]
     _write(samples, ids, out)
     tested = [v for v in out[flip] if v is not None]
     return {
@@ -116,42 +127,6 @@ def background_test(
         "flip_rate": _mean(tested),
         "mean_drop": _mean(out[drop]),
     }
-
-
-def _test_batch(
-    batch,
-    module,
-    tf,
-    classes,
-    kind,
-    gt_field,
-    label_classes,
-    seg,
-    fill,
-    flips_out,
-    drops_out,
-) -> None:
-    start, columns, images = batch
-    target_path = list(columns)[-1]
-    rows, before, after, targets = [], [], [], []
-    for i, image in enumerate(images):
-        target = columns[target_path][i]
-        gt = _ground_truth(kind, columns, gt_field, i, label_classes, seg, target)
-        keep = gt.mask((image.shape[0], image.shape[1]))
-        if keep is None:
-            continue
-        rows.append(start + i)
-        before.append(tf(Image.fromarray(image)))
-        after.append(tf(Image.fromarray(replace_background(image, keep, fill))))
-        targets.append(_class_index(target, classes))
-    if rows:
-        with torch.no_grad():
-            logits = module(torch.stack(before + after))
-        flips, drops = prediction_change(
-            logits[: len(rows)], logits[len(rows) :], targets
-        )
-        for j, row in enumerate(rows):
-            flips_out[row], drops_out[row] = flips[j], drops[j]
 
 
 def road_cams(

@@ -10,6 +10,7 @@ spot outside the objects is the signature of a shortcut.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,6 +57,19 @@ def map_vectors(maps: Sequence[np.ndarray], size: int = 16) -> np.ndarray:
     return out
 
 
+def _one_thread(fn):
+    """Run ``fn`` with one BLAS/OpenMP thread: on a shared 2-core machine
+    sklearn's k-means ran 16x faster so (many small fits; see BENCHMARKS.md)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(1):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_one_thread
 def cluster_maps(
     vectors: np.ndarray,
     n_clusters: int | None = None,
@@ -76,28 +90,6 @@ def cluster_maps(
         eigengap splits them by object position (tests/test_spray.py), hence
         the default.
     """
-    # One BLAS/OpenMP thread: on a shared 2-core machine sklearn's k-means ran
-    # 16x faster so (many small fits; see BENCHMARKS.md).
-    with threadpool_limits(1):
-        return _cluster_maps(
-            vectors,
-            n_clusters,
-            max_clusters=max_clusters,
-            select=select,
-            n_neighbors=n_neighbors,
-            seed=seed,
-        )
-
-
-def _cluster_maps(
-    vectors: np.ndarray,
-    n_clusters: int | None = None,
-    *,
-    max_clusters: int = 8,
-    select: str = "silhouette",
-    n_neighbors: int = 10,
-    seed: int = 0,
-) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"vectors must be [N, D], got shape {x.shape}")
