@@ -254,6 +254,11 @@ def _open_run(plan: _RunPlan, overwrite: bool) -> None:
         # keep fields added on the run's behalf since (e.g. by score_cams)
         extra = [f for f in resumed.get("owned_fields", []) if f not in names.owned]
         config["owned_fields"] = names.owned + extra
+        # and what later steps recorded (scoring settings, saved views, clusters
+        # and their brain runs), so that delete_cam_run still finds them
+        for key in ("scoring", "saved_views", "clusters", "brain_keys"):
+            if key in resumed:
+                config.setdefault(key, resumed[key])
     if config["storage"] == "disk" and run_dir is None:
         run_dir = os.path.join(
             config["output_dir"], f"{plan.run_key}-{uuid.uuid4().hex[:12]}"
