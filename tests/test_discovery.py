@@ -245,6 +245,14 @@ def test_bad_arguments_are_named(hans):
     ds = hans["ds"]
     with pytest.raises(ValueError, match=r"by must be one of .*got 'colour'"):
         cluster_cams(ds, "hans", by="colour")
+    with pytest.raises(ValueError, match=r"n_clusters must be a positive int .*got 0"):
+        cluster_cams(ds, "hans", n_clusters=0)
+    with pytest.raises(ValueError, match=r"size must be an int >= 2, got 1"):
+        cluster_cams(ds, "hans", size=1)
+    with pytest.raises(ValueError, match=r"visualization must be one of .*'3d'"):
+        cluster_cams(ds, "hans", visualization="3d")
+    with pytest.raises(ValueError, match=r"layers: 'block9' is not a layer"):
+        cluster_cams(ds, "hans", "block9")
     with pytest.raises(ValueError, match=r"by='label' needs a class field"):
         cluster_cams(ds, "hans", by="label")
     with pytest.raises(ValueError, match=r"fill must be one of .*got 'sepia'"):

@@ -93,9 +93,8 @@ def cluster_cams(
         raise ValueError(
             f"visualization must be one of {_VIZ_METHODS} or None, got {visualization!r}"
         )
-    spray.cluster_maps(
-        np.zeros((0, 4)), n_clusters, select=select, max_clusters=max_clusters
-    )  # checks the arguments early
+    spray.check_options(n_clusters, select, max_clusters)
+    spray.map_vectors([], size)  # checks size before anything is written
     brain_keys = {f: brain_key or visualization_key(f) for f in fields}
     claim_fields(
         samples, run_key, {cluster_field(f): fo.StringField for f in fields}, overwrite

@@ -23,7 +23,14 @@ from sklearn.metrics import silhouette_score
 from sklearn.neighbors import kneighbors_graph
 from threadpoolctl import threadpool_limits
 
-__all__ = ["SELECT", "choose_k_eigengap", "cluster_maps", "map_vectors", "mean_maps"]
+__all__ = [
+    "SELECT",
+    "check_options",
+    "choose_k_eigengap",
+    "cluster_maps",
+    "map_vectors",
+    "mean_maps",
+]
 
 SELECT = ("eigengap", "silhouette")
 
@@ -55,6 +62,22 @@ def map_vectors(maps: Sequence[np.ndarray], size: int = 16) -> np.ndarray:
             ]
     out /= np.maximum(out.max(axis=1, keepdims=True), 1e-12)
     return out
+
+
+def check_options(n_clusters, select: str, max_clusters: int) -> None:
+    """Raise a ValueError naming the first bad clustering option."""
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {SELECT}, got {select!r}")
+    if n_clusters is not None and (
+        not isinstance(n_clusters, int)
+        or isinstance(n_clusters, bool)
+        or n_clusters < 1
+    ):
+        raise ValueError(
+            f"n_clusters must be a positive int or None, got {n_clusters!r}"
+        )
+    if not isinstance(max_clusters, int) or max_clusters < 2:
+        raise ValueError(f"max_clusters must be an int >= 2, got {max_clusters!r}")
 
 
 def _one_thread(fn):
@@ -93,18 +116,7 @@ def cluster_maps(
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"vectors must be [N, D], got shape {x.shape}")
-    if select not in SELECT:
-        raise ValueError(f"select must be one of {SELECT}, got {select!r}")
-    if n_clusters is not None and (
-        not isinstance(n_clusters, int)
-        or isinstance(n_clusters, bool)
-        or n_clusters < 1
-    ):
-        raise ValueError(
-            f"n_clusters must be a positive int or None, got {n_clusters!r}"
-        )
-    if not isinstance(max_clusters, int) or max_clusters < 2:
-        raise ValueError(f"max_clusters must be an int >= 2, got {max_clusters!r}")
+    check_options(n_clusters, select, max_clusters)
     n = len(x)
     if n <= 2:
         return np.zeros(n, dtype=np.int64)
