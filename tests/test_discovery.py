@@ -31,6 +31,7 @@ from gradcam_engine.audit.scoring import _raw_heatmap, score_cams
 from gradcam_engine.demo import marked_data as md
 from gradcam_engine.demo import shortcut_data as sd
 from gradcam_engine.demo import shortcut_model as sm
+from gradcam_engine.demo.clever_hans import marked_dataset
 from gradcam_engine.runs.cam_runs import delete_cam_run, get_cam_run
 from gradcam_engine.runs.compute import compute_cams
 from gradcam_engine.sources.models import LoadedModel
@@ -44,21 +45,8 @@ F = "hans_block4"
 def hans(tmp_path_factory):
     model = sm.train_classifier(md.generate_marked(1000, "train", seed=0), seed=0)
     test = md.generate_marked(N_TEST, "test", seed=1)
-    paths = sd.write_images(test, tmp_path_factory.mktemp("marked"))
-    ds = fo.Dataset(f"discovery-{uuid.uuid4().hex[:8]}")
-    ds.add_samples(
-        [
-            fo.Sample(
-                filepath=path,
-                ground_truth=fo.Classification(label=s.label),
-                objects=fo.Detections(
-                    detections=[fo.Detection(label=s.label, bounding_box=s.bbox)]
-                ),
-                marked=s.marked,
-            )
-            for s, path in zip(test, paths, strict=True)
-        ]
-    )
+    name = f"discovery-{uuid.uuid4().hex[:8]}"
+    ds = marked_dataset(name, test, tmp_path_factory.mktemp("marked"))
     compute_cams(
         ds,
         model,

@@ -32,7 +32,7 @@ from . import datasets as dd
 from . import marked_data, shortcut_data, shortcut_model
 from .shortcut_data import CLASSES, write_images
 
-__all__ = ["CLEVER_HANS_DATASET", "MODEL_SOURCE", "run_clever_hans"]
+__all__ = ["CLEVER_HANS_DATASET", "MODEL_SOURCE", "marked_dataset", "run_clever_hans"]
 
 CLEVER_HANS_DATASET = "cam-audit-clever-hans"
 MODEL_SOURCE = "clever-hans-cnn"
@@ -78,8 +78,18 @@ def _build(fresh: bool) -> tuple[fo.Dataset, list[marked_data.MarkedSample]]:
     dataset = dd._reuse(CLEVER_HANS_DATASET, fresh, version)
     if dataset is not None:
         return dataset, test
-    paths = write_images(test, dd.demo_dir() / "clever_hans")
-    dataset = fo.Dataset(CLEVER_HANS_DATASET)
+    dataset = marked_dataset(CLEVER_HANS_DATASET, test, dd.demo_dir() / "clever_hans")
+    dataset.default_classes = list(CLASSES)
+    return dd._finish(dataset, version), test
+
+
+def marked_dataset(
+    name: str, samples: list[marked_data.MarkedSample], directory
+) -> fo.Dataset:
+    """A new dataset of ``samples`` (images written to ``directory``): fields
+    ``ground_truth`` (class), ``objects`` (the object's box), ``marked``."""
+    paths = write_images(samples, directory)
+    dataset = fo.Dataset(name)
     dataset.add_samples(
         [
             fo.Sample(
@@ -89,11 +99,10 @@ def _build(fresh: bool) -> tuple[fo.Dataset, list[marked_data.MarkedSample]]:
                 marked=s.marked,
                 tags=["marked" if s.marked else "clean"],
             )
-            for s, path in zip(test, paths, strict=True)
+            for s, path in zip(samples, paths, strict=True)
         ]
     )
-    dataset.default_classes = list(CLASSES)
-    return dd._finish(dataset, version), test
+    return dataset
 
 
 def run_clever_hans(fresh: bool = False, say=print) -> fo.Dataset:
