@@ -25,7 +25,7 @@ import torch
 from gradcam_engine.audit.clusters import cluster_cams
 from gradcam_engine.audit.counterfactual import road_scores
 from gradcam_engine.audit.export import export_review
-from gradcam_engine.audit.model_checks import _resize, background_test, road_cams
+from gradcam_engine.audit.model_checks import _to_input, background_test, road_cams
 from gradcam_engine.audit.report import class_report
 from gradcam_engine.audit.scoring import _raw_heatmap, score_cams
 from gradcam_engine.demo import marked_data as md
@@ -34,6 +34,7 @@ from gradcam_engine.demo import shortcut_model as sm
 from gradcam_engine.demo.clever_hans import marked_dataset
 from gradcam_engine.runs.cam_runs import delete_cam_run, get_cam_run
 from gradcam_engine.runs.compute import compute_cams
+from gradcam_engine.sources.geometry import TransformGeometry
 from gradcam_engine.sources.models import LoadedModel
 from operators import discovery_panel
 
@@ -210,9 +211,12 @@ def test_road_equals_pytorch_grad_cam(hans):
     result = road_cams(view, "hans", model=model, transforms=sm.transforms(), seed=3)
     ours = np.array(view.values(f"{F}_road"))
     x = torch.stack([sm.transforms()(_img(p)) for p in view.values("filepath")])
-    cams = np.stack(
-        [_resize(_raw_heatmap(h.to_dict()), (64, 64)) for h in view.values(F)]
-    )
+    # The stored maps on the input grid, as road_cams reads them through the
+    # transforms' probed geometry (here an identity up to the probe's fit).
+    stored = np.stack([_raw_heatmap(h.to_dict()) for h in view.values(F)])
+    geometry = TransformGeometry(sm.transforms())((64, 64))
+    cams = np.stack([_to_input(m, geometry) for m in stored])
+    assert cams.shape == (6, 64, 64) and np.abs(cams - stored).max() < 0.05
     targets = [sd.CLASSES.index(t) for t in view.values("hans_target.label")]
     theirs = road_scores(model, x, cams, targets, (20, 40, 60, 80), seed=3)
     assert np.array_equal(ours.astype(np.float32), theirs)

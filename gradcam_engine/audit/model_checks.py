@@ -27,9 +27,11 @@ import fiftyone.core.collections as foc
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from scipy import ndimage
 
 from ..runs import cam_runs as runs
 from ..runs.compute import _describe
+from ..sources.geometry import Geometry, TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
 from .counterfactual import FILLS, prediction_change, replace_background, road_scores
 from .owned import claim_fields
@@ -112,8 +114,7 @@ def background_test(
                 targets.append(_class_index(columns[paths[-1]][i], classes))
             if not rows:
                 continue
-            with torch.no_grad():
-                logits = module(torch.stack(before + after))
+            logits = _forward(module, before + after)
             flips, drops = prediction_change(
                 logits[: len(rows)], logits[len(rows) :], targets
             )
@@ -144,9 +145,9 @@ def road_cams(
 ) -> dict[str, Any]:
     """ROAD of each stored map (``F_road``), for the class the run explained.
 
-    The stored map (which covers the whole image) is resized to the model
-    input, so this assumes transforms that resize the whole image (no crop).
-    The noise of ROAD's imputation is seeded per batch with ``seed``.
+    The stored map (which covers the whole original image) is sampled back
+    onto the model input through the transforms' probed geometry (crops,
+    padding and letterboxes included). The noise of ROAD's imputation is seeded per batch with ``seed``.
 
     Returns ``{"fields", "mean_road": {layer: mean}}``.
     """
@@ -162,9 +163,12 @@ def road_cams(
     ids = samples.values("id")
     out: dict[str, list] = {road_field(f): [None] * len(ids) for f in heat}
     report = _progress(progress, len(ids))
+    geometry = TransformGeometry(tf)  # where each input pixel came from
     with _eval(module):
         for batch in _batches(samples, ids, paths, batch_size, report):
-            _road_batch(batch, module, tf, classes, heat, percentiles, seed, out)
+            _road_batch(
+                batch, module, tf, geometry, classes, heat, percentiles, seed, out
+            )
     _write(samples, ids, out)
     return {
         "fields": list(out),
@@ -175,27 +179,73 @@ def road_cams(
     }
 
 
-def _road_batch(batch, module, tf, classes, heat, percentiles, seed, out) -> None:
+def _road_batch(batch, module, tf, geometry, classes, heat, percentiles, seed, out):
     start, columns, images = batch
     target_path = list(columns)[-1]
     x_all = [tf(Image.fromarray(image)) for image in images]
     for f in heat:
         maps = [_raw_heatmap(doc) for doc in columns[f]]
-        rows = [i for i, m in enumerate(maps) if m is not None]
-        if not rows:
-            continue
-        x = torch.stack([x_all[i] for i in rows])
-        cams = np.stack([_resize(maps[i], x.shape[-2:]) for i in rows])
-        targets = [_class_index(columns[target_path][i], classes) for i in rows]
-        if any(t is None for t in targets):
-            with torch.no_grad():
-                predicted = module(x).argmax(1).tolist()
-            targets = [
-                p if t is None else t for t, p in zip(targets, predicted, strict=True)
-            ]
-        scores = road_scores(module, x, cams, targets, percentiles, seed)
-        for i, score in zip(rows, scores, strict=True):
-            out[road_field(f)][start + i] = float(score)
+        have = [i for i, m in enumerate(maps) if m is not None]
+        # one ROAD call per input size (transforms may keep the image's size)
+        for rows in _by_shape(have, x_all):
+            x = torch.stack([x_all[i] for i in rows])
+            cams = np.stack(
+                [
+                    _to_input(
+                        maps[i], geometry((images[i].shape[1], images[i].shape[0]))
+                    )
+                    for i in rows
+                ]
+            )
+            targets = [_class_index(columns[target_path][i], classes) for i in rows]
+            if any(t is None for t in targets):
+                with torch.no_grad():
+                    predicted = module(x).argmax(1).tolist()
+                targets = [
+                    p if t is None else t
+                    for t, p in zip(targets, predicted, strict=True)
+                ]
+            scores = road_scores(module, x, cams, targets, percentiles, seed)
+            for i, score in zip(rows, scores, strict=True):
+                out[road_field(f)][start + i] = float(score)
+
+
+def _by_shape(rows: list[int], tensors: list[torch.Tensor]) -> list[list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for i in rows:
+        groups.setdefault(tuple(tensors[i].shape), []).append(i)
+    return list(groups.values())
+
+
+def _forward(module, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Logits ``[N, K]`` for inputs that may differ in size (batched per size)."""
+    out: list = [None] * len(tensors)
+    with torch.no_grad():
+        for rows in _by_shape(list(range(len(tensors))), tensors):
+            logits = module(torch.stack([tensors[i] for i in rows]))
+            for j, i in enumerate(rows):
+                out[i] = logits[j]
+    return torch.stack(out)
+
+
+def _to_input(m: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A stored map (covering the whole original image, any resolution) on the
+    model input's grid: each input pixel reads the map where it came from in
+    the original (0 where it came from outside it, e.g. letterbox padding)."""
+    h_m, w_m = m.shape
+    axes = []
+    for axis in (1, 0):
+        n_in = geometry.input_size[axis]
+        orig = geometry.scale[axis] * (np.arange(n_in) + 0.5) + geometry.offset[axis]
+        axes.append(orig / geometry.image_size[axis])  # relative position
+    rel_y, rel_x = np.meshgrid(*axes, indexing="ij")
+    coords = [rel_y * h_m - 0.5, rel_x * w_m - 0.5]
+    # The probed geometry is a least-squares fit: snap positions within 1e-3 of
+    # a map pixel onto it, so that an identity or integer crop reads exact values.
+    coords = [np.where(np.abs(c - np.rint(c)) < 1e-3, np.rint(c), c) for c in coords]
+    out = ndimage.map_coordinates(m, coords, order=1, mode="nearest")
+    inside = (rel_y >= 0) & (rel_y < 1) & (rel_x >= 0) & (rel_x < 1)
+    return np.where(inside, out, 0.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -278,13 +328,6 @@ def _batches(samples, ids, paths, batch_size, report):
 def _load_rgb(path: str) -> np.ndarray:
     with Image.open(path) as img:
         return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
-
-
-def _resize(m: np.ndarray, hw) -> np.ndarray:
-    h, w = int(hw[0]), int(hw[1])
-    if m.shape == (h, w):
-        return m.astype(np.float32)
-    return np.asarray(Image.fromarray(m, mode="F").resize((w, h), Image.BILINEAR))
 
 
 def _check_batch_size(batch_size) -> None:
