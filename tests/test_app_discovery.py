@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import socket
 import time
-import uuid
 
 import fiftyone as fo
 import pytest
+from marked_run import marked_run
 
-from gradcam_engine import background_test, cluster_cams, compute_cams, score_cams
-from gradcam_engine.demo import marked_data as md
+from gradcam_engine import background_test, cluster_cams, score_cams
 from gradcam_engine.demo import shortcut_model as sm
-from gradcam_engine.demo.clever_hans import marked_dataset
-from gradcam_engine.demo.shortcut_data import CLASSES
 
 APP_RACES = ("detached ArrayBuffer", "entry is loading")
 N = 60
@@ -22,21 +19,8 @@ N = 60
 
 @pytest.fixture(scope="module")
 def hans_app(tmp_path_factory):
-    model = sm.train_classifier(md.generate_marked(1000, "train", seed=0), seed=0)
-    test = md.generate_marked(N, "test", seed=1)
-    name = f"app-discovery-{uuid.uuid4().hex[:8]}"
-    ds = marked_dataset(name, test, tmp_path_factory.mktemp("app-marked"))
+    ds, model, _ = marked_run(tmp_path_factory.mktemp("app-marked"), N, "app-disc")
     tf = sm.transforms()
-    compute_cams(
-        ds,
-        model,
-        layers=["block4"],
-        run_key="hans",
-        transforms=tf,
-        classes=list(CLASSES),
-        num_workers=0,
-        progress=False,
-    )
     score_cams(ds, "hans", "objects")
     cluster_cams(ds, "hans", visualization="pca")
     background_test(ds, "hans", "objects", model, transforms=tf)

@@ -14,13 +14,13 @@ mark (the counterfactual truth):
 
 from __future__ import annotations
 
-import uuid
 from types import SimpleNamespace
 
 import fiftyone as fo
 import numpy as np
 import pytest
 import torch
+from marked_run import marked_run
 
 from gradcam_engine.audit.clusters import cluster_cams
 from gradcam_engine.audit.counterfactual import road_scores
@@ -31,9 +31,7 @@ from gradcam_engine.audit.scoring import _raw_heatmap, score_cams
 from gradcam_engine.demo import marked_data as md
 from gradcam_engine.demo import shortcut_data as sd
 from gradcam_engine.demo import shortcut_model as sm
-from gradcam_engine.demo.clever_hans import marked_dataset
 from gradcam_engine.runs.cam_runs import delete_cam_run, get_cam_run
-from gradcam_engine.runs.compute import compute_cams
 from gradcam_engine.sources.geometry import TransformGeometry
 from gradcam_engine.sources.models import LoadedModel
 from operators import discovery_panel
@@ -44,20 +42,7 @@ F = "hans_block4"
 
 @pytest.fixture(scope="module")
 def hans(tmp_path_factory):
-    model = sm.train_classifier(md.generate_marked(1000, "train", seed=0), seed=0)
-    test = md.generate_marked(N_TEST, "test", seed=1)
-    name = f"discovery-{uuid.uuid4().hex[:8]}"
-    ds = marked_dataset(name, test, tmp_path_factory.mktemp("marked"))
-    compute_cams(
-        ds,
-        model,
-        layers=["block4"],
-        run_key="hans",
-        transforms=sm.transforms(),
-        classes=list(sd.CLASSES),
-        num_workers=0,
-        progress=False,
-    )
+    ds, model, test = marked_run(tmp_path_factory.mktemp("marked"), N_TEST, "disc")
     with_mark = sm.predict(model, np.stack([s.image for s in test]))
     without = sm.predict(model, np.stack([s.clean for s in test]))
     yield {"ds": ds, "model": model, "test": test, "caused": with_mark != without}
