@@ -3,6 +3,8 @@
 from .compute import ComputeCams
 from .review_panel import CamReviewPanel
 from .run_management import DeleteCamRun, ListCamRuns, RenameCamRun
+from .run_shard import RunCamShard
+from .run_status import CamRunStatus
 from .scoring import CamClassReport, ScoreCams
 
 OPERATORS: list = [
@@ -12,6 +14,8 @@ OPERATORS: list = [
     DeleteCamRun,
     ScoreCams,
     CamClassReport,
+    CamRunStatus,
+    RunCamShard,
 ]
 PANELS: list = [CamReviewPanel]
 

@@ -1,0 +1,208 @@
+"""Scale-out: one run split into shards, each a FiftyOne delegated operation.
+
+The caller plans and registers the run once, then queues one delegated
+operation per shard (operator ``run_cam_shard`` of this plugin) with FiftyOne's
+own ``DelegatedOperationService``. Any ``fiftyone delegated launch`` worker (or
+an Enterprise orchestrator) on the same database picks them up. A shard is the
+view's samples whose id lies in a half-open range of sorted ids fixed at queue
+time, so the shards cover the view exactly once and a rerun
+(``fiftyone delegated rerun <id>``) gets the same samples; as runs resume, it
+computes only those not done yet.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import fiftyone.core.collections as foc
+from bson import ObjectId
+
+__all__ = [
+    "PLUGIN_NAME",
+    "SHARD_OPERATOR",
+    "QueuedRun",
+    "check_delegation",
+    "check_remote_args",
+    "plan_shards",
+    "shard_view",
+    "queue_shards",
+    "shard_operations",
+]
+
+PLUGIN_NAME = "@cam-audit/cam-audit"
+SHARD_OPERATOR = f"{PLUGIN_NAME}/run_cam_shard"
+FUNCTIONS = ("compute_cams", "score_cams")
+_EPOCH = datetime(1970, 1, 1)
+
+
+@dataclass
+class QueuedRun:
+    """What ``compute_cams`` / ``score_cams`` with ``delegate=True`` queued."""
+
+    run_key: str
+    function: str
+    token: str  # identifies this queueing's shards among the run's operations
+    operation_ids: list[str]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.function} {self.run_key!r}: {len(self.operation_ids)} delegated "
+            f"shard(s) queued ({', '.join(self.operation_ids)}); run workers with "
+            "`fiftyone delegated launch` and follow with "
+            f"cam_run_status(samples, {self.run_key!r})"
+        )
+
+
+def check_delegation(delegate: bool, shards: int | None) -> int:
+    """The number of delegated shards to queue; 0 means compute here."""
+    if not isinstance(delegate, bool):
+        raise TypeError(f"delegate must be True or False, got {delegate!r}")
+    if shards is not None and (
+        isinstance(shards, bool) or not isinstance(shards, int) or shards < 1
+    ):
+        raise ValueError(f"shards must be a positive int, got {shards!r}")
+    if shards is not None and not delegate:
+        raise ValueError(
+            f"shards={shards} needs delegate=True: shards are delegated operations "
+            "run by `fiftyone delegated launch` workers"
+        )
+    return (shards or 1) if delegate else 0
+
+
+def check_remote_args(model: Any, **callables: Any) -> None:
+    """Workers rebuild everything from the queued parameters: refuse objects."""
+    if not isinstance(model, str):
+        raise TypeError(
+            f"model must be a model source name with delegate=True (workers rebuild "
+            f"the model from it), got {type(model).__name__}; register the model "
+            "with register_model_source(name, loader) or pass "
+            "'package.module:function'"
+        )
+    for name, value in callables.items():
+        if value is not None and not isinstance(value, str):
+            raise TypeError(
+                f"{name} cannot be sent to delegated workers (got "
+                f"{type(value).__name__}); let the model source provide it, or "
+                "pass delegate=False"
+            )
+
+
+def plan_shards(samples: foc.SampleCollection, count: int) -> dict[str, Any]:
+    """``count`` shards of ``samples`` by sorted sample id, plus a fresh token.
+
+    Shard ``i`` holds the ids in ``[start, stop)``; the first starts at the
+    lowest id and the last is open-ended, so the shards cover every sample of
+    the view, also samples added later.
+    """
+    # Hex ObjectId strings are fixed-width lower case: they sort like ObjectIds.
+    ids = sorted(samples.values("id"))
+    if count > len(ids):
+        raise ValueError(
+            f"shards={count} is more than the {len(ids)} samples of the view; "
+            f"use shards <= {max(len(ids), 1)}"
+        )
+    starts = [ids[len(ids) * i // count] for i in range(count)] + [None]
+    return {
+        "token": uuid.uuid4().hex[:12],
+        "count": count,
+        "shards": [
+            {
+                "index": i,
+                "count": count,
+                "start": None if i == 0 else starts[i],
+                "stop": starts[i + 1],
+            }
+            for i in range(count)
+        ],
+    }
+
+
+def shard_view(samples: foc.SampleCollection, shard: dict[str, Any]):
+    """The samples of ``samples`` that belong to ``shard``."""
+    if not isinstance(shard, dict) or not {"index", "start", "stop"} <= set(shard):
+        raise ValueError(
+            f"shard must be a dict with 'index', 'start' and 'stop' as made by "
+            f"plan_shards, got {shard!r}"
+        )
+    bounds = {}
+    if shard["start"]:
+        bounds["$gte"] = ObjectId(shard["start"])
+    if shard["stop"]:
+        bounds["$lt"] = ObjectId(shard["stop"])
+    # a $match on _id uses the _id index
+    return samples.mongo([{"$match": {"_id": bounds}}]) if bounds else samples.view()
+
+
+def queue_shards(
+    samples: foc.SampleCollection,
+    function: str,
+    run_key: str,
+    kwargs: dict[str, Any],
+    plan: dict[str, Any],
+    delegation_target: str | None = None,
+) -> QueuedRun:
+    """Queue one delegated ``run_cam_shard`` operation per shard of ``plan``."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    if function not in FUNCTIONS:
+        raise ValueError(f"function must be one of {FUNCTIONS}, got {function!r}")
+    try:
+        json.dumps(kwargs)
+    except TypeError as exc:
+        raise TypeError(
+            f"{function} arguments must be plain values to queue them for "
+            f"delegated workers: {exc}"
+        ) from exc
+    dataset = samples._root_dataset
+    view = samples.view()._serialize()
+    service = DelegatedOperationService()
+    ids = []
+    for shard in plan["shards"]:
+        params = dict(
+            function=function,
+            run_key=run_key,
+            token=plan["token"],
+            shard=shard,
+            kwargs=kwargs,
+        )
+        # Queued directly (not through foo.execute_operator): works inside a
+        # running event loop (notebooks) and returns the ids at once.
+        op = service.queue_operation(
+            operator=SHARD_OPERATOR,
+            label=f"{function} {run_key} shard {shard['index'] + 1}/{shard['count']}",
+            delegation_target=delegation_target,
+            context=dict(
+                request_params=dict(
+                    dataset_name=dataset.name,
+                    view=view,
+                    params=params,
+                    delegated=True,
+                    delegation_target=delegation_target,
+                )
+            ),
+        )
+        ids.append(str(op.id))
+    return QueuedRun(
+        run_key=run_key, function=function, token=plan["token"], operation_ids=ids
+    )
+
+
+def shard_operations(dataset, token: str) -> dict[int, list]:
+    """The delegated operations of each shard of one queueing, oldest first
+    (a rerun adds a new operation for the same shard)."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    ops = DelegatedOperationService().list_operations(
+        operator=SHARD_OPERATOR,
+        dataset_name=dataset.name,
+        **{"context.request_params.params.token": token},
+    )
+    by_shard: dict[int, list] = {}
+    for op in sorted(ops, key=lambda op: (op.queued_at or _EPOCH, str(op.id))):
+        index = op.context.request_params["params"]["shard"]["index"]
+        by_shard.setdefault(index, []).append(op)
+    return by_shard
