@@ -1,0 +1,187 @@
+"""One CAM run sharded over two real ``fiftyone delegated launch`` workers on the
+test database; one worker is SIGKILLed mid-shard and its shard is recovered with
+FiftyOne's CLI (``fiftyone delegated fail`` then ``rerun``).
+
+Every process this test starts is stopped by its id in ``finally``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from bson import ObjectId
+from fiftyone.operators.delegated import DelegatedOperationService
+from PIL import Image
+
+import gradcam_engine as ge
+
+TESTS = pathlib.Path(__file__).resolve().parent
+FIFTYONE = str(pathlib.Path(sys.executable).with_name("fiftyone"))
+MODEL = "scale_out_models:build_slow_model"
+NUM_SAMPLES, SHARDS, BATCH = 48, 4, 2  # 12 samples = 6 batches of ~1 s per shard
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_root):
+    root = tmp_root / "scale_out"
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(NUM_SAMPLES):
+        path = root / f"{i:03d}.png"
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path)
+        samples.append(fo.Sample(filepath=str(path)))
+    ds = fo.Dataset("cam-scale-out")
+    ds.add_samples(samples)
+    yield ds
+    ds.delete()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)  # the test database and plugin dir (conftest)
+    env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"  # two workers share 2 cores
+    return env
+
+
+def _start_worker(log_path: pathlib.Path) -> subprocess.Popen:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [FIFTYONE, "delegated", "launch"],
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed by its id
+        )
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    if worker.poll() is not None:
+        return
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
+def _cli(*args: str) -> str:
+    done = subprocess.run(
+        [FIFTYONE, "delegated", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _wait_for(predicate, timeout: float, what: str, logs=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    tails = "\n".join(p.read_text()[-2000:] for p in logs)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
+
+
+def _current_operation(log_path: pathlib.Path) -> str | None:
+    """The operation a worker is running, from its own log."""
+    found = re.findall(r"Running operation (\w+)", log_path.read_text())
+    return found[-1] if found else None
+
+
+def test_two_workers_share_a_run_and_a_killed_shard_resumes(dataset, tmp_root):
+    service = DelegatedOperationService()
+    started = time.monotonic()
+    queued = ge.compute_cams(
+        dataset,
+        MODEL,
+        layers=["block"],
+        run_key="scaled",
+        batch_size=BATCH,
+        num_workers=0,
+        delegate=True,
+        shards=SHARDS,
+    )
+    assert len(queued.operation_ids) == SHARDS
+    logs = [tmp_root / "scale_out_worker_a.log", tmp_root / "scale_out_worker_b.log"]
+    workers = [_start_worker(path) for path in logs]
+    try:
+
+        def running():
+            status = ge.cam_run_status(dataset, "scaled")
+            ids = [
+                s["operation_id"] for s in status["shards"] if s["state"] == "running"
+            ]
+            return ids if len(ids) >= 2 else None
+
+        both = _wait_for(running, 240, "two shards running at the same time", logs)
+        victim_op = _wait_for(
+            lambda: _current_operation(logs[0]), 60, "worker A's operation", logs
+        )
+        assert victim_op in both
+
+        def mid_shard():
+            progress = service.get(ObjectId(victim_op)).status
+            return progress is not None and 0 < progress.progress < 1
+
+        _wait_for(mid_shard, 60, "worker A to be mid-shard", logs)
+        os.killpg(workers[0].pid, signal.SIGKILL)
+        workers[0].wait()
+
+        status = ge.cam_run_status(dataset, "scaled")
+        shard = next(s for s in status["shards"] if s["operation_id"] == victim_op)
+        done_at_kill = shard["done"]
+        assert 0 < done_at_kill < shard["total"]
+        assert shard["state"] == "running"  # stuck: its worker is gone
+        assert f"fiftyone delegated fail {victim_op}" in shard["recover"]
+
+        _cli("fail", victim_op)
+        out = _cli("rerun", victim_op)
+        rerun_op = re.search(r"ID '(\w+)'", out).group(1)
+
+        final = _wait_for(
+            lambda: (
+                (s := ge.cam_run_status(dataset, "scaled"))["state"] == "completed"
+                and s
+            ),
+            300,
+            "every shard to complete",
+            logs,
+        )
+    finally:
+        for worker in workers:
+            _stop(worker)
+    elapsed = time.monotonic() - started
+
+    assert (final["total"], final["done"], final["errors"], final["pending"]) == (
+        NUM_SAMPLES,
+        NUM_SAMPLES,
+        0,
+        0,
+    )
+    assert dataset.count("scaled_block") == NUM_SAMPLES
+    assert dataset.count("scaled_error") == 0
+    assert [s["state"] for s in final["shards"]] == ["completed"] * SHARDS
+    killed = next(s for s in final["shards"] if s["operation_id"] == rerun_op)
+    assert [op["state"] for op in killed["operations"]] == ["failed", "completed"]
+    # the rerun computed only what the killed worker had not finished
+    summary = service.get(ObjectId(rerun_op)).result.result["summary"]
+    todo = killed["total"] - done_at_kill
+    assert f"{todo} computed, {done_at_kill} already done" in summary, summary
+    print(f"scale-out test: {elapsed:.0f} s")
