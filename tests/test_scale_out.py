@@ -12,7 +12,6 @@ import pathlib
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import fiftyone as fo
@@ -21,11 +20,10 @@ import pytest
 from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
 from PIL import Image
+from workers import FIFTYONE, start_worker, stop_worker, worker_env
 
 import gradcam_engine as ge
 
-TESTS = pathlib.Path(__file__).resolve().parent
-FIFTYONE = str(pathlib.Path(sys.executable).with_name("fiftyone"))
 MODEL = "scale_out_models:build_slow_model"
 NUM_SAMPLES, SHARDS, BATCH = 48, 4, 2  # 12 samples = 6 batches of ~1 s per shard
 
@@ -46,40 +44,10 @@ def dataset(tmp_root):
     ds.delete()
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)  # the test database and plugin dir (conftest)
-    env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"  # two workers share 2 cores
-    return env
-
-
-def _start_worker(log_path: pathlib.Path) -> subprocess.Popen:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [FIFTYONE, "delegated", "launch"],
-            env=_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, killed by its id
-        )
-
-
-def _stop(worker: subprocess.Popen) -> None:
-    if worker.poll() is not None:
-        return
-    os.killpg(worker.pid, signal.SIGTERM)
-    try:
-        worker.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
-
-
 def _cli(*args: str) -> str:
     done = subprocess.run(
         [FIFTYONE, "delegated", *args],
-        env=_env(),
+        env=worker_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -120,7 +88,8 @@ def test_two_workers_share_a_run_and_a_killed_shard_resumes(dataset, tmp_root):
     )
     assert len(queued.operation_ids) == SHARDS
     logs = [tmp_root / "scale_out_worker_a.log", tmp_root / "scale_out_worker_b.log"]
-    workers = [_start_worker(path) for path in logs]
+    # two workers share 2 cores: one torch thread each
+    workers = [start_worker(path, OMP_NUM_THREADS="1") for path in logs]
     try:
 
         def running():
@@ -166,7 +135,7 @@ def test_two_workers_share_a_run_and_a_killed_shard_resumes(dataset, tmp_root):
         )
     finally:
         for worker in workers:
-            _stop(worker)
+            stop_worker(worker)
     elapsed = time.monotonic() - started
 
     assert (final["total"], final["done"], final["errors"], final["pending"]) == (
