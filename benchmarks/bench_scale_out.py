@@ -2,16 +2,18 @@
 workers, next to the engine's single-process throughput.
 
     FIFTYONE_PLUGINS_DIR=<dir holding this plugin> \\
-        .venv/bin/python benchmarks/bench_scale_out.py [--images 96] [--shards 4]
+        .venv/bin/python benchmarks/bench_scale_out.py [--images 192] [--shards 2] [--repeats 2]
 
 Model: the bundled EfficientNet-Lite0 (source ``efficientnet-lite0-imagenet``),
 224 px, layer ``_conv_head``, batch 8, real photos (scikit-image) of varied
 sizes. Timing of a delegated run: from the first shard's start to the last
 shard's completion as FiftyOne records them (worker start-up excluded; each
-shard loads the model, which is included). With W workers each worker gets
-``cores // W`` torch threads, so W workers never oversubscribe the cores.
-Also measured, for the K-GPU estimate: image decoding per core and the
-database's rate of heatmap writes from one process.
+shard loads the model, which is included). Every process, this one included,
+uses ``--threads`` torch threads (default 1), so that the 1- and 2-worker runs
+differ only in the number of workers. The 1- and 2-worker runs alternate for
+``--repeats`` rounds; a ratio compares the two runs of one round. Also measured,
+for the K-GPU estimate: image decoding per core and the database's rate of
+heatmap writes from one process.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def delegated(ds, workers: int, shards: int, run_key: str) -> float:
         shards=shards,
     )
     env = dict(os.environ, FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="true")
-    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     procs = [
         subprocess.Popen(
             [FIFTYONE, "delegated", "launch"],
@@ -128,9 +130,12 @@ def db_write_rate(ds) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--images", type=int, default=192)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if not os.environ.get("FIFTYONE_PLUGINS_DIR"):
         sys.exit("set FIFTYONE_PLUGINS_DIR to a directory holding this plugin")
     root = os.path.join(_TMP, "images")
@@ -139,8 +144,10 @@ def main() -> None:
     ds = bench_workflow.make_dataset(paths)
     try:
         local = single_process(ds)
-        one = delegated(ds, 1, args.shards, "one_worker")
-        two = delegated(ds, 2, args.shards, "two_workers")
+        rounds = [
+            {w: delegated(ds, w, args.shards, f"w{w}_r{r}") for w in (1, 2)}
+            for r in range(args.repeats)
+        ]
         decode = decode_per_core(paths)
         writes = db_write_rate(ds)
     finally:
@@ -149,12 +156,19 @@ def main() -> None:
         shutil.rmtree(bench_workflow._TMP, ignore_errors=True)
     print(
         f"{args.images} images, {args.shards} shards, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}"
+        f"{args.threads} torch thread(s) per process, torch {torch.__version__}"
     )
     print(f"single process (compute_cams here):   {local:6.1f} images/s")
-    print(f"1 delegated worker:                   {one:6.1f} images/s")
-    print(f"2 delegated workers:                  {two:6.1f} images/s")
-    print(f"2 workers / 1 worker:                 {two / one:6.2f}x")
+    for r, rates in enumerate(rounds, 1):
+        print(
+            f"round {r}: 1 worker {rates[1]:5.1f} images/s, 2 workers "
+            f"{rates[2]:5.1f} images/s, ratio {rates[2] / rates[1]:4.2f}x"
+        )
+    # what one worker spends per shard beyond computing: imports, model load,
+    # DataLoader start-up (amortised over the shard's images)
+    one = sorted(rates[1] for rates in rounds)[len(rounds) // 2]
+    overhead = (args.images / one - args.images / local) / args.shards
+    print(f"fixed cost per shard (1 worker vs here): {overhead:5.1f} s")
     print(f"decode + resize, one core:            {decode:6.1f} images/s")
     print(f"heatmap writes, one process:          {writes:6.1f} maps/s")
 

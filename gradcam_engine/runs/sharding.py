@@ -94,18 +94,24 @@ def check_remote_args(model: Any, **callables: Any) -> None:
 def plan_shards(samples: foc.SampleCollection, count: int) -> dict[str, Any]:
     """``count`` shards of ``samples`` by sorted sample id, plus a fresh token.
 
-    Shard ``i`` holds the ids in ``[start, stop)``; the first starts at the
-    lowest id and the last is open-ended, so the shards cover every sample of
-    the view, also samples added later.
+    Shard ``i`` holds the ids in ``[start, stop)``; the first shard is open
+    below and the last above, so the shards cover every sample of the view,
+    also samples added later.
     """
-    # Hex ObjectId strings are fixed-width lower case: they sort like ObjectIds.
-    ids = sorted(samples.values("id"))
-    if count > len(ids):
+    total = samples.count()
+    if total == 0:
+        raise ValueError("samples is empty: there is nothing to shard")
+    if count > total:
         raise ValueError(
-            f"shards={count} is more than the {len(ids)} samples of the view; "
-            f"use shards <= {max(len(ids), 1)}"
+            f"shards={count} is more than the {total} samples of the view; "
+            f"use shards <= {total}"
         )
-    starts = [ids[len(ids) * i // count] for i in range(count)] + [None]
+    # count - 1 indexed lookups instead of reading every id (10^7 samples)
+    by_id = samples.sort_by("_id")
+    starts = [None] + [
+        by_id.skip(total * i // count).limit(1).values("id")[0] for i in range(1, count)
+    ]
+    starts.append(None)
     return {
         "token": uuid.uuid4().hex[:12],
         "count": count,
@@ -113,7 +119,7 @@ def plan_shards(samples: foc.SampleCollection, count: int) -> dict[str, Any]:
             {
                 "index": i,
                 "count": count,
-                "start": None if i == 0 else starts[i],
+                "start": starts[i],
                 "stop": starts[i + 1],
             }
             for i in range(count)
