@@ -159,3 +159,29 @@ def test_sharded_score_cams_and_operators(dataset, service):
     assert [s["pending"] for s in status["scoring_shards"]] == [0, 0]
     assert status["state"] == "completed" and status["pending"] == 0
     assert "opshard_block_focus" in ge.get_cam_run(dataset, "opshard").owned_fields
+
+
+def test_numpy_and_torch_arguments_reach_the_workers_as_plain_values(dataset, service):
+    import numpy as np
+    import torch
+
+    queued = ge.compute_cams(
+        dataset,
+        MODEL,
+        layers=("block",),
+        run_key="plain_args",
+        target=np.int64(1),
+        device=torch.device("cpu"),
+        num_workers=0,
+        delegate=True,
+    )
+    (op_id,) = queued.operation_ids
+    kwargs = service.get(ObjectId(op_id)).context.request_params["params"]["kwargs"]
+    assert (kwargs["target"], kwargs["device"], kwargs["layers"]) == (
+        1,
+        "cpu",
+        ["block"],
+    )
+    assert "transforms" not in kwargs and "overwrite" not in kwargs
+    run_op(service, op_id)
+    assert set(dataset.values("plain_args_target.label")) == {"coffee"}  # class 1

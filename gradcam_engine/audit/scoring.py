@@ -109,6 +109,7 @@ def score_cams(
     ``shards`` (default 1) delegated operations over disjoint parts of
     ``samples`` and return a ``QueuedRun`` at once (see ``compute_cams``).
     """
+    call = dict(locals())  # the arguments as given, for delegated workers
     queue = sharding.check_delegation(delegate, shards)
     plan = _plan_scoring(
         samples,
@@ -124,17 +125,8 @@ def score_cams(
         shard_plan = sharding.plan_shards(samples, queue)
         _declare_scores(samples._root_dataset, plan)
         _record_scoring(samples._root_dataset, plan, shard_plan)
-        worker_kwargs = dict(
-            run_key=run_key,
-            gt_field=gt_field,
-            layers=plan.layers,
-            compare_run=compare_run,
-            hit_tolerance=plan.hit_tolerance,
-            label_classes=plan.label_classes,
-            batch_size=batch_size,
-        )
         return sharding.queue_shards(
-            samples, "score_cams", run_key, worker_kwargs, shard_plan, delegation_target
+            samples, "score_cams", call, shard_plan, layers=plan.layers
         )
     if shard is not None:  # the caller declared and recorded the fields
         samples = sharding.shard_view(samples, shard)

@@ -134,6 +134,7 @@ def compute_cams(
     must then be a model source name (workers rebuild the model). Follow with
     ``cam_run_status``. ``shard`` is set by a queued shard's operation.
     """
+    call = dict(locals())  # the arguments as given, for delegated workers
     queue = sharding.check_delegation(delegate, shards)
     if queue or shard is not None:
         sharding.check_remote_args(
@@ -165,33 +166,15 @@ def compute_cams(
         shard_plan = sharding.plan_shards(samples, queue)
         plan.config["sharding"] = shard_plan
         _open_run(plan, overwrite)
-        worker_kwargs = dict(
-            model=model,
-            layers=plan.config["layers"],
-            method=plan.config["method"],
-            run_key=run_key,
-            task=task,
-            target=target if isinstance(target, str) else int(target),
-            label_field=label_field,
-            classes=None if classes is None else list(classes),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            device=None if device is None else str(device),
-            storage=storage,
-            output_dir=plan.config["output_dir"],
-            max_size=max_size,
-            eigen_smooth=eigen_smooth,
-            aug_smooth=aug_smooth,
-            reshape_transform=reshape_transform,
-            progress=False,
-        )
         return sharding.queue_shards(
             samples,
             "compute_cams",
-            run_key,
-            worker_kwargs,
+            call,
             shard_plan,
-            delegation_target,
+            layers=plan.config["layers"],
+            method=plan.config["method"],
+            output_dir=plan.config["output_dir"],
+            progress=False,  # workers report through the operation instead
         )
     else:
         _open_run(plan, overwrite)

@@ -36,6 +36,18 @@ __all__ = [
 PLUGIN_NAME = "@cam-audit/cam-audit"
 SHARD_OPERATOR = f"{PLUGIN_NAME}/run_cam_shard"
 FUNCTIONS = ("compute_cams", "score_cams")
+# Arguments that only concern the queueing process, never sent to workers.
+_LOCAL_ONLY = {
+    "samples",
+    "overwrite",
+    "progress",
+    "progress_callback",
+    "delegate",
+    "shards",
+    "delegation_target",
+    "shard",
+    "transforms",
+}
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -146,16 +158,22 @@ def shard_view(samples: foc.SampleCollection, shard: dict[str, Any]):
 def queue_shards(
     samples: foc.SampleCollection,
     function: str,
-    run_key: str,
-    kwargs: dict[str, Any],
+    call: dict[str, Any],
     plan: dict[str, Any],
-    delegation_target: str | None = None,
+    **resolved: Any,
 ) -> QueuedRun:
-    """Queue one delegated ``run_cam_shard`` operation per shard of ``plan``."""
+    """Queue one delegated ``run_cam_shard`` operation per shard of ``plan``.
+
+    ``call``: the arguments ``function`` was called with; each shard calls it
+    again with them (minus the queueing ones) and ``resolved`` values the
+    caller's plan fixed (e.g. the default layers it picked).
+    """
     from fiftyone.operators.delegated import DelegatedOperationService
 
     if function not in FUNCTIONS:
         raise ValueError(f"function must be one of {FUNCTIONS}, got {function!r}")
+    kwargs = {k: _plain(v) for k, v in call.items() if k not in _LOCAL_ONLY}
+    kwargs.update(resolved)
     try:
         json.dumps(kwargs)
     except TypeError as exc:
@@ -163,6 +181,7 @@ def queue_shards(
             f"{function} arguments must be plain values to queue them for "
             f"delegated workers: {exc}"
         ) from exc
+    run_key, delegation_target = call["run_key"], call.get("delegation_target")
     dataset = samples._root_dataset
     view = samples.view()._serialize()
     service = DelegatedOperationService()
@@ -195,6 +214,19 @@ def queue_shards(
     return QueuedRun(
         run_key=run_key, function=function, token=plan["token"], operation_ids=ids
     )
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe form of an argument: numpy scalars, tuples, torch devices."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()  # numpy scalar
+    if type(value).__name__ == "device":
+        return str(value)  # torch.device
+    return value  # json.dumps names what cannot be sent
 
 
 def shard_operations(dataset, token: str) -> dict[int, list]:
