@@ -13,8 +13,9 @@ import fiftyone.operators as foo
 import pytest
 from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionContext
 from plugin_models import build_model
-from test_operators import MODEL, make_dataset, uri
+from test_operators import MODEL, make_dataset, resolve_form, uri
 
 import gradcam_engine as ge
 from gradcam_engine.runs import sharding
@@ -159,6 +160,27 @@ def test_sharded_score_cams_and_operators(dataset, service):
     assert [s["pending"] for s in status["scoring_shards"]] == [0, 0]
     assert status["state"] == "completed" and status["pending"] == 0
     assert "opshard_block_focus" in ge.get_cam_run(dataset, "opshard").owned_fields
+
+
+def test_forms_offer_shards_and_the_status_operator_resolves(dataset):
+    for name in ("compute_cams", "score_cams"):
+        form = resolve_form(name, dataset, dict(model=MODEL))
+        assert form.type.properties["shards"].default == 1
+    ge.compute_cams(dataset, MODEL, layers=["block"], run_key="form_run")
+    form = resolve_form("cam_run_status", dataset, dict(run_key="form_run"))
+    assert "form_run" in [c.value for c in form.type.properties["run_key"].view.choices]
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=dataset.name,
+            view=dataset.view()._serialize(),
+            params=dict(run_key="form_run"),
+        ),
+        operator_uri=uri("cam_run_status"),
+    )
+    outputs = foo.get_operator(uri("cam_run_status")).resolve_type(ctx, "outputs")
+    assert {"done", "pending", "shards", "help"} <= set(outputs.type.properties)
+    status = foo.get_operator(uri("cam_run_status"))(dataset, run_key="form_run")
+    assert (status["done"], status["pending"], status["shards"]) == (5, 0, [])
 
 
 def test_numpy_and_torch_arguments_reach_the_workers_as_plain_values(dataset, service):
