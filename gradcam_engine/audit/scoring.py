@@ -123,10 +123,11 @@ def score_cams(
     )
     if queue:
         shard_plan = sharding.plan_shards(samples, queue)
+        kwargs = sharding.worker_kwargs("score_cams", call, layers=plan.layers)
         _declare_scores(samples._root_dataset, plan)
         _record_scoring(samples._root_dataset, plan, shard_plan)
         return sharding.queue_shards(
-            samples, "score_cams", call, shard_plan, layers=plan.layers
+            samples, "score_cams", kwargs, shard_plan, delegation_target
         )
     if shard is not None:  # the caller declared and recorded the fields
         samples = sharding.shard_view(samples, shard)

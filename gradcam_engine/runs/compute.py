@@ -164,17 +164,18 @@ def compute_cams(
         samples = sharding.shard_view(samples, shard)
     elif queue:
         shard_plan = sharding.plan_shards(samples, queue)
-        plan.config["sharding"] = shard_plan
-        _open_run(plan, overwrite)
-        return sharding.queue_shards(
-            samples,
+        kwargs = sharding.worker_kwargs(
             "compute_cams",
             call,
-            shard_plan,
             layers=plan.config["layers"],
             method=plan.config["method"],
             output_dir=plan.config["output_dir"],
             progress=False,  # workers report through the operation instead
+        )
+        plan.config["sharding"] = shard_plan
+        _open_run(plan, overwrite)  # the run exists before any shard runs
+        return sharding.queue_shards(
+            samples, "compute_cams", kwargs, shard_plan, delegation_target
         )
     else:
         _open_run(plan, overwrite)

@@ -29,6 +29,7 @@ __all__ = [
     "check_remote_args",
     "plan_shards",
     "shard_view",
+    "worker_kwargs",
     "queue_shards",
     "shard_operations",
 ]
@@ -155,21 +156,10 @@ def shard_view(samples: foc.SampleCollection, shard: dict[str, Any]):
     return samples.mongo([{"$match": {"_id": bounds}}]) if bounds else samples.view()
 
 
-def queue_shards(
-    samples: foc.SampleCollection,
-    function: str,
-    call: dict[str, Any],
-    plan: dict[str, Any],
-    **resolved: Any,
-) -> QueuedRun:
-    """Queue one delegated ``run_cam_shard`` operation per shard of ``plan``.
-
-    ``call``: the arguments ``function`` was called with; each shard calls it
-    again with them (minus the queueing ones) and ``resolved`` values the
-    caller's plan fixed (e.g. the default layers it picked).
-    """
-    from fiftyone.operators.delegated import DelegatedOperationService
-
+def worker_kwargs(function: str, call: dict[str, Any], **resolved: Any) -> dict:
+    """The arguments each shard calls ``function`` with: those of ``call`` (the
+    caller's arguments) that workers need, JSON-safe, updated with ``resolved``
+    (values the caller's plan fixed, e.g. the default layers it picked)."""
     if function not in FUNCTIONS:
         raise ValueError(f"function must be one of {FUNCTIONS}, got {function!r}")
     kwargs = {k: _plain(v) for k, v in call.items() if k not in _LOCAL_ONLY}
@@ -181,7 +171,21 @@ def queue_shards(
             f"{function} arguments must be plain values to queue them for "
             f"delegated workers: {exc}"
         ) from exc
-    run_key, delegation_target = call["run_key"], call.get("delegation_target")
+    return kwargs
+
+
+def queue_shards(
+    samples: foc.SampleCollection,
+    function: str,
+    kwargs: dict[str, Any],
+    plan: dict[str, Any],
+    delegation_target: str | None = None,
+) -> QueuedRun:
+    """Queue one delegated ``run_cam_shard`` operation per shard of ``plan``;
+    each calls ``function(view, shard=..., **kwargs)`` (see ``worker_kwargs``)."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    run_key = kwargs["run_key"]
     dataset = samples._root_dataset
     view = samples.view()._serialize()
     service = DelegatedOperationService()
