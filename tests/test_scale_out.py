@@ -76,21 +76,31 @@ def _current_operation(log_path: pathlib.Path) -> str | None:
 def test_two_workers_share_a_run_and_a_killed_shard_resumes(dataset, tmp_root):
     service = DelegatedOperationService()
     started = time.monotonic()
-    queued = ge.compute_cams(
-        dataset,
-        MODEL,
-        layers=["block"],
-        run_key="scaled",
-        batch_size=BATCH,
-        num_workers=0,
-        delegate=True,
-        shards=SHARDS,
-    )
-    assert len(queued.operation_ids) == SHARDS
     logs = [tmp_root / "scale_out_worker_a.log", tmp_root / "scale_out_worker_b.log"]
-    # two workers share 2 cores: one torch thread each
-    workers = [start_worker(path, OMP_NUM_THREADS="1") for path in logs]
+    # two workers share 2 cores: one torch thread each; unbuffered logs, read below
+    workers = [
+        start_worker(path, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1") for path in logs
+    ]
     try:
+        # both workers up before queueing, so that a slow start (loaded machine)
+        # cannot let one worker take every shard
+        _wait_for(
+            lambda: all("service running" in p.read_text() for p in logs),
+            180,
+            "both workers to start",
+            logs,
+        )
+        queued = ge.compute_cams(
+            dataset,
+            MODEL,
+            layers=["block"],
+            run_key="scaled",
+            batch_size=BATCH,
+            num_workers=0,
+            delegate=True,
+            shards=SHARDS,
+        )
+        assert len(queued.operation_ids) == SHARDS
 
         def running():
             status = ge.cam_run_status(dataset, "scaled")
@@ -99,17 +109,18 @@ def test_two_workers_share_a_run_and_a_killed_shard_resumes(dataset, tmp_root):
             ]
             return ids if len(ids) >= 2 else None
 
-        both = _wait_for(running, 240, "two shards running at the same time", logs)
-        victim_op = _wait_for(
-            lambda: _current_operation(logs[0]), 60, "worker A's operation", logs
-        )
-        assert victim_op in both
+        _wait_for(running, 240, "two shards running at the same time", logs)
 
-        def mid_shard():
-            progress = service.get(ObjectId(victim_op)).status
-            return progress is not None and 0 < progress.progress < 1
+        def worker_a_mid_shard():
+            """Worker A's operation once it has written a batch but at most half
+            of its shard (several batches left: the kill lands mid-shard)."""
+            op_id = _current_operation(logs[0])
+            op = service.get(ObjectId(op_id)) if op_id else None
+            if op is None or op.run_state != "running" or op.status is None:
+                return None
+            return op_id if 0 < op.status.progress <= 0.5 else None
 
-        _wait_for(mid_shard, 60, "worker A to be mid-shard", logs)
+        victim_op = _wait_for(worker_a_mid_shard, 120, "worker A mid-shard", logs)
         os.killpg(workers[0].pid, signal.SIGKILL)
         workers[0].wait()
 
