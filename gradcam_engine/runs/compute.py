@@ -365,7 +365,7 @@ def _stream_run(
         for batch in loader:
             batch_ids = ids[batch.indices[0] : batch.indices[-1] + 1]
             values = batch_field_values(context, batch, batch_ids, labels)
-            _write(dataset, values)
+            _write(dataset, values, last=(names.prediction, names.error))
             for sid, message in values[names.error].items():
                 summary.num_errors += 1
                 if len(summary.errors) < _MAX_ERRORS_KEPT:
@@ -493,8 +493,11 @@ def _on_device(module: nn.Module, device: torch.device):
         module.to(original)
 
 
-def _write(dataset, values: dict[str, dict[str, Any]]) -> None:
-    """One bulk write per field for this batch."""
-    for name, by_id in values.items():
-        if by_id:
-            dataset.set_values(name, by_id, key_field="id", validate=False)
+def _write(dataset, values: dict[str, dict[str, Any]], last=()) -> None:
+    """One bulk write per field for this batch; the fields in ``last`` (those
+    that mark a sample done) after all others, so that a batch cut short by a
+    dead worker is computed again on resume."""
+    order = [n for n in values if n not in last] + [n for n in last if n in values]
+    for name in order:
+        if values[name]:
+            dataset.set_values(name, values[name], key_field="id", validate=False)
