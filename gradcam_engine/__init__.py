@@ -30,6 +30,8 @@ __version__ = "0.1.0"
 _WORKFLOW = {
     "compute_cams": ".runs.compute",
     "CamRunSummary": ".runs.compute",
+    "QueuedRun": ".runs.sharding",
+    "cam_run_status": ".runs.status",
     "list_cam_runs": ".runs.cam_runs",
     "get_cam_run": ".runs.cam_runs",
     "rename_cam_run": ".runs.cam_runs",

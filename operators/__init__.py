@@ -4,6 +4,8 @@ from .compute import ComputeCams
 from .discovery import BackgroundTest, ClusterCams, RoadCams
 from .review_panel import CamReviewPanel
 from .run_management import DeleteCamRun, ListCamRuns, RenameCamRun
+from .run_shard import RunCamShard
+from .run_status import CamRunStatus
 from .scoring import CamClassReport, ScoreCams
 
 OPERATORS: list = [
@@ -16,6 +18,8 @@ OPERATORS: list = [
     ClusterCams,
     BackgroundTest,
     RoadCams,
+    CamRunStatus,
+    RunCamShard,
 ]
 PANELS: list = [CamReviewPanel]
 

@@ -197,9 +197,43 @@ def delegate_input(inputs: types.Object) -> None:
     )
 
 
+def shards_input(inputs: types.Object) -> None:
+    """How many delegated operations to split the run into (2+: queued at once)."""
+    inputs.int(
+        "shards",
+        default=1,
+        label="Shards",
+        description=(
+            "2 or more: queue this many delegated operations over disjoint parts "
+            "of the view, one per worker (`fiftyone delegated launch`); follow "
+            "them with 'CAM run status'"
+        ),
+    )
+
+
+def requested_shards(ctx) -> int:
+    """The form's shard count; 2+ means queue shards from an immediate execution."""
+    return int(ctx.params.get("shards") or 1)
+
+
 # ---------------------------------------------------------------- progress
 
 _DONE = object()
+
+
+def _progress_message(label: str, done: int, total: int) -> tuple[float, str]:
+    fraction = done / total if total else 1.0
+    return fraction, f"{label}: {done}/{total}"
+
+
+def delegated_progress(ctx, label: str) -> Callable[[int, int], None]:
+    """A ``(done, total)`` callback storing progress on the delegated operation."""
+
+    def report(done: int, total: int) -> None:
+        progress, text = _progress_message(label, done, total)
+        ctx.set_progress(progress=progress, label=text)
+
+    return report
 
 
 def run_with_progress(
@@ -215,17 +249,8 @@ def run_with_progress(
     live progress while the operator executes.
     """
 
-    def message(done: int, total: int) -> tuple[float, str]:
-        fraction = done / total if total else 1.0
-        return fraction, f"{label}: {done}/{total}"
-
     if ctx.delegated:
-
-        def report(done: int, total: int) -> None:
-            progress, text = message(done, total)
-            ctx.set_progress(progress=progress, label=text)
-
-        return fn(report)
+        return fn(delegated_progress(ctx, label))
 
     updates: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
@@ -251,7 +276,7 @@ def run_with_progress(
                 updates.put(_DONE)
                 break
             item = nxt
-        progress, text = message(*item)
+        progress, text = _progress_message(label, *item)
         yield ctx.trigger("set_progress", {"progress": progress, "label": text})
     thread.join()
     if "error" in outcome:

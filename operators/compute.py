@@ -68,11 +68,13 @@ class ComputeCams(foo.Operator):
         overwrite: bool = False,
         delegate: bool = False,
         delegation_target: str | None = None,
+        shards: int | None = None,
     ):
         """Compute CAMs for ``sample_collection`` through the operator.
 
         ``model``: a model source (``list_model_sources()``, ``"zoo:<name>"``,
-        ``"package.module:function"`` or a checkpoint path).
+        ``"package.module:function"`` or a checkpoint path). ``shards`` >= 2:
+        queue that many delegated shards and return their operation ids.
         """
         return _forms.call_operator(
             self,
@@ -90,12 +92,15 @@ class ComputeCams(foo.Operator):
                 output_dir=output_dir,
                 batch_size=batch_size,
                 overwrite=overwrite,
+                shards=shards,
             ),
             delegate=delegate,
             delegation_target=delegation_target,
         )
 
     def resolve_delegation(self, ctx):
+        if _forms.requested_shards(ctx) > 1:
+            return False  # this execution only queues the shards
         return ctx.params.get("delegate", None)
 
     def resolve_input(self, ctx):
@@ -129,6 +134,7 @@ class ComputeCams(foo.Operator):
             description="Images per forward/backward pass",
         )
         _forms.delegate_input(inputs)
+        _forms.shards_input(inputs)
         return types.Property(inputs, view=types.View(label="Compute CAMs"))
 
     def execute(self, ctx):
@@ -147,6 +153,13 @@ class ComputeCams(foo.Operator):
         )
         if kwargs["storage"] == "disk":
             kwargs["output_dir"] = p.get("output_dir") or _default_output_dir(ctx)
+        shards = _forms.requested_shards(ctx)
+        if shards > 1:  # queue them here; workers compute (see cam_run_status)
+            queued = ge.compute_cams(
+                view, p["model"], delegate=True, shards=shards, **kwargs
+            )
+            yield ctx.ops.notify(str(queued))
+            return
         if not ctx.delegated:
             kwargs["num_workers"] = 0  # no worker processes inside the App server
 

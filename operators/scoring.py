@@ -31,16 +31,19 @@ class ScoreCams(foo.Operator):
         gt_field: str | None = None,
         delegate: bool = False,
         delegation_target: str | None = None,
+        shards: int | None = None,
     ):
         return _forms.call_operator(
             self,
             sample_collection,
-            dict(run_key=run_key, gt_field=gt_field),
+            dict(run_key=run_key, gt_field=gt_field, shards=shards),
             delegate=delegate,
             delegation_target=delegation_target,
         )
 
     def resolve_delegation(self, ctx):
+        if _forms.requested_shards(ctx) > 1:
+            return False  # this execution only queues the shards
         return ctx.params.get("delegate", None)
 
     def resolve_input(self, ctx):
@@ -62,12 +65,20 @@ class ScoreCams(foo.Operator):
                 view=choices,
             )
         _forms.delegate_input(inputs)
+        _forms.shards_input(inputs)
         return types.Property(inputs, view=types.View(label="Score CAMs"))
 
     def execute(self, ctx):
         view = ctx.target_view()
         run_key = ctx.params["run_key"]
         kwargs = dict(gt_field=ctx.params.get("gt_field"))
+        shards = _forms.requested_shards(ctx)
+        if shards > 1:  # queue them here; workers compute (see cam_run_status)
+            queued = ge.score_cams(
+                view, run_key, delegate=True, shards=shards, **kwargs
+            )
+            yield ctx.ops.notify(str(queued))
+            return
         yield from _forms.run_with_progress(
             ctx,
             "Scoring CAMs",

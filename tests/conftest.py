@@ -7,8 +7,10 @@ import atexit
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 from chromium import CHROMIUM, CHROMIUM_ARGS
@@ -24,7 +26,47 @@ _PLUGINS.mkdir()
 # follows symlinks, so the repository itself is the installed plugin.
 (_PLUGINS / "cam-audit").symlink_to(ROOT, target_is_directory=True)
 
+
+def _start_own_mongod(db_dir: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    """This session's own mongod (FiftyOne's bundled binary) on a free port.
+
+    FiftyOne's embedded database service is found by command line, machine-wide:
+    a process attaches to ANY running one, whatever its FIFTYONE_DATABASE_DIR,
+    so concurrent test sessions (and their delegated workers) would share one
+    mongod and lose it when its owner exits. A database_uri skips that service.
+    """
+    import importlib.util
+    import socket
+
+    spec = importlib.util.find_spec("fiftyone")
+    mongod = pathlib.Path(spec.origin).parent / "db" / "bin" / "mongod"
+    db_dir.mkdir(parents=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(mongod), "--dbpath", str(db_dir), "--port", str(port)]
+        + ["--bind_ip", "127.0.0.1", "--nounixsocket"]
+        + ["--logpath", str(db_dir / "mongod.log")],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # not killed with a test's process group
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"mongodb://127.0.0.1:{port}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"mongod did not start; see {db_dir / 'mongod.log'}")
+
+
+_MONGOD, _DATABASE_URI = _start_own_mongod(_TMP / "db")
+
 os.environ.update(
+    FIFTYONE_DATABASE_URI=_DATABASE_URI,
     FIFTYONE_DATABASE_DIR=str(_TMP / "db"),
     FIFTYONE_PLUGINS_DIR=str(_PLUGINS),
     FIFTYONE_DO_NOT_TRACK="true",
@@ -36,14 +78,18 @@ ARTIFACTS = ROOT / "artifacts"
 
 
 def _stop_database_and_clean_up() -> None:
-    """Stop the embedded mongod before deleting its directory (deleting it under a
-    running mongod makes it abort). Registered before fiftyone is imported, so it
-    runs after FiftyOne's own exit handlers, which still use the database."""
+    """Stop this session's mongod before deleting its directory (deleting it under
+    a running mongod makes it abort). Registered before fiftyone is imported, so
+    it runs after FiftyOne's own exit handlers, which still use the database."""
     database = sys.modules.get("fiftyone.core.odm.database")
-    service = getattr(database, "_db_service", None)
-    if service is not None:
+    if database is not None:
         database._disconnect()
-        service.stop()
+    _MONGOD.terminate()
+    try:
+        _MONGOD.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        _MONGOD.kill()
+        _MONGOD.wait()
     shutil.rmtree(_TMP, ignore_errors=True)
 
 

@@ -8,10 +8,7 @@ them. Delegated execution is run by a real ``fiftyone delegated launch`` worker.
 
 from __future__ import annotations
 
-import os
 import pathlib
-import signal
-import subprocess
 import sys
 import time
 
@@ -22,6 +19,7 @@ import pytest
 from fiftyone.operators.executor import ExecutionContext
 from PIL import Image
 from skimage import data as skdata
+from workers import start_worker, stop_worker
 
 TESTS = pathlib.Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
@@ -246,22 +244,8 @@ def test_delegated_compute_and_score_run_on_a_worker(dataset, tmp_root):
     assert queued.delegated
     assert "deleg_block" not in dataset.get_field_schema()  # only queued
 
-    env = dict(os.environ)
-    env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     log_path = tmp_root / "worker.log"
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
-            [
-                str(pathlib.Path(sys.executable).with_name("fiftyone")),
-                "delegated",
-                "launch",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    worker = start_worker(log_path)
 
     def finished(op_id):
         state = service.get(op_id).run_state
@@ -279,12 +263,7 @@ def test_delegated_compute_and_score_run_on_a_worker(dataset, tmp_root):
         state = _wait_for(lambda: finished(scored.result["id"]), timeout=240)
         assert state == "completed", log_path.read_text()[-3000:]
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_worker(worker)
     dataset.reload()
     assert dataset.count("deleg_block") == len(PHOTOS)
     assert dataset.count("deleg_block_focus") == len(PHOTOS)

@@ -43,6 +43,7 @@ from PIL import Image
 from pymongo import UpdateOne
 
 from ..runs import cam_runs as runs
+from ..runs import sharding
 from ..runs.storage import heatmap_to_float, iter_chunks
 from .metrics import GroundTruth, agreement, score_layer
 
@@ -79,7 +80,11 @@ def score_cams(
     label_classes: Sequence[str] | None = None,
     batch_size: int = 256,
     progress: bool | Callable[[int, int], Any] = False,
-) -> dict[str, Any]:
+    delegate: bool = False,
+    shards: int | None = None,
+    delegation_target: str | None = None,
+    shard: dict[str, Any] | None = None,
+) -> dict[str, Any] | sharding.QueuedRun:
     """Score the heatmaps of run ``run_key`` on ``samples`` (module docstring).
 
     gt_field: a ``fo.Detections`` (boxes), ``fo.Segmentation`` (mask pixels;
@@ -99,7 +104,13 @@ def score_cams(
     Returns a summary: ``fields`` written, ``counts`` (non-None values per
     field), ``mean_focus`` / ``hit_rate`` / ``mean_spread`` per layer,
     ``mean_layer_agreement`` and ``mean_agreement_vs`` per layer.
+
+    ``delegate=True``: declare and record the score fields here, queue
+    ``shards`` (default 1) delegated operations over disjoint parts of
+    ``samples`` and return a ``QueuedRun`` at once (see ``compute_cams``).
     """
+    call = dict(locals())  # the arguments as given, for delegated workers
+    queue = sharding.check_delegation(delegate, shards)
     plan = _plan_scoring(
         samples,
         run_key,
@@ -110,9 +121,22 @@ def score_cams(
         label_classes,
         batch_size,
     )
+    if queue:
+        shard_plan = sharding.plan_shards(samples, queue)
+        kwargs = sharding.worker_kwargs("score_cams", call, layers=plan.layers)
+        _declare_scores(samples._root_dataset, plan)
+        _record_scoring(samples._root_dataset, plan, shard_plan)
+        return sharding.queue_shards(
+            samples, "score_cams", kwargs, shard_plan, delegation_target
+        )
+    if shard is not None:  # the caller declared and recorded the fields
+        samples = sharding.shard_view(samples, shard)
     ids = samples.values("id")
     out = _score_chunks(samples, plan, ids, batch_size, _progress(progress, len(ids)))
-    _finish_scoring(samples, plan, ids, out)
+    if shard is None:
+        _finish_scoring(samples, plan, ids, out)
+    else:
+        _write(samples, ids, out)
     return _summary(
         run_key, gt_field, plan.layers, plan.info, out, plan.vs_fields, len(ids)
     )
@@ -278,13 +302,22 @@ def _score_chunks(
 def _finish_scoring(samples, plan: _ScorePlan, ids, out: dict[str, list]) -> None:
     """Declare and write the score fields; record them and the settings on the run."""
     dataset = samples._root_dataset
+    _declare_scores(dataset, plan)
+    _write(samples, ids, out)
+    _record_scoring(dataset, plan)
+
+
+def _declare_scores(dataset: fo.Dataset, plan: _ScorePlan) -> None:
     schema = dataset.get_field_schema()
     hit_names = {hit_field(f) for f in plan.heat_fields}
-    for name in out:
+    for name in plan.output_fields():
         ftype = fo.BooleanField if name in hit_names else fo.FloatField
         if name not in schema:
             dataset.add_sample_field(name, ftype)
-    _write(samples, ids, out)
+
+
+def _record_scoring(dataset: fo.Dataset, plan: _ScorePlan, shard_plan=None) -> None:
+    """The settings (and shards, when delegated) on the run; its new fields owned."""
     runs._update_config(
         dataset,
         plan.run_key,
@@ -295,9 +328,10 @@ def _finish_scoring(samples, plan: _ScorePlan, ids, out: dict[str, list]) -> Non
             "compare_run": plan.compare_run,
             "hit_tolerance": plan.hit_tolerance,
             "label_classes": plan.label_classes,
+            "sharding": shard_plan,
         },
     )
-    runs.add_owned_fields(dataset, plan.run_key, list(out))
+    runs.add_owned_fields(dataset, plan.run_key, plan.output_fields())
 
 
 def _write(samples: foc.SampleCollection, ids: list[str], out: dict[str, list]) -> None:

@@ -33,7 +33,7 @@ from ..engine.methods import get_method
 from ..sources.geometry import TransformGeometry
 from ..sources.images import ImageFiles, collate, default_num_workers
 from ..sources.models import ResizeNormalize, load_model
-from . import cam_runs
+from . import cam_runs, sharding
 from .batch_fields import (
     BatchContext,
     FieldNames,
@@ -112,7 +112,11 @@ def compute_cams(
     aug_smooth: bool = False,
     reshape_transform: str | Callable | None = "auto",
     progress_callback: Callable[[int, int], Any] | None = None,
-) -> CamRunSummary:
+    delegate: bool = False,
+    shards: int | None = None,
+    delegation_target: str | None = None,
+    shard: dict[str, Any] | None = None,
+) -> CamRunSummary | sharding.QueuedRun:
     """Compute ``method`` maps for ``layers`` on every sample of ``samples``.
 
     Writes, per layer, a ``fo.Heatmap`` field ``f"{run_key}_{slug(layer)}"``
@@ -123,7 +127,19 @@ def compute_cams(
     ``target``: ``"predicted"``, ``"label"`` (the class in ``label_field``), an
     int class index or a class name. Segmentation explains the mask-sum of a
     class over the predicted region, or over ``label_field``'s mask.
+
+    ``delegate=True``: register the run here, then queue ``shards`` (default 1)
+    FiftyOne delegated operations over disjoint parts of ``samples`` and return
+    a ``QueuedRun`` with their ids at once, computing nothing here. ``model``
+    must then be a model source name (workers rebuild the model). Follow with
+    ``cam_run_status``. ``shard`` is set by a queued shard's operation.
     """
+    call = dict(locals())  # the arguments as given, for delegated workers
+    queue = sharding.check_delegation(delegate, shards)
+    if queue or shard is not None:
+        sharding.check_remote_args(
+            model, transforms=transforms, reshape_transform=reshape_transform
+        )
     plan = _plan_run(
         samples,
         model,
@@ -143,7 +159,26 @@ def compute_cams(
         reshape_transform=reshape_transform,
         batch_size=batch_size,
     )
-    _open_run(plan, overwrite)
+    if shard is not None:  # one shard of a run its caller registered
+        _open_run(plan, overwrite=False, join=True)
+        samples = sharding.shard_view(samples, shard)
+    elif queue:
+        shard_plan = sharding.plan_shards(samples, queue)
+        kwargs = sharding.worker_kwargs(
+            "compute_cams",
+            call,
+            layers=plan.config["layers"],
+            method=plan.config["method"],
+            output_dir=plan.config["output_dir"],
+            progress=False,  # workers report through the operation instead
+        )
+        plan.config["sharding"] = shard_plan
+        _open_run(plan, overwrite)  # the run exists before any shard runs
+        return sharding.queue_shards(
+            samples, "compute_cams", kwargs, shard_plan, delegation_target
+        )
+    else:
+        _open_run(plan, overwrite)
     return _stream_run(
         plan, samples, batch_size, num_workers, device, progress, progress_callback
     )
@@ -237,8 +272,12 @@ def _plan_run(
     )
 
 
-def _open_run(plan: _RunPlan, overwrite: bool) -> None:
-    """Register the run (new, resumed or replaced) and declare its fields."""
+def _open_run(plan: _RunPlan, overwrite: bool, join: bool = False) -> None:
+    """Register the run (new, resumed or replaced) and declare its fields.
+
+    ``join``: a shard joins the run its caller registered; it neither creates,
+    replaces nor re-registers it, so concurrent shards never race on it.
+    """
     config, names = plan.config, plan.names
     resumed = cam_runs.prepare_run(
         plan.dataset,
@@ -248,6 +287,14 @@ def _open_run(plan: _RunPlan, overwrite: bool) -> None:
         overwrite,
         (*_RESUME_KEYS, "output_dir"),
     )
+    if join:
+        if resumed is None:
+            raise ValueError(
+                f"Run {plan.run_key!r} does not exist on {plan.dataset.name!r}: a "
+                "shard only resumes a run registered by compute_cams(delegate=True)"
+            )
+        config["run_dir"] = resumed.get("run_dir")
+        return
     run_dir = None
     if resumed is not None:
         run_dir = resumed.get("run_dir")
@@ -323,7 +370,7 @@ def _stream_run(
         for batch in loader:
             batch_ids = ids[batch.indices[0] : batch.indices[-1] + 1]
             values = batch_field_values(context, batch, batch_ids, labels)
-            _write(dataset, values)
+            _write(dataset, values, last=(names.prediction, names.error))
             for sid, message in values[names.error].items():
                 summary.num_errors += 1
                 if len(summary.errors) < _MAX_ERRORS_KEPT:
@@ -451,8 +498,11 @@ def _on_device(module: nn.Module, device: torch.device):
         module.to(original)
 
 
-def _write(dataset, values: dict[str, dict[str, Any]]) -> None:
-    """One bulk write per field for this batch."""
-    for name, by_id in values.items():
-        if by_id:
-            dataset.set_values(name, by_id, key_field="id", validate=False)
+def _write(dataset, values: dict[str, dict[str, Any]], last=()) -> None:
+    """One bulk write per field for this batch; the fields in ``last`` (those
+    that mark a sample done) after all others, so that a batch cut short by a
+    dead worker is computed again on resume."""
+    order = [n for n in values if n not in last] + [n for n in last if n in values]
+    for name in order:
+        if values[name]:
+            dataset.set_values(name, values[name], key_field="id", validate=False)

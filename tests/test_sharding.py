@@ -1,0 +1,209 @@
+"""Sharded, delegated CAM runs without a worker process: queueing, the shard
+partition, per-shard resume and ``cam_run_status``.
+
+Shards are executed in this process by FiftyOne's own
+``DelegatedOperationService.execute_operation`` (what a worker calls); the
+two-worker test with a killed worker is ``test_scale_out.py``.
+"""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import pytest
+from bson import ObjectId
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionContext
+from plugin_models import build_model
+from test_operators import MODEL, make_dataset, resolve_form, uri
+
+import gradcam_engine as ge
+from gradcam_engine.runs import sharding
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_root):
+    ds = make_dataset(tmp_root / "images", "cam-sharding")
+    yield ds
+    ds.delete()
+
+
+@pytest.fixture
+def service():
+    """FiftyOne's service; deletes what a test queued, so no worker of a later
+    test picks it up."""
+    svc = DelegatedOperationService()
+    before = {op.id for op in svc.list_operations()}
+    yield svc
+    for op in svc.list_operations():
+        if op.id not in before:
+            svc.delete_operation(op.id)
+
+
+def run_op(service, op_id):
+    """Execute one queued operation as a worker does; its result dict."""
+    result = service.execute_operation(service.get(ObjectId(op_id)))
+    assert result.error is None, result.error
+    return result.result
+
+
+def queue(ds, run_key, shards, **kwargs):
+    return ge.compute_cams(
+        ds,
+        MODEL,
+        layers=["block"],
+        run_key=run_key,
+        batch_size=2,
+        num_workers=0,
+        delegate=True,
+        shards=shards,
+        **kwargs,
+    )
+
+
+def test_bad_delegation_arguments_are_clear_errors(dataset):
+    with pytest.raises(TypeError, match="model must be a model source name"):
+        ge.compute_cams(dataset, build_model()[0], delegate=True, shards=2)
+    with pytest.raises(ValueError, match="shards=2 needs delegate=True"):
+        ge.compute_cams(dataset, MODEL, shards=2)
+    with pytest.raises(ValueError, match="shards must be a positive int, got 0"):
+        ge.compute_cams(dataset, MODEL, delegate=True, shards=0)
+    with pytest.raises(ValueError, match="shards=9 is more than the 5 samples"):
+        ge.compute_cams(dataset, MODEL, run_key="too_many", delegate=True, shards=9)
+    with pytest.raises(TypeError, match="transforms cannot be sent"):
+        ge.compute_cams(dataset, MODEL, transforms=lambda im: im, delegate=True)
+    assert "too_many" not in dataset.list_runs()  # refused before any write
+
+
+def test_shards_partition_the_view_and_keep_their_samples(dataset):
+    plan = sharding.plan_shards(dataset, 3)
+    parts = [set(sharding.shard_view(dataset, s).values("id")) for s in plan["shards"]]
+    assert [len(p) for p in parts] == [1, 2, 2]
+    assert set.union(*parts) == set(dataset.values("id"))
+    assert sum(map(len, parts)) == len(dataset)  # disjoint
+    # a sample added later lands in exactly one shard (the last, open-ended);
+    # the samples of every shard stay where they were
+    extra = fo.Sample(filepath=dataset.first().filepath)
+    dataset.add_sample(extra)
+    try:
+        again = [
+            set(sharding.shard_view(dataset, s).values("id")) for s in plan["shards"]
+        ]
+        assert again[:2] == parts[:2] and again[2] == parts[2] | {extra.id}
+    finally:
+        dataset.delete_samples(extra)
+
+
+def test_queue_returns_ids_computes_nothing_and_shards_resume(dataset, service):
+    queued = queue(dataset, "sharded", 2)
+    assert isinstance(queued, ge.QueuedRun) and len(queued.operation_ids) == 2
+    assert dataset.count("sharded_block") == 0  # nothing computed here
+    status = ge.cam_run_status(dataset, "sharded")
+    assert (status["total"], status["done"], status["pending"]) == (5, 0, 5)
+    assert [s["state"] for s in status["shards"]] == ["queued", "queued"]
+    assert status["state"] == "queued"
+
+    first, second = queued.operation_ids
+    assert "2 computed, 0 already done" in run_op(service, first)["summary"]
+    status = ge.cam_run_status(dataset, "sharded")
+    shard0, shard1 = status["shards"]
+    assert (shard0["state"], shard0["done"], shard0["pending"]) == ("completed", 2, 0)
+    assert (shard1["state"], shard1["done"], shard1["pending"]) == ("queued", 0, 3)
+    assert shard0["recover"] is None
+
+    # one sample of shard 0 loses its maps: a rerun of shard 0 computes only it
+    lost = sharding.shard_view(dataset, {**shard0}).first()
+    lost.clear_field("sharded_prediction")
+    lost.save()
+    status = ge.cam_run_status(dataset, "sharded")
+    assert status["shards"][0]["recover"] == f"fiftyone delegated rerun {first}"
+    rerun = service.rerun_operation(ObjectId(first))
+    assert "1 computed, 1 already done" in run_op(service, rerun.id)["summary"]
+    run_op(service, second)
+
+    status = ge.cam_run_status(dataset, "sharded")
+    assert (status["done"], status["errors"], status["pending"]) == (5, 0, 0)
+    assert status["state"] == "completed"
+    assert [op["state"] for op in status["shards"][0]["operations"]] == [
+        "completed",
+        "completed",
+    ]
+    assert status["shards"][0]["operation_id"] == str(rerun.id)
+    assert dataset.count("sharded_block") == 5
+
+
+def test_shard_refuses_a_run_it_did_not_find(dataset):
+    shard = sharding.plan_shards(dataset, 1)["shards"][0]
+    with pytest.raises(ValueError, match="shard only resumes a run registered"):
+        ge.compute_cams(dataset, MODEL, layers=["block"], run_key="nope", shard=shard)
+
+
+def test_sharded_score_cams_and_operators(dataset, service):
+    foo.get_operator(uri("compute_cams"))(
+        dataset, model=MODEL, layers=["block"], run_key="opshard", shards=2
+    ).raise_exceptions()
+    status = foo.get_operator(uri("cam_run_status"))(dataset, run_key="opshard")
+    assert [s["state"] for s in status["shards"]] == ["queued", "queued"]
+    assert dataset.count("opshard_block") == 0  # only queued
+    for shard in status["shards"]:
+        run_op(service, shard["operation_id"])
+    foo.get_operator(uri("score_cams"))(
+        dataset, run_key="opshard", gt_field="ground_truth", shards=2
+    ).raise_exceptions()
+    assert "opshard_block_focus" in dataset.get_field_schema()  # declared up front
+    status = foo.get_operator(uri("cam_run_status"))(dataset, run_key="opshard")
+    assert [s["state"] for s in status["scoring_shards"]] == ["queued", "queued"]
+    for shard in status["scoring_shards"]:
+        run_op(service, shard["operation_id"])
+    assert dataset.count("opshard_block_focus") == 5
+    status = ge.cam_run_status(dataset, "opshard")
+    assert [s["pending"] for s in status["scoring_shards"]] == [0, 0]
+    assert status["state"] == "completed" and status["pending"] == 0
+    assert "opshard_block_focus" in ge.get_cam_run(dataset, "opshard").owned_fields
+
+
+def test_forms_offer_shards_and_the_status_operator_resolves(dataset):
+    for name in ("compute_cams", "score_cams"):
+        form = resolve_form(name, dataset, dict(model=MODEL))
+        assert form.type.properties["shards"].default == 1
+    ge.compute_cams(dataset, MODEL, layers=["block"], run_key="form_run")
+    form = resolve_form("cam_run_status", dataset, dict(run_key="form_run"))
+    assert "form_run" in [c.value for c in form.type.properties["run_key"].view.choices]
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=dataset.name,
+            view=dataset.view()._serialize(),
+            params=dict(run_key="form_run"),
+        ),
+        operator_uri=uri("cam_run_status"),
+    )
+    outputs = foo.get_operator(uri("cam_run_status")).resolve_type(ctx, "outputs")
+    assert {"done", "pending", "shards", "help"} <= set(outputs.type.properties)
+    status = foo.get_operator(uri("cam_run_status"))(dataset, run_key="form_run")
+    assert (status["done"], status["pending"], status["shards"]) == (5, 0, [])
+
+
+def test_numpy_and_torch_arguments_reach_the_workers_as_plain_values(dataset, service):
+    import numpy as np
+    import torch
+
+    queued = ge.compute_cams(
+        dataset,
+        MODEL,
+        layers=("block",),
+        run_key="plain_args",
+        target=np.int64(1),
+        device=torch.device("cpu"),
+        num_workers=0,
+        delegate=True,
+    )
+    (op_id,) = queued.operation_ids
+    kwargs = service.get(ObjectId(op_id)).context.request_params["params"]["kwargs"]
+    assert (kwargs["target"], kwargs["device"], kwargs["layers"]) == (
+        1,
+        "cpu",
+        ["block"],
+    )
+    assert "transforms" not in kwargs and "overwrite" not in kwargs
+    run_op(service, op_id)
+    assert set(dataset.values("plain_args_target.label")) == {"coffee"}  # class 1
