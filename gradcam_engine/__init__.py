@@ -20,6 +20,7 @@ from .engine import (
     list_methods,
     register_method,
     resolve_layers,
+    suggest_layers,
     token_layout,
 )
 from .runs.naming import heatmap_field, slug
@@ -29,7 +30,8 @@ __version__ = "0.1.0"
 # name -> module that defines it; imported lazily because it imports fiftyone.
 _WORKFLOW = {
     "compute_cams": ".runs.compute",
-    "CamRunSummary": ".runs.compute",
+    "CamRunSummary": ".runs.outcome",
+    "CamRunFailed": ".runs.outcome",
     "QueuedRun": ".runs.sharding",
     "cam_run_status": ".runs.status",
     "list_cam_runs": ".runs.cam_runs",
@@ -61,6 +63,7 @@ __all__ = [
     "register_method",
     "resolve_layers",
     "slug",
+    "suggest_layers",
     "token_layout",
     *_WORKFLOW,
 ]

@@ -99,8 +99,8 @@ def run_key_input(
         required=True,
         label=label,
         description=(
-            "Prefix of every field the run writes: letters, digits and '_', "
-            "not starting with a digit or '_'"
+            "Prefix of every field the run writes: letters, digits and `_`, "
+            "not starting with a digit or `_`"
         ),
     )
     value = ctx.params.get(name, default)

@@ -3,43 +3,17 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import gradcam_engine as ge
+
 from gradcam_engine.runs import cam_runs as runs
 
 from . import _forms
-
-TARGETS = {
-    "predicted": "Predicted class (the model's top class)",
-    "label_field": "Ground-truth class from a label field",
-    "class": "A fixed class (name or index)",
-}
-
-_MODELS: dict[str, object] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def _loaded_model(spec: str):
-    """``load_model(spec)``, cached: forms re-resolve on every keystroke."""
-    from gradcam_engine.sources.models import load_model
-
-    with _MODELS_LOCK:
-        if spec not in _MODELS:
-            _MODELS[spec] = load_model(spec)
-        return _MODELS[spec]
-
-
-def _model_sources() -> list[str]:
-    try:
-        from gradcam_engine.sources.models import list_model_sources
-    except ImportError:  # pragma: no cover - library not installed
-        return []
-    return list_model_sources()
+from . import compute_form as form
 
 
 class ComputeCams(foo.Operator):
@@ -66,6 +40,8 @@ class ComputeCams(foo.Operator):
         output_dir: str | None = None,
         batch_size: int | None = None,
         overwrite: bool = False,
+        score: bool = False,
+        gt_field: str | None = None,
         delegate: bool = False,
         delegation_target: str | None = None,
         shards: int | None = None,
@@ -75,8 +51,9 @@ class ComputeCams(foo.Operator):
         ``model``: a model source (``list_model_sources()``, ``"zoo:<name>"``,
         ``"package.module:function"`` or a checkpoint path). ``shards`` >= 2:
         queue that many delegated shards and return their operation ids.
+        ``score``: run ``score_cams`` against ``gt_field`` afterwards.
         """
-        return _forms.call_operator(
+        result = _forms.call_operator(
             self,
             sample_collection,
             dict(
@@ -93,10 +70,19 @@ class ComputeCams(foo.Operator):
                 batch_size=batch_size,
                 overwrite=overwrite,
                 shards=shards,
+                score=score,
+                gt_field=gt_field,
             ),
             delegate=delegate,
             delegation_target=delegation_target,
         )
+        # a generator's return value is dropped by FiftyOne: read the outcome
+        # that the run recorded
+        if not delegate and result.result is None and result.error is None:
+            result.result = runs.get_cam_run(sample_collection, run_key).config.get(
+                "outcome"
+            )
+        return result
 
     def resolve_delegation(self, ctx):
         if _forms.requested_shards(ctx) > 1:
@@ -106,15 +92,8 @@ class ComputeCams(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.view_target(ctx, action_description="Compute CAMs for")
-        _model_inputs(ctx, inputs)
-        overwrite = bool(ctx.params.get("overwrite", False))
-        _forms.run_key_input(ctx, inputs, allow_existing=overwrite)
-        inputs.bool(
-            "overwrite",
-            default=False,
-            label="Overwrite",
-            description="Replace an existing run with the same key",
-        )
+        form.model_inputs(ctx, inputs)
+        run_key = form.run_key_inputs(ctx, inputs)
         task_choices = types.RadioGroup(orientation="horizontal")
         task_choices.add_choice("classification", label="Classification")
         task_choices.add_choice("segmentation", label="Segmentation")
@@ -125,14 +104,16 @@ class ComputeCams(foo.Operator):
             label="Task",
             view=task_choices,
         )
-        _target_inputs(ctx, inputs)
-        _storage_inputs(ctx, inputs)
+        form.target_inputs(ctx, inputs)
+        form.storage_inputs(ctx, inputs, _default_output_dir(ctx))
         inputs.int(
             "batch_size",
             default=16,
             label="Batch size",
             description="Images per forward/backward pass",
         )
+        form.score_inputs(ctx, inputs)
+        form.fields_notice(ctx, inputs, run_key)
         _forms.delegate_input(inputs)
         _forms.shards_input(inputs)
         return types.Property(inputs, view=types.View(label="Compute CAMs"))
@@ -143,13 +124,13 @@ class ComputeCams(foo.Operator):
         kwargs = dict(
             layers=p.get("layers") or None,
             method=p.get("method", "gradcam"),
-            run_key=p.get("run_key", "gradcam"),
+            run_key=p.get("run_key") or form.free_run_key(ctx.dataset),
             storage=p.get("storage", "db"),
             overwrite=bool(p.get("overwrite", False)),
             batch_size=p.get("batch_size") or 16,
             task=p.get("task") or "classification",
             progress=False,
-            **_target_kwargs(p),
+            **form.target_kwargs(p),
         )
         if kwargs["storage"] == "disk":
             kwargs["output_dir"] = p.get("output_dir") or _default_output_dir(ctx)
@@ -163,138 +144,32 @@ class ComputeCams(foo.Operator):
         if not ctx.delegated:
             kwargs["num_workers"] = 0  # no worker processes inside the App server
 
-        yield from _forms.run_with_progress(
+        # Raises before any write when the run cannot work, and CamRunFailed
+        # when no sample succeeded: both reach the App as the operator's error.
+        summary = yield from _forms.run_with_progress(
             ctx,
             "Computing CAMs",
             lambda report: ge.compute_cams(
                 view, p["model"], progress_callback=report, **kwargs
             ),
         )
+        if p.get("score") and p.get("gt_field"):
+            ge.score_cams(view, summary.run_key, gt_field=p["gt_field"])
+        result = summary.as_dict()
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
-        info = runs.get_cam_run(ctx.dataset, kwargs["run_key"])
-        return {"run_key": info.run_key, "fields": info.fields}
+            yield ctx.ops.show_output(_outcome_view().to_json(), result)
+        return result
 
 
-def _target_kwargs(params: dict) -> dict:
-    """Map the form's target choice onto ``compute_cams`` arguments."""
-    target = params.get("target", "predicted")
-    if target == "label_field":
-        return dict(target="label", label_field=params.get("label_field"))
-    if target == "class":
-        value = params.get("target_class")
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        return dict(target=value)
-    return dict(target="predicted")
+def _outcome_view() -> types.Property:
+    """How the App shows a finished run (errors raise instead: see execute)."""
+    outputs = types.Object()
+    outputs.str("headline", label="Outcome")
+    outputs.list("errors", types.String(), label="Most common errors")
+    outputs.list("fields", types.String(), label="Fields written")
+    return types.Property(outputs, view=types.View(label="CAM run"))
 
 
 def _default_output_dir(ctx) -> str:
     return os.path.join(fo.config.default_dataset_dir, "cam_audit", ctx.dataset.name)
-
-
-def _model_inputs(ctx, inputs: types.Object) -> None:
-    sources = _model_sources()
-    model_view = types.AutocompleteView(
-        label="Model",
-        description=(
-            "A registered model source, 'zoo:<name>', 'package.module:function' "
-            "or a checkpoint path"
-        ),
-    )
-    for name in sources:
-        model_view.add_choice(name, label=name)
-    default_model = sources[0] if sources else None
-    model_prop = inputs.str(
-        "model", default=default_model, required=True, view=model_view
-    )
-
-    method_choices = _forms.dropdown(ge.list_methods())
-    inputs.enum(
-        "method",
-        method_choices.values(),
-        default="gradcam",
-        label="Method",
-        view=method_choices,
-    )
-
-    spec = ctx.params.get("model", default_model)
-    if not spec:
-        return
-    try:
-        loaded = _loaded_model(spec)
-    except Exception as exc:  # shown on the form, not swallowed
-        model_prop.invalid = True
-        model_prop.error_message = f"Cannot load model {spec!r}: {exc}"
-        return
-    module = loaded.module
-    defaults = getattr(loaded, "default_layers", None) or ge.default_layers(module)
-    layer_view = types.AutocompleteView(
-        label="Layers",
-        description=f"Modules of {loaded.description or type(module).__name__}",
-    )
-    for name in ge.layer_names(module):
-        layer_view.add_choice(name, label=name)
-    layers_prop = inputs.list(
-        "layers", types.String(), default=defaults, view=layer_view
-    )
-    chosen = ctx.params.get("layers") or defaults
-    unknown = [name for name in chosen if name not in set(ge.layer_names(module))]
-    if unknown:
-        layers_prop.invalid = True
-        layers_prop.error_message = (
-            f"Unknown layers {unknown}; pick module names of the model"
-        )
-
-
-def _target_inputs(ctx, inputs: types.Object) -> None:
-    radio = types.RadioGroup(orientation="horizontal")
-    for key, text in TARGETS.items():
-        radio.add_choice(key, label=text)
-    inputs.enum(
-        "target",
-        radio.values(),
-        default="predicted",
-        label="Explain",
-        view=radio,
-    )
-    target = ctx.params.get("target", "predicted")
-    if target == "label_field":
-        kinds = (
-            (fo.Segmentation,)
-            if ctx.params.get("task") == "segmentation"
-            else (fo.Classification,)
-        )
-        fields = _forms.label_field_choices(ctx.dataset, kinds)
-        choices = _forms.dropdown(fields)
-        prop = inputs.enum(
-            "label_field",
-            choices.values(),
-            required=True,
-            label="Label field",
-            view=choices,
-        )
-        if not fields:
-            prop.invalid = True
-            prop.error_message = f"The dataset has no {kinds[0].__name__} field"
-    elif target == "class":
-        inputs.str(
-            "target_class",
-            required=True,
-            label="Class",
-            description="A class name of the model, or a class index",
-        )
-
-
-def _storage_inputs(ctx, inputs: types.Object) -> None:
-    radio = types.RadioGroup(orientation="horizontal")
-    radio.add_choice("db", label="Database", description="uint8 maps inline")
-    radio.add_choice("disk", label="Disk", description="PNG files + map_path")
-    inputs.enum("storage", radio.values(), default="db", label="Storage", view=radio)
-    if ctx.params.get("storage", "db") == "disk":
-        inputs.str(
-            "output_dir",
-            default=_default_output_dir(ctx),
-            label="Output directory",
-            description="Heatmap PNGs go to <output_dir>/<run_key>-<run id>/",
-        )

@@ -75,8 +75,9 @@ def dataset(tmp_root):
 
 def compute(ds, run_key, **kwargs):
     kwargs.setdefault("layers", LAYERS)
+    kwargs.setdefault("model", MODEL)
     return foo.get_operator(uri("compute_cams"))(
-        ds, model=MODEL, run_key=run_key, batch_size=2, **kwargs
+        ds, run_key=run_key, batch_size=2, **kwargs
     )
 
 
@@ -126,17 +127,53 @@ def test_compute_cams_on_selected_samples_only(dataset):
     assert set(dataset.exists("sel_run_block").values("id")) == set(ids)
 
 
-def test_compute_form_offers_sources_methods_and_model_layers(dataset):
-    form = resolve_form("compute_cams", dataset, dict(model=MODEL))
+def test_compute_form_offers_sources_and_never_loads_while_typing(dataset):
+    # an entry point the form must not import: it only names it
+    spec = "cam_audit_never_imported:build"
+    form = resolve_form("compute_cams", dataset, dict(model=spec))
     props = form.type.properties
+    assert "cam_audit_never_imported" not in sys.modules
+    assert not props["model"].invalid
     assert "efficientnet-lite0-imagenet" in [
         c.value for c in props["model"].view.choices
     ]
     assert "gradcam" in [c.value for c in props["method"].view.choices]
-    layer_choices = [c.value for c in props["layers"].view.choices]
-    assert {"stem", "block", "head"} <= set(layer_choices)
-    assert props["layers"].default  # default layers preselected
+    assert "list_layers" not in props  # only registered sources can be listed
     assert "view_target" in props
+    # ...and the bad spec fails when the run starts, writing nothing
+    with pytest.raises(Exception, match="cam_audit_never_imported"):
+        compute(dataset, "never_run", model=spec)
+    assert "never_run" not in dataset.list_runs()
+
+
+def test_compute_form_lists_a_sources_layers_on_request(dataset):
+    source = "efficientnet-lite0-imagenet"
+    form = resolve_form("compute_cams", dataset, dict(model=source))
+    assert not form.type.properties["layers"].view.choices
+    form = resolve_form("compute_cams", dataset, dict(model=source, list_layers=True))
+    layers = [c.value for c in form.type.properties["layers"].view.choices]
+    assert {"_conv_head", "_blocks.15", "_blocks.10"} <= set(layers)
+    assert not [x for x in layers if "static_padding" in x or "_bn" in x]
+
+
+def test_compute_form_defaults_say_what_it_writes(dataset):
+    compute(dataset, "gradcam", layers=["block"])
+    form = resolve_form("compute_cams", dataset, dict(model=MODEL))
+    props = form.type.properties
+    key = props["run_key"].default
+    assert key != "gradcam" and key.startswith("gradcam")
+    assert not props["run_key"].invalid and not props["overwrite"].invalid
+    form = resolve_form(
+        "compute_cams", dataset, dict(model=MODEL, run_key="x", layers=["block"])
+    )
+    writes = form.type.properties["writes"].view.description
+    for name in ("x_block", "x_block_strength", "x_prediction", "x_error"):
+        assert f"`{name}`" in writes
+    desc = form.type.properties["run_key"].view.description
+    assert "`_`" in desc and "'_'" not in desc  # no markdown italics
+    form = resolve_form("compute_cams", dataset, dict(model=MODEL, score=True))
+    gt = form.type.properties["gt_field"]
+    assert "ground_truth" in [c.value for c in gt.view.choices]
 
 
 def test_invalid_run_key_is_a_form_error(dataset):
@@ -148,24 +185,45 @@ def test_invalid_run_key_is_a_form_error(dataset):
         compute(dataset, "9 bad")
 
 
-def test_existing_run_key_needs_overwrite(dataset):
+def test_existing_run_key_resumes_or_needs_overwrite(dataset):
     compute(dataset, "dup_run", layers=["block"])
-    form = resolve_form("compute_cams", dataset, dict(model=MODEL, run_key="dup_run"))
-    prop = form.type.properties["run_key"]
-    assert prop.invalid and "already exists" in prop.error_message
-    form = resolve_form(
-        "compute_cams",
-        dataset,
-        dict(model=MODEL, run_key="dup_run", overwrite=True),
+    same = dict(model=MODEL, run_key="dup_run", layers=["block"])
+    form = resolve_form("compute_cams", dataset, same)
+    props = form.type.properties
+    assert "resumes" in props and not props["overwrite"].invalid
+    result = compute(dataset, "dup_run", layers=["block"])
+    assert result.result["reused"] == len(PHOTOS), result.result
+
+    other = dict(same, method="hirescam")
+    prop = resolve_form("compute_cams", dataset, other).type.properties["overwrite"]
+    assert prop.invalid and "hirescam" in prop.error_message
+    form = resolve_form("compute_cams", dataset, dict(other, overwrite=True))
+    assert not form.type.properties["overwrite"].invalid
+    result = compute(
+        dataset, "dup_run", layers=["block"], method="hirescam", overwrite=True
     )
-    assert not form.type.properties["run_key"].invalid
-    compute(dataset, "dup_run", layers=["block"], overwrite=True)
+    assert result.result["computed"] == len(PHOTOS)
 
 
-def test_unknown_model_is_a_form_error(dataset):
-    form = resolve_form("compute_cams", dataset, dict(model="no_such_module:build"))
-    prop = form.type.properties["model"]
-    assert prop.invalid and "no_such_module" in prop.error_message
+def test_compute_reports_its_outcome_and_refuses_what_cannot_work(dataset):
+    result = compute(dataset, "outc", layers=["block"])
+    out = result.result
+    assert (out["computed"], out["reused"], out["failed"]) == (len(PHOTOS), 0, 0)
+    assert "outc_block" in out["fields"] and "outc_error" in out["fields"]
+    # labels the model does not know: refused before anything is written
+    dataset.set_values("shape", [fo.Classification(label="circle")] * len(dataset))
+    with pytest.raises(Exception, match="not classes of the model: 'circle'"):
+        compute(dataset, "bad_labels", target="label_field", label_field="shape")
+    assert "bad_labels" not in dataset.list_runs()
+    assert not [f for f in dataset.get_field_schema() if f.startswith("bad_labels")]
+
+
+def test_compute_then_score_in_one_go(dataset):
+    result = compute(
+        dataset, "both", layers=["block"], score=True, gt_field="ground_truth"
+    )
+    assert result.error is None, result.error
+    assert dataset.count("both_block_focus") == len(PHOTOS)
 
 
 def test_score_list_report_rename_delete(dataset):

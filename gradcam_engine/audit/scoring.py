@@ -44,6 +44,7 @@ from pymongo import UpdateOne
 
 from ..runs import cam_runs as runs
 from ..runs import sharding
+from ..runs.app_look import add_to_run_group
 from ..runs.storage import heatmap_to_float, iter_chunks
 from .metrics import GroundTruth, agreement, score_layer
 
@@ -332,6 +333,7 @@ def _record_scoring(dataset: fo.Dataset, plan: _ScorePlan, shard_plan=None) -> N
         },
     )
     runs.add_owned_fields(dataset, plan.run_key, plan.output_fields())
+    add_to_run_group(dataset, plan.run_key, plan.output_fields())
 
 
 def _write(samples: foc.SampleCollection, ids: list[str], out: dict[str, list]) -> None:

@@ -9,7 +9,7 @@ modules by dotted name), ``hooks`` (capture outputs inside a ``with``),
 """
 
 from .cam_engine import CamEngine, CamResult
-from .layers import default_layers, layer_names, resolve_layers
+from .layers import default_layers, layer_names, resolve_layers, suggest_layers
 from .methods import METHODS, get_method, list_methods, register_method
 from .reshape import token_layout
 from .targets import MaskSumTarget
@@ -22,6 +22,7 @@ __all__ = [
     "default_layers",
     "get_method",
     "layer_names",
+    "suggest_layers",
     "list_methods",
     "register_method",
     "resolve_layers",

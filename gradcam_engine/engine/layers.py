@@ -7,12 +7,46 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["resolve_layers", "default_layers", "layer_names"]
+__all__ = ["resolve_layers", "default_layers", "layer_names", "suggest_layers"]
 
 
 def layer_names(model: nn.Module) -> list[str]:
     """Every addressable (non-root) module name of ``model``, in definition order."""
     return [name for name, _ in model.named_modules() if name]
+
+
+# Modules whose output is a poor CAM target: elementwise or bookkeeping layers
+# (a map there equals the map of the conv before it, up to scale) and padding.
+_NOT_TARGETS = (
+    nn.modules.batchnorm._NormBase,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Sigmoid,
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.Flatten,
+    nn.AdaptiveAvgPool2d,
+    nn.Linear,
+)
+
+
+def suggest_layers(model: nn.Module) -> list[str]:
+    """Module names worth offering as CAM layers: convolutions and the blocks
+    holding them, without norms, activations, dropout, padding, pooling heads
+    or anything named ``*padding``."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if name
+        and not isinstance(module, _NOT_TARGETS)
+        and "padding" not in name.rsplit(".", 1)[-1]
+    ]
 
 
 def _walk(model: nn.Module, dotted: str) -> nn.Module | None:

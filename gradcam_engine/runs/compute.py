@@ -15,7 +15,7 @@ import re
 import types
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import fiftyone as fo
@@ -34,6 +34,7 @@ from ..sources.geometry import TransformGeometry
 from ..sources.images import ImageFiles, collate, default_num_workers
 from ..sources.models import ResizeNormalize, load_model
 from . import cam_runs, sharding
+from .app_look import style_run
 from .batch_fields import (
     BatchContext,
     FieldNames,
@@ -41,12 +42,12 @@ from .batch_fields import (
     field_names,
     label_reader,
 )
+from .outcome import CamRunFailed, CamRunSummary, check_label_classes
 from .storage import STORAGE_MODES
 
-__all__ = ["CamRunSummary", "compute_cams"]
+__all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
 
 TASKS = ("classification", "segmentation")
-_MAX_ERRORS_KEPT = 10
 # Config keys that must match for a run to be resumed.
 _RESUME_KEYS = (
     "model",
@@ -62,30 +63,6 @@ _RESUME_KEYS = (
     "eigen_smooth",
     "aug_smooth",
 )
-
-
-@dataclass
-class CamRunSummary:
-    """What one ``compute_cams`` call did."""
-
-    run_key: str
-    fields: dict[str, str]  # layer -> fo.Heatmap field
-    num_samples: int
-    num_computed: int
-    num_skipped: int
-    num_errors: int
-    errors: dict[str, str] = field(default_factory=dict)  # first few: id -> message
-    run_dir: str | None = None
-
-    def __str__(self) -> str:
-        lines = [
-            f"CAM run {self.run_key!r}: {self.num_samples} samples, "
-            f"{self.num_computed} computed, {self.num_skipped} already done, "
-            f"{self.num_errors} errors",
-            *(f"  {layer} -> {name}" for layer, name in self.fields.items()),
-        ]
-        lines += [f"  error {sid}: {msg}" for sid, msg in self.errors.items()]
-        return "\n".join(lines)
 
 
 def compute_cams(
@@ -133,6 +110,11 @@ def compute_cams(
     a ``QueuedRun`` with their ids at once, computing nothing here. ``model``
     must then be a model source name (workers rebuild the model). Follow with
     ``cam_run_status``. ``shard`` is set by a queued shard's operation.
+
+    Everything that can be checked before the run (model, layers, method,
+    label field type, label classes vs the model's classes) is, and raises
+    before anything is written. Returns a :class:`CamRunSummary`; raises
+    :class:`CamRunFailed` when no attempted sample succeeded.
     """
     call = dict(locals())  # the arguments as given, for delegated workers
     queue = sharding.check_delegation(delegate, shards)
@@ -174,14 +156,23 @@ def compute_cams(
         )
         plan.config["sharding"] = shard_plan
         _open_run(plan, overwrite)  # the run exists before any shard runs
+        style_run(plan.dataset, plan.run_key, plan.names)
         return sharding.queue_shards(
             samples, "compute_cams", kwargs, shard_plan, delegation_target
         )
     else:
         _open_run(plan, overwrite)
-    return _stream_run(
+        style_run(plan.dataset, plan.run_key, plan.names)
+    summary = _stream_run(
         plan, samples, batch_size, num_workers, device, progress, progress_callback
     )
+    # recorded on the run, so that listings and the App can tell how it went
+    # (not by shards: they run at once and report through cam_run_status)
+    if shard is None:
+        cam_runs._update_config(plan.dataset, plan.run_key, outcome=summary.as_dict())
+    if summary.failed:
+        raise CamRunFailed(summary)
+    return summary
 
 
 # -- the three steps: plan (no writes), open (register), stream (compute, write) --
@@ -236,6 +227,8 @@ def _plan_run(
     layer_list = engine.layer_names
     fixed_class = _fixed_class(target, class_names)
     _check_label_field(samples, task, target, label_field)
+    if task == "classification" and target == "label":
+        check_label_classes(samples, label_field, class_names)
 
     names = field_names(run_key, layer_list)
     if storage == "disk" and output_dir is None:
@@ -244,6 +237,9 @@ def _plan_run(
         )
     config = {
         "model": loaded.description or type(module).__name__,
+        # the name to load it again by (the App reruns and lists runs by it)
+        "model_source": model if isinstance(model, str) else None,
+        "num_samples": len(samples),
         "layers": layer_list,
         "method": method_name,
         "task": task,
@@ -337,6 +333,7 @@ def _stream_run(
         num_skipped=num_samples - len(ids),
         num_errors=0,
         run_dir=config["run_dir"],
+        fields_written=list(names.owned),
     )
     labels = label_reader(
         dataset, config["task"], config["target"], config["label_field"]
@@ -372,9 +369,7 @@ def _stream_run(
             values = batch_field_values(context, batch, batch_ids, labels)
             _write(dataset, values, last=(names.prediction, names.error))
             for sid, message in values[names.error].items():
-                summary.num_errors += 1
-                if len(summary.errors) < _MAX_ERRORS_KEPT:
-                    summary.errors[sid] = message
+                summary.add_error(sid, message)
             summary.num_computed += len(batch_ids) - len(values[names.error])
             done += len(batch_ids)
             bar.update(len(batch_ids))

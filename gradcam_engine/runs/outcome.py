@@ -1,0 +1,137 @@
+"""What a run may do before it starts, and what it did once it ends.
+
+Pre-flight checks run before anything is written (a run that cannot succeed
+must not register, declare fields or replace an old run). The summary reports
+computed / reused / failed counts, the most common error messages and the
+fields written; a run in which no sample succeeded raises :class:`CamRunFailed`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import fiftyone.core.collections as foc
+
+__all__ = ["CamRunFailed", "CamRunSummary", "check_label_classes"]
+
+_TOP_ERRORS = 3
+
+
+@dataclass
+class CamRunSummary:
+    """What one ``compute_cams`` call did."""
+
+    run_key: str
+    fields: dict[str, str]  # layer -> fo.Heatmap field
+    num_samples: int
+    num_computed: int
+    num_skipped: int  # done by an earlier call of this run (reused)
+    num_errors: int
+    errors: dict[str, str] = field(default_factory=dict)  # first few: id -> message
+    run_dir: str | None = None
+    fields_written: list[str] = field(default_factory=list)
+    error_counts: Counter = field(default_factory=Counter)  # message -> samples
+
+    @property
+    def num_reused(self) -> int:
+        return self.num_skipped
+
+    def add_error(self, sample_id: str, message: str, keep: int = 10) -> None:
+        self.num_errors += 1
+        self.error_counts[message] += 1
+        if len(self.errors) < keep:
+            self.errors[sample_id] = message
+
+    def common_errors(self, n: int = _TOP_ERRORS) -> list[tuple[str, int]]:
+        """The ``n`` most frequent error messages, with how many samples had each."""
+        return self.error_counts.most_common(n)
+
+    @property
+    def failed(self) -> bool:
+        """True when samples were attempted and none succeeded."""
+        attempted = self.num_computed + self.num_errors
+        return attempted > 0 and self.num_computed == 0
+
+    def as_dict(self) -> dict:
+        """JSON-ready: what the App shows and what the run's config records."""
+        return {
+            "run_key": self.run_key,
+            "headline": self.headline(),
+            "computed": self.num_computed,
+            "reused": self.num_skipped,
+            "failed": self.num_errors,
+            "errors": [f"{n} x {msg}" for msg, n in self.common_errors()],
+            "fields": list(self.fields_written),
+            "heatmaps": dict(self.fields),
+        }
+
+    def headline(self) -> str:
+        return (
+            f"CAM run {self.run_key!r}: {self.num_computed} computed, "
+            f"{self.num_skipped} reused, {self.num_errors} failed "
+            f"(of {self.num_samples} samples)"
+        )
+
+    def __str__(self) -> str:
+        lines = [self.headline()]
+        lines += [f"  {n} x {msg}" for msg, n in self.common_errors()]
+        if self.fields_written:
+            lines.append(f"  fields: {', '.join(self.fields_written)}")
+        return "\n".join(lines)
+
+
+class CamRunFailed(RuntimeError):
+    """No sample of the run succeeded; ``.summary`` says why."""
+
+    def __init__(self, summary: CamRunSummary) -> None:
+        self.summary = summary
+        reasons = "; ".join(f"{n} x {msg}" for msg, n in summary.common_errors())
+        super().__init__(
+            f"{summary.headline()}. No sample succeeded. Most common errors: "
+            f"{reasons or 'none recorded'}. The run's '{summary.run_key}_error' "
+            "field holds each sample's message."
+        )
+
+
+def check_label_classes(
+    samples: foc.SampleCollection,
+    label_field: str,
+    class_names: Sequence[str] | None,
+) -> None:
+    """Refuse a ground-truth target whose labels the model cannot explain.
+
+    Every distinct label of ``label_field`` must be one of ``class_names`` (or,
+    for a model without class names, an integer index): otherwise those samples
+    would all fail, so the run would only record errors.
+    """
+    labels = [x for x in samples.distinct(f"{label_field}.label") if x is not None]
+    if not labels:
+        raise ValueError(
+            f"label_field {label_field!r} has no labels in this view: nothing to "
+            "explain. Pick a field with labels, or target='predicted'."
+        )
+    if class_names:
+        known = set(map(str, class_names))
+        unknown = [x for x in labels if str(x) not in known]
+        fix = "pass classes=[...] naming the model's outputs"
+    else:
+        unknown = [x for x in labels if not str(x).isdigit()]
+        fix = "the model has no class names: pass classes=[...]"
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:10]))
+        more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
+        raise ValueError(
+            f"label_field {label_field!r} holds labels that are not classes of the "
+            f"model: {shown}{more}. Those samples cannot be explained; filter the "
+            f"view to the model's classes, or {fix}. Model classes: "
+            f"{_preview(class_names)}"
+        )
+
+
+def _preview(class_names: Sequence[str] | None, n: int = 8) -> str:
+    if not class_names:
+        return "none"
+    head = ", ".join(map(repr, list(class_names)[:n]))
+    return head + (f", ... ({len(class_names)} in all)" if len(class_names) > n else "")
