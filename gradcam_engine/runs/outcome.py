@@ -8,6 +8,7 @@ fields written; a run in which no sample succeeded raises :class:`CamRunFailed`.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ import fiftyone.core.collections as foc
 __all__ = ["CamRunFailed", "CamRunSummary", "check_label_classes"]
 
 _TOP_ERRORS = 3
+# A quoted file path, so that "file not found: '/a/1.png'" and ".../2.png" count
+# as one kind of error.
+_PATH = re.compile(r"""(['"])(?:[A-Za-z]:)?[/\\][^'"]*\1""")
 
 
 @dataclass
@@ -40,7 +44,7 @@ class CamRunSummary:
 
     def add_error(self, sample_id: str, message: str, keep: int = 10) -> None:
         self.num_errors += 1
-        self.error_counts[message] += 1
+        self.error_counts[_PATH.sub("<path>", message)] += 1
         if len(self.errors) < keep:
             self.errors[sample_id] = message
 
