@@ -9,7 +9,6 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import gradcam_engine as ge
-
 from gradcam_engine.runs import cam_runs as runs
 
 from . import _forms

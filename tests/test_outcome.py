@@ -15,8 +15,9 @@ TESTS = pathlib.Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-import gradcam_engine as ge  # noqa: E402
 from test_operators import PHOTOS, make_dataset  # noqa: E402
+
+import gradcam_engine as ge  # noqa: E402
 
 
 @pytest.fixture()
