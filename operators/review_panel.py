@@ -6,49 +6,21 @@ on the App's current view; it never computes CAMs itself.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
-import numpy as np
-from fiftyone import ViewField as F
-
-from gradcam_engine.runs import cam_runs as runs
 
 from . import _forms
 from . import discovery_panel as discovery
+from . import review_data as data
+from .review_data import ALL_CLASSES
 
 DEFAULT_TAGS = "spurious,ok,needs-data"
-CHART_LIMIT = 300  # bars in the ranking chart (the lowest focus first)
-TABLE_LIMIT = 25
-ALL_CLASSES = "(all classes)"
-
-
-def _sources(dataset) -> dict[str, dict]:
-    """``"run/layer"`` -> heatmap and focus fields, for every scored layer."""
-    schema = dataset.get_field_schema()
-    out = {}
-    for key in runs.list_cam_runs(dataset):
-        info = runs.get_cam_run(dataset, key)
-        for layer, field in info.fields.items():
-            focus = f"{field}_focus"
-            if focus in schema:
-                class_field = next(
-                    (
-                        f
-                        for f in (info.target_field, info.prediction_field)
-                        if f in schema
-                    ),
-                    None,
-                )
-                out[f"{key}/{layer}"] = dict(
-                    run_key=key,
-                    layer=layer,
-                    heatmap=field,
-                    focus=focus,
-                    class_field=class_field,
-                )
-    return out
+# Plotly: keep titles inside the figure, and let the mouse wheel scroll the
+# panel instead of zooming the chart.
+_PLOT_CONFIG = dict(displayModeBar=False, scrollZoom=False)
+_MARGIN = dict(t=48, l=56, r=16, b=40)
 
 
 class CamReviewPanel(foo.Panel):
@@ -60,8 +32,8 @@ class CamReviewPanel(foo.Panel):
             help_markdown=(
                 "Samples ranked by **focus** (fraction of CAM energy on the "
                 "objects), lowest first. Click a bar or a row to open the sample "
-                "with its heatmap; box-select bars to filter the grid; tag "
-                "selected samples with review outcomes."
+                "with its heatmap and boxes; box-select bars to filter the grid; "
+                "tag selected samples with review outcomes."
             ),
             icon="troubleshoot",
             surfaces="grid",
@@ -71,10 +43,9 @@ class CamReviewPanel(foo.Panel):
 
     def on_load(self, ctx):
         state = ctx.panel.state
-        sources = _sources(ctx.dataset)
-        keys = list(sources)
+        sources = data.sources(ctx.dataset)
         if state.source not in sources:
-            state.source = keys[-1] if keys else None
+            state.source = data.default_source(sources)
         if state.compare not in sources:
             state.compare = None
         if not state.tags:
@@ -83,13 +54,14 @@ class CamReviewPanel(foo.Panel):
             state.lowest_n = 10
         if not state.klass:
             state.klass = ALL_CLASSES
-        self._refresh(ctx)
+        state.keys = list(sources)
+        self._refresh(ctx, sources)
         # the grid next to the panel, with the chosen heatmap visible
         ctx.ops.split_panel("cam_review", layout="horizontal")
-        self._show_heatmap(ctx)
+        self._show_heatmap(ctx, sources)
 
     def on_change_view(self, ctx):
-        self._refresh(ctx)
+        self._refresh(ctx, data.sources(ctx.dataset))
 
     def on_change_selected(self, ctx):
         self._refresh_tags(ctx)
@@ -97,16 +69,17 @@ class CamReviewPanel(foo.Panel):
     def on_change_source(self, ctx):
         ctx.panel.state.source = ctx.params.get("value")
         ctx.panel.state.klass = ALL_CLASSES
-        self._refresh(ctx)
-        self._show_heatmap(ctx)
+        sources = data.sources(ctx.dataset)
+        self._refresh(ctx, sources)
+        self._show_heatmap(ctx, sources)
 
     def on_change_class(self, ctx):
         ctx.panel.state.klass = ctx.params.get("value") or ALL_CLASSES
-        self._refresh(ctx)
+        self._refresh(ctx, data.sources(ctx.dataset))
 
     def on_change_compare(self, ctx):
         ctx.panel.state.compare = ctx.params.get("value")
-        self._refresh_compare(ctx)
+        self._refresh_compare(ctx, data.sources(ctx.dataset))
 
     def on_change_lowest_n(self, ctx):
         ctx.panel.state.lowest_n = ctx.params.get("value") or 10
@@ -132,13 +105,13 @@ class CamReviewPanel(foo.Panel):
 
     def on_click_cluster(self, ctx):
         rows, row = ctx.panel.state.clusters or [], ctx.params.get("row")
-        src = self._source(ctx)
+        src = data.sources(ctx.dataset).get(ctx.panel.state.source or "")
         if src and row is not None and 0 <= int(row) < len(rows):
             name = rows[int(row)]["cluster"]
             ctx.ops.set_view(discovery.cluster_view(ctx, src, name))
 
     def show_flips(self, ctx):
-        src = self._source(ctx)
+        src = data.sources(ctx.dataset).get(ctx.panel.state.source or "")
         if src:
             ctx.ops.set_view(discovery.flip_view(ctx, src))
 
@@ -151,16 +124,18 @@ class CamReviewPanel(foo.Panel):
         klass = ctx.params.get("x")
         if klass is not None:
             ctx.panel.state.klass = str(klass)
-            self._refresh(ctx)
+            self._refresh(ctx, data.sources(ctx.dataset))
 
     def show_lowest(self, ctx):
-        src = self._source(ctx)
+        sources = data.sources(ctx.dataset)
+        src = sources.get(ctx.panel.state.source or "")
         if not src:
             return
         n = int(ctx.panel.state.lowest_n or 10)
-        view = self._ranked_view(ctx, src).limit(n)
-        ctx.ops.set_view(view)
-        self._show_heatmap(ctx)
+        ctx.ops.set_view(
+            data.ranked_view(ctx.view, src, ctx.panel.state.klass).limit(n)
+        )
+        self._show_heatmap(ctx, sources)
 
     def reset_view(self, ctx):
         ctx.ops.clear_view()
@@ -175,105 +150,71 @@ class CamReviewPanel(foo.Panel):
 
     # ------------------------------------------------------------ data
 
-    def _source(self, ctx) -> dict | None:
-        return _sources(ctx.dataset).get(ctx.panel.state.source or "")
-
-    def _ranked_view(self, ctx, src):
-        view = ctx.view.exists(src["focus"])
-        klass = ctx.panel.state.klass
-        if klass and klass != ALL_CLASSES and src["class_field"]:
-            view = view.match(F(f"{src['class_field']}.label") == klass)
-        return view.sort_by(src["focus"])
-
-    def _show_heatmap(self, ctx):
-        src = self._source(ctx)
-        if not src:
-            return
-        heatmaps = {s["heatmap"] for s in _sources(ctx.dataset).values()}
-        active = [f for f in (ctx.active_fields or []) if f not in heatmaps]
-        ctx.ops.set_active_fields(fields=[*active, src["heatmap"]])
+    def _show_heatmap(self, ctx, sources):
+        """Only the chosen heatmap and the objects it is scored against."""
+        src = sources.get(ctx.panel.state.source or "")
+        if src:
+            fields = [src["heatmap"], *([src["boxes"]] if src["boxes"] else [])]
+            ctx.ops.set_active_fields(fields=fields)
 
     def _open(self, ctx, sample_id):
         if not sample_id:
             return
-        self._show_heatmap(ctx)
+        self._show_heatmap(ctx, data.sources(ctx.dataset))
         ctx.ops.open_sample(id=sample_id)
 
-    def _refresh(self, ctx):
-        src = self._source(ctx)
+    def _refresh(self, ctx, sources):
         state = ctx.panel.state
+        src = sources.get(state.source or "")
         if not src:
             state.summary = (
                 "No scored CAM runs on this dataset: run **Compute CAMs** and "
                 "**Score CAMs** first."
             )
             return
-        view = self._ranked_view(ctx, src)
-        fields = ["id", "filepath", src["focus"]]
-        if src["class_field"]:
-            fields.append(f"{src['class_field']}.label")
-        values = view.limit(CHART_LIMIT).values(fields)
-        ids, paths, focus = values[0], values[1], values[2]
-        labels = values[3] if src["class_field"] else [None] * len(ids)
-        names = [p.rsplit("/", 1)[-1] for p in paths]
-
-        total = view.count()
-        mean = view.mean(src["focus"]) if total else None
+        values = data.ranking(ctx.view, src, state.klass)
+        ids = values["id"]
         state.summary = (
-            f"**{src['run_key']}** / `{src['layer']}`: {total} scored samples, "
-            f"mean focus {mean:.3f}"
-            if mean is not None
-            else "no scored samples"
+            f"**{src['run_key']}** / `{src['layer']}`: {values['total']} scored "
+            f"samples, mean focus {values['mean']:.3f}"
+            if values["total"]
+            else f"**{src['run_key']}** / `{src['layer']}`: no scored samples"
         )
         state.ranked_ids = ids
-        state.table = [
-            dict(rank=i + 1, id=sid, file=name, label=lab or "", focus=round(f, 4))
-            for i, (sid, name, lab, f) in enumerate(
-                zip(ids, names, labels, focus, strict=True)
-            )
-        ][:TABLE_LIMIT]
+        state.rank_tick = max(1, math.ceil(len(ids) / 10))
+        state.table = data.table_rows(values)
         ctx.panel.data.ranking = [
             dict(
                 type="bar",
                 name="focus",
                 x=list(range(1, len(ids) + 1)),
-                y=focus,
+                y=values["focus"],
                 ids=ids,
-                text=[
-                    f"{n} ({lab})" if lab else n
-                    for n, lab in zip(names, labels, strict=True)
-                ],
+                text=data.bar_text(values),
+                textposition="none",
                 hovertemplate="%{text}<br>focus %{y:.3f}<extra></extra>",
-                marker=dict(color=focus, colorscale="RdYlGn", cmin=0, cmax=1),
+                marker=dict(color=values["focus"], colorscale="RdYlGn", cmin=0, cmax=1),
             )
         ]
         state.clusters = discovery.cluster_rows(ctx, src)
         state.has_flips = "flip" in discovery.fields(ctx.dataset, src)
-        self._refresh_classes(ctx, src)
+        order, means, counts = data.per_class(ctx.view, src)
+        state.classes = order
+        ctx.panel.data.per_class = (
+            [
+                dict(
+                    type="bar",
+                    name="mean focus",
+                    x=order,
+                    y=means,
+                    text=[f"n={n}" for n in counts],
+                )
+            ]
+            if order
+            else []
+        )
         self._refresh_tags(ctx)
-        self._refresh_compare(ctx)
-
-    def _refresh_classes(self, ctx, src):
-        if not src["class_field"]:
-            ctx.panel.state.classes = []
-            ctx.panel.data.per_class = []
-            return
-        view = ctx.view.exists(src["focus"])
-        labels, focus = view.values([f"{src['class_field']}.label", src["focus"]])
-        groups: dict[str, list[float]] = defaultdict(list)
-        for lab, f in zip(labels, focus, strict=True):
-            groups[str(lab)].append(f)
-        order = sorted(groups, key=lambda k: np.mean(groups[k]))
-        ctx.panel.state.classes = order
-        ctx.panel.data.per_class = [
-            dict(
-                type="bar",
-                name="mean focus",
-                x=order,
-                y=[float(np.mean(groups[k])) for k in order],
-                text=[f"n={len(groups[k])}" for k in order],
-            )
-        ]
+        self._refresh_compare(ctx, sources)
 
     def _refresh_tags(self, ctx):
         tags = [t.strip() for t in (ctx.panel.state.tags or "").split(",") if t.strip()]
@@ -283,35 +224,21 @@ class CamReviewPanel(foo.Panel):
             f"{len(ctx.selected)} selected. In view: " + ", ".join(parts)
         )
 
-    def _refresh_compare(self, ctx):
-        sources = _sources(ctx.dataset)
-        a = sources.get(ctx.panel.state.source or "")
-        b = sources.get(ctx.panel.state.compare or "")
+    def _refresh_compare(self, ctx, sources):
+        state = ctx.panel.state
+        a = sources.get(state.source or "")
+        b = sources.get(state.compare or "")
         if not a or not b:
-            ctx.panel.state.comparison = "Pick a second run/layer to compare."
+            state.comparison = "Pick a second run/layer to compare."
             return
-        view = ctx.view.exists(a["focus"]).exists(b["focus"])
-        fa, fb = view.values([a["focus"], b["focus"]])
-        if not fa:
-            ctx.panel.state.comparison = "No samples have both scores."
-            return
-        xa, xb = np.asarray(fa, float), np.asarray(fb, float)
-        agree = float(np.mean((xa < 0.5) == (xb < 0.5)))
-        corr = float(np.corrcoef(xa, xb)[0, 1]) if len(xa) > 1 else float("nan")
-        ctx.panel.state.comparison = (
-            f"| | mean focus |\n|---|---|\n"
-            f"| {ctx.panel.state.source} | {xa.mean():.3f} |\n"
-            f"| {ctx.panel.state.compare} | {xb.mean():.3f} |\n\n"
-            f"{len(xa)} samples; agreement on focus < 0.5: {agree:.0%}; "
-            f"correlation {corr:.2f}"
-        )
+        state.comparison = data.comparison(ctx.view, a, b, state.source, state.compare)
 
     # ------------------------------------------------------------ layout
 
     def render(self, ctx):
         panel = types.Object()
         state = ctx.panel.state
-        keys = list(_sources(ctx.dataset))
+        keys = state.keys or list(data.sources(ctx.dataset))
 
         panel.md(
             "**CAM review**: focus = share of CAM energy on the objects", name="title"
@@ -343,26 +270,23 @@ class CamReviewPanel(foo.Panel):
             "ranking",
             layout=dict(
                 title=dict(
-                    text="Focus, lowest first (click: open; box-select: filter)"
+                    text="Focus, lowest first (click: open; box-select: filter)",
+                    font=dict(size=13),
                 ),
-                xaxis=dict(title="rank"),
-                yaxis=dict(title="focus", range=[0, 1]),
+                xaxis=dict(title="rank", tick0=1, dtick=state.rank_tick or 1),
+                yaxis=dict(title="focus", range=[0, 1], fixedrange=True),
                 dragmode="select",
-                height=260,
+                margin=_MARGIN,
+                height=280,
             ),
-            config=dict(displayModeBar=False),
+            config=_PLOT_CONFIG,
             on_click=self.on_click_bar,
             on_selected=self.on_select_bars,
             height=30,
         )
 
         table = types.TableView(on_click_row=self.on_click_row)
-        for key, label in (
-            ("rank", "#"),
-            ("file", "sample"),
-            ("label", "class"),
-            ("focus", "focus"),
-        ):
+        for key, label in data.COLUMNS.items():
             table.add_column(key, label=label)
         table.add_row_action(
             "open", self.on_click_row, label="Open", icon="open_in_new"
@@ -395,11 +319,16 @@ class CamReviewPanel(foo.Panel):
             panel.plot(
                 "per_class",
                 layout=dict(
-                    title=dict(text="Mean focus per class (click: rank that class)"),
-                    yaxis=dict(title="mean focus", range=[0, 1]),
-                    height=220,
+                    title=dict(
+                        text="Mean focus per class (click: rank that class)",
+                        font=dict(size=13),
+                    ),
+                    yaxis=dict(title="mean focus", range=[0, 1], fixedrange=True),
+                    xaxis=dict(fixedrange=True),
+                    margin=_MARGIN,
+                    height=240,
                 ),
-                config=dict(displayModeBar=False),
+                config=_PLOT_CONFIG,
                 on_click=self.on_click_class,
                 height=25,
             )
