@@ -144,14 +144,22 @@ class ComputeCams(foo.Operator):
             kwargs["num_workers"] = 0  # no worker processes inside the App server
 
         # Raises before any write when the run cannot work, and CamRunFailed
-        # when no sample succeeded: both reach the App as the operator's error.
-        summary = yield from _forms.run_with_progress(
-            ctx,
-            "Computing CAMs",
-            lambda report: ge.compute_cams(
-                view, p["model"], progress_callback=report, **kwargs
-            ),
-        )
+        # when no sample succeeded. The App drops a generator operator's
+        # exception silently, so it is shown first, then re-raised (Python
+        # callers and delegated runs record it as the operation's error).
+        try:
+            summary = yield from _forms.run_with_progress(
+                ctx,
+                "Computing CAMs",
+                lambda report: ge.compute_cams(
+                    view, p["model"], progress_callback=report, **kwargs
+                ),
+            )
+        except Exception as exc:
+            if not ctx.delegated:
+                yield ctx.ops.notify(f"Compute CAMs failed: {exc}", variant="error")
+                yield ctx.ops.show_output(_failure_view(exc).to_json(), {})
+            raise
         if p.get("score") and p.get("gt_field"):
             ge.score_cams(view, summary.run_key, gt_field=p["gt_field"])
         result = summary.as_dict()
@@ -159,6 +167,14 @@ class ComputeCams(foo.Operator):
             yield ctx.ops.reload_dataset()
             yield ctx.ops.show_output(_outcome_view().to_json(), result)
         return result
+
+
+def _failure_view(exc: Exception) -> types.Property:
+    outputs = types.Object()
+    outputs.view(
+        "failed", types.Error(label="Compute CAMs failed", description=str(exc))
+    )
+    return types.Property(outputs, view=types.View(label="CAM run"))
 
 
 def _outcome_view() -> types.Property:

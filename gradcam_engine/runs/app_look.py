@@ -4,7 +4,8 @@ FiftyOne draws a heatmap without a colorscale as a single-hue tint in the
 field's colour, which vanishes over similar backgrounds. Each heatmap field
 gets a perceptual colorscale instead, and the sidebar groups each run's fields:
 heatmaps and focus scores open, bookkeeping (targets, predictions, errors,
-strengths) folded away. A user's own colorscale or opacity is kept.
+strengths) folded away. A user's own colorscale, opacity or colour mode is
+kept (but the App uses colorscales only when colouring by value).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def style_run(dataset: fo.Dataset, run_key: str, names: FieldNames) -> None:
     scheme.colorscales = scales
     if scheme.opacity is None:
         scheme.opacity = HEATMAP_OPACITY
+    # The App draws a heatmap in its field colour when colouring by field, and
+    # with its colorscale only when colouring by value (FiftyOne 1.22 looker).
+    if scheme.color_by is None:
+        scheme.color_by = "value"
     config.color_scheme = scheme
 
     details = [*names.strengths, names.target, names.prediction, names.error]
