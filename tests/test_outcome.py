@@ -85,7 +85,7 @@ def test_heatmaps_get_a_colorscale_and_the_sidebar_groups_the_run(dataset):
     dataset.reload()
     scheme = dataset.app_config.color_scheme
     scales = {c["path"]: c["name"] for c in scheme.colorscales}
-    assert scales == {"look_stem": "jet", "look_block": "jet"}
+    assert scales == {"look_stem": "viridis", "look_block": "viridis"}
     assert scheme.opacity == 0.9  # the user's choice is kept
     assert scheme.color_by == "value"  # the App's colorscales need it
     groups = {g.name: g for g in dataset.app_config.sidebar_groups}

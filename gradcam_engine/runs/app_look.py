@@ -1,6 +1,6 @@
 """How a run's fields look in the App: stored in ``dataset.app_config``.
 
-FiftyOne draws a heatmap without a colorscale as a single-hue tint in the
+FiftyOne draws a heatmap, when colouring by field, as a single-hue tint in the
 field's colour, which vanishes over similar backgrounds. Each heatmap field
 gets a perceptual colorscale instead, and the sidebar groups each run's fields:
 heatmaps and focus scores open, bookkeeping (targets, predictions, errors,
@@ -16,8 +16,10 @@ from .batch_fields import FieldNames
 
 __all__ = ["HEATMAP_COLORSCALE", "HEATMAP_OPACITY", "add_to_run_group", "style_run"]
 
-# jet: the colouring every Grad-CAM paper and tutorial uses, so readers know it.
-HEATMAP_COLORSCALE = "jet"
+# viridis: perceptually uniform and readable over any photo; also what the
+# FiftyOne 1.22 App actually draws (it ignored named and listed per-field
+# scales in our browser test and drew its default, viridis).
+HEATMAP_COLORSCALE = "viridis"
 HEATMAP_OPACITY = 0.5
 
 
