@@ -9,16 +9,29 @@ from gradcam_engine.runs import cam_runs as runs
 
 from . import _forms
 
+COLUMNS = ("run_key", "model", "target", "method", "layers", "status", "fields")
+
 
 def _run_summary(dataset, key: str) -> dict:
     info = runs.get_cam_run(dataset, key)
+    config = info.config
+    target = config.get("target")
+    if target == "label":
+        target = f"label in {config.get('label_field')}"
+    done, failed = dataset.count(info.prediction_field), dataset.count(info.error_field)
+    total = config.get("num_samples")
+    status = f"{done} done, {failed} failed" + (f" of {total}" if total else "")
+    if total and done == total:
+        status = f"complete ({done})"
     return {
         "run_key": key,
+        "model": str(config.get("model_source") or config.get("model") or ""),
+        "target": str(target),
         "method": info.method,
         "layers": ", ".join(info.layers),
+        "status": status,
         "fields": ", ".join(info.fields.values()),
         "storage": info.storage,
-        "model": str(info.config.get("model") or ""),
     }
 
 
@@ -52,7 +65,7 @@ class ListCamRuns(foo.Operator):
     def resolve_output(self, ctx):
         outputs = types.Object()
         table = types.TableView()
-        for key in ("run_key", "method", "layers", "fields", "storage", "model"):
+        for key in COLUMNS:
             table.add_column(key, label=key.replace("_", " "))
         outputs.list("runs", types.Object(), label="CAM runs", view=table)
         return types.Property(outputs, view=types.View(label="CAM runs"))

@@ -240,6 +240,12 @@ def test_score_list_report_rename_delete(dataset):
     assert "life" in keys
     row = next(r for r in listed["runs"] if r["run_key"] == "life")
     assert row["layers"] == "stem, block"
+    assert (row["model"], row["target"], row["method"]) == (
+        MODEL,
+        "predicted",
+        "gradcam",
+    )
+    assert row["status"] == f"complete ({len(PHOTOS)})"
 
     foo.get_operator(uri("rename_cam_run"))(
         dataset, run_key="life", new_run_key="life2"

@@ -37,12 +37,14 @@ from ..runs.naming import heatmap_field
 from ..sources.models import load_model
 from . import datasets as dd
 from .clever_hans import CLEVER_HANS_DATASET, run_clever_hans
-from .shortcut_data import CLASSES
-from .shortcut_model import transforms as shortcut_transforms
 
 __all__ = ["main", "run_photos", "run_shortcut"]
 
-PHOTO_LAYERS = ["_conv_head", "_blocks.15"]
+# _conv_head is a 1x1 conv (+BN, ReLU) on _blocks.15: GradCAM of a linear map of
+# a layer equals that layer's map up to a constant, so the two looked identical.
+# _blocks.10 sits at 14x14 (stride 16), before two nonlinear stages: it differs.
+PHOTO_LAYERS = ["_conv_head", "_blocks.10"]
+PHOTO_MODEL = "efficientnet-lite0-imagenet"  # by name: the App can rerun its runs
 PHOTO_METHODS = {"gradcam": "gradcam", "gradcampp": "gradcam++", "eigencam": "eigencam"}
 # run key -> (ImageNet class index, subject label in ground_truth, samples' subjects)
 FORCED_RUNS = {
@@ -82,17 +84,16 @@ def run_photos(fresh: bool = False) -> fo.Dataset:
     """Build/reuse ``cam-audit-photos``, compute and score its runs, print a summary."""
     _say("== cam-audit-photos: real photos, pretrained EfficientNet-Lite0 ==")
     dataset = dd.build_photos_dataset(fresh=fresh)
-    loaded = load_model("efficientnet-lite0-imagenet")
-    classes = loaded.classes
+    classes = load_model(PHOTO_MODEL).classes
     common = dict(layers=PHOTO_LAYERS, num_workers=0, batch_size=8)
     two = dataset.match_tags("two_subjects")
     for run_key, method in PHOTO_METHODS.items():
         # EigenCAM (an SVD per layer, class-agnostic) only where it is compared.
         samples = two if method == "eigencam" else dataset
-        _compute(samples, loaded, run_key, method=method, **common)
+        _compute(samples, PHOTO_MODEL, run_key, method=method, **common)
     for run_key, (target, label) in FORCED_RUNS.items():
         view = two.filter_labels("ground_truth", fo.ViewField("label") == label)
-        _compute(view, loaded, run_key, method="gradcam", target=target, **common)
+        _compute(view, PHOTO_MODEL, run_key, method="gradcam", target=target, **common)
 
     _say("\nPredictions (top-1 ImageNet class of EfficientNet-Lite0):")
     names, preds, gray = dataset.values(["filepath", "gradcam_prediction", "grayscale"])
@@ -154,16 +155,14 @@ def run_shortcut(fresh: bool = False) -> fo.Dataset:
     _say("== cam-audit-shortcut: planted shortcut (background predicts the class) ==")
     dataset = dd.build_shortcut_dataset(fresh=fresh)
     models = dd.shortcut_models(log=lambda m: _say("  " + m))
-    loaded = {"shortcut": models.shortcut, "control": models.control}
     for run_key, kind in SHORTCUT_RUNS.items():
+        # by model source name, recorded on the run: the App can rerun it
         _compute(
             dataset,
-            loaded[kind],
+            f"demo-{kind}-cnn",
             run_key,
             method="gradcam",
             layers=SHORTCUT_LAYERS,
-            transforms=shortcut_transforms(),
-            classes=list(CLASSES),
             num_workers=0,
             batch_size=64,
         )

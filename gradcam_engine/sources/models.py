@@ -345,3 +345,26 @@ def _efficientnet_lite0() -> LoadedModel:
 
 
 register_model_source("efficientnet-lite0-imagenet", _efficientnet_lite0)
+
+
+def _demo_source(kind: str) -> Callable[[], LoadedModel]:
+    """The demo's planted-shortcut CNNs, so that the App can rerun their runs
+    by name (trained by `make demo`, loaded from its cache)."""
+
+    def load() -> LoadedModel:
+        from ..demo import datasets, shortcut_data, shortcut_model
+
+        models = datasets.shortcut_models()
+        return LoadedModel(
+            module=getattr(models, kind),
+            transforms=shortcut_model.transforms(),
+            classes=list(shortcut_data.CLASSES),
+            description=f"demo-{kind}-cnn",
+            default_layers=["block4"],
+        )
+
+    return load
+
+
+for _kind in ("shortcut", "control"):
+    register_model_source(f"demo-{_kind}-cnn", _demo_source(_kind))
