@@ -28,7 +28,7 @@ if str(TESTS) not in sys.path:
 
 from test_operators import MODEL, PHOTOS, make_dataset  # noqa: E402
 
-STORAGE = os.environ.get("CAM_TEST_STORAGE", "disk")
+STORAGE = os.environ.get("CAM_TEST_STORAGE", "db")
 # Messages of a closed network (Chromium's own fetches), not of the App.
 OFFLINE = ("ERR_NAME_NOT_RESOLVED", "ERR_INTERNET_DISCONNECTED")
 
