@@ -163,5 +163,5 @@ def test_two_workers_share_a_run_and_a_killed_shard_resumes(dataset, tmp_root):
     # the rerun computed only what the killed worker had not finished
     summary = service.get(ObjectId(rerun_op)).result.result["summary"]
     todo = killed["total"] - done_at_kill
-    assert f"{todo} computed, {done_at_kill} already done" in summary, summary
+    assert f"{todo} computed, {done_at_kill} reused" in summary, summary
     print(f"scale-out test: {elapsed:.0f} s")

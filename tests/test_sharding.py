@@ -104,7 +104,7 @@ def test_queue_returns_ids_computes_nothing_and_shards_resume(dataset, service):
     assert status["state"] == "queued"
 
     first, second = queued.operation_ids
-    assert "2 computed, 0 already done" in run_op(service, first)["summary"]
+    assert "2 computed, 0 reused" in run_op(service, first)["summary"]
     status = ge.cam_run_status(dataset, "sharded")
     shard0, shard1 = status["shards"]
     assert (shard0["state"], shard0["done"], shard0["pending"]) == ("completed", 2, 0)
@@ -118,7 +118,7 @@ def test_queue_returns_ids_computes_nothing_and_shards_resume(dataset, service):
     status = ge.cam_run_status(dataset, "sharded")
     assert status["shards"][0]["recover"] == f"fiftyone delegated rerun {first}"
     rerun = service.rerun_operation(ObjectId(first))
-    assert "1 computed, 1 already done" in run_op(service, rerun.id)["summary"]
+    assert "1 computed, 1 reused" in run_op(service, rerun.id)["summary"]
     run_op(service, second)
 
     status = ge.cam_run_status(dataset, "sharded")
