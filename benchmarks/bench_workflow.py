@@ -6,8 +6,8 @@ pytorch-grad-cam ``GradCAM`` object per layer, one image per call,
 
     .venv/bin/python benchmarks/bench_workflow.py [--images 48] [--size 224]
 
-Prints seconds and the ratios seed / compute_cams (target >= 6x) and
-compute_cams / bare engine on the same already-decoded batches (target <= 1.3x).
+Prints seconds and the ratios seed / compute_cams (target >= 7x) and
+compute_cams / bare engine on the same already-decoded batches (target <= 1.15x).
 Only ratios are meaningful (CPU only, shared machine).
 """
 
@@ -169,8 +169,8 @@ def main() -> None:
     print(f"seed workflow      {t_seed:8.2f} s")
     print(f"compute_cams       {t_cams:8.2f} s")
     print(f"bare engine        {t_engine:8.2f} s  (already-decoded batches)")
-    print(f"seed / compute_cams         = {t_seed / t_cams:5.2f}x  (target >= 6)")
-    print(f"compute_cams / bare engine  = {t_cams / t_engine:5.2f}x  (target <= 1.3)")
+    print(f"seed / compute_cams         = {t_seed / t_cams:5.2f}x  (target >= 7)")
+    print(f"compute_cams / bare engine  = {t_cams / t_engine:5.2f}x  (target <= 1.15)")
     shutil.rmtree(root, ignore_errors=True)  # the database dir goes with mongod
 
 

@@ -128,7 +128,7 @@ def cluster_cams(
     _write(samples, ids, out)
     stored = dict(info.config.get("clusters") or {})
     stored.update({f: {"by": by, "clusters": c} for f, c in summary.items()})
-    runs._update_config(samples._root_dataset, run_key, clusters=stored)
+    runs.update_run_config(samples._root_dataset, run_key, clusters=stored)
     return {
         "fields": list(out),
         "brain_keys": list(brain_keys.values()) if visualization else [],

@@ -30,7 +30,7 @@ from PIL import Image, ImageOps
 from scipy import ndimage
 
 from ..runs import cam_runs as runs
-from ..runs.compute import _describe
+from ..runs.fingerprint import describe
 from ..sources.geometry import Geometry, TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
 from .counterfactual import FILLS, prediction_change, replace_background, road_scores
@@ -256,9 +256,9 @@ def _model_for_run(info: runs.CamRunInfo, model, transforms):
     loaded = load_model(model) if model is not None else _run_model(info)
     tf = transforms or loaded.transforms or ResizeNormalize(224)
     ran_with = info.config.get("transforms")
-    if ran_with is not None and _describe(tf) != ran_with:
+    if ran_with is not None and describe(tf) != ran_with:
         raise ValueError(
-            f"transforms: {_describe(tf)} differ from the run's ({ran_with}); pass "
+            f"transforms: {describe(tf)} differ from the run's ({ran_with}); pass "
             "transforms=<the transforms used for the run>"
         )
     classes = loaded.classes or _run_classes(info)

@@ -1,8 +1,8 @@
 """Fields that discovery writers (clusters, background test, faithfulness) add to
 a CAM run: refuse to write over what the run does not own, declare, register.
 
-One call per writer (:func:`claim_fields`), so that it can switch to the shared
-ownership check of the run lifecycle in one place.
+One call per writer (:func:`claim_fields`), on top of the shared ownership
+check of the run lifecycle (``runs.ownership.claim``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import fiftyone.core.collections as foc
 
 from ..runs import cam_runs
+from ..runs.ownership import claim
 
 __all__ = ["claim_fields", "claim_brain_key"]
 
@@ -33,23 +34,13 @@ def claim_fields(
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be a bool, got {overwrite!r}")
     dataset = samples._root_dataset
-    info = cam_runs.get_cam_run(dataset, run_key)
+    claim(
+        dataset, run_key, fields=list(fields), overwrite=overwrite, writer="this call"
+    )
     schema = dataset.get_field_schema()
-    foreign = [f for f in fields if f in schema and f not in info.owned_fields]
-    if foreign and not overwrite:
-        raise ValueError(
-            f"Field(s) {foreign} already exist on {dataset.name!r} and do not belong "
-            f"to CAM run {run_key!r}; delete or rename them, or pass overwrite=True "
-            "to replace them"
-        )
-    if foreign:
-        logger.warning("Replacing field(s) %s not owned by run %r", foreign, run_key)
-        dataset.delete_sample_fields(foreign)
-        schema = dataset.get_field_schema()
-    for name, ftype in fields.items():
-        if name not in schema:
-            dataset.add_sample_field(name, ftype)
-    cam_runs.add_owned_fields(dataset, run_key, list(fields))
+    missing = {name: ftype() for name, ftype in fields.items() if name not in schema}
+    if missing:  # one schema update (add_sample_field reloads once per field)
+        dataset._merge_sample_field_schema(missing)
 
 
 def claim_brain_key(
@@ -77,4 +68,4 @@ def claim_brain_key(
             f"{dataset.name!r}; pick another brain_key"
         )
     if brain_key not in ours:
-        cam_runs._update_config(dataset, run_key, brain_keys=[*ours, brain_key])
+        cam_runs.update_run_config(dataset, run_key, brain_keys=[*ours, brain_key])

@@ -21,6 +21,7 @@ import pandas as pd
 from fiftyone import ViewField as F
 
 from ..runs import cam_runs as runs
+from ..runs.ownership import claim
 from .scoring import focus_field
 
 __all__ = [
@@ -315,11 +316,14 @@ def save_review_views(
     label_field: str | None = None,
     low_focus: float = 0.3,
     prediction_field: str | None = None,
+    overwrite: bool = False,
 ) -> list[str]:
     """Save ``"<run_key>-suspects"`` (correct predictions with focus <
     ``low_focus``: right for the wrong reason) and ``"<run_key>-misfocus-errors"``
     (wrong predictions with low focus) on the dataset, both sorted by focus
-    ascending; return their names. Replaces earlier views of the same names.
+    ascending; return their names. Replaces the run's earlier views of these
+    names; a view of these names that the run does not own (a user's) is
+    refused unless ``overwrite=True``.
 
     ``label_field`` defaults to the run's ``label_field`` config; the views are
     recorded in the run config (``saved_views``) and deleted with the run.
@@ -353,6 +357,13 @@ def save_review_views(
     known = (pred_label != None) & (F(f"{label_field}") != None)  # noqa: E711
     base = samples.view() if isinstance(samples, fo.Dataset) else samples
     suspects_name, errors_name = review_view_names(run_key)
+    claim(
+        dataset,
+        run_key,
+        saved_views=[suspects_name, errors_name],
+        overwrite=overwrite,
+        writer="save_review_views",
+    )
     described = f"focus {focus} < {low_focus}, label {label_field}, prediction {pred}"
     dataset.save_view(
         suspects_name,
@@ -366,7 +377,4 @@ def save_review_views(
         description=f"Wrong with low focus: {described}",
         overwrite=True,
     )
-    names = [suspects_name, errors_name]
-    saved = [v for v in info.config.get("saved_views") or [] if v not in names]
-    runs._update_config(dataset, run_key, saved_views=saved + names)
-    return names
+    return [suspects_name, errors_name]

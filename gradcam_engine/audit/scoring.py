@@ -4,8 +4,9 @@ agreement between layers and between runs.
 Everything is computed from the maps already stored by ``compute_cams`` (no
 model): the maps and the ground truth are read in bulk, chunk by chunk, scored
 with numpy, and written back with one ``set_values`` per field. Every field
-written is added to the run's ``owned_fields`` so that renaming or deleting the
-run takes the scores along.
+written is claimed for the run first (``runs.ownership.claim``: a field the run
+does not own is refused unless ``overwrite=True``) and so is in its
+``owned_fields``: renaming or deleting the run takes the scores along.
 
 Fields written, for each heatmap field ``F`` of run ``R`` (see
 ``docs/ARCHITECTURE.md``):
@@ -31,21 +32,20 @@ import ast
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import fiftyone.core.utils as fou
 import numpy as np
-from bson import ObjectId
 from PIL import Image
-from pymongo import UpdateOne
 
 from ..runs import cam_runs as runs
 from ..runs import sharding
 from ..runs.app_look import add_to_run_group
+from ..runs.ownership import claim
 from ..runs.storage import heatmap_to_float, iter_chunks
+from ..runs.writes import set_fields
 from .metrics import GroundTruth, agreement, score_layer
 
 __all__ = ["GT_TYPES", "score_cams", "focus_field", "hit_field", "spread_field"]
@@ -85,6 +85,7 @@ def score_cams(
     shards: int | None = None,
     delegation_target: str | None = None,
     shard: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any] | sharding.QueuedRun:
     """Score the heatmaps of run ``run_key`` on ``samples`` (module docstring).
 
@@ -101,10 +102,13 @@ def score_cams(
     label_classes: only objects with these labels count as ground truth (for
         segmentation: the mask values these labels map to).
     progress: True for a progress bar, or a callable ``(done, total)``.
+    overwrite: replace fields of the score names that the run does not own
+        (a user's, or another run's); without it they are refused by name.
 
     Returns a summary: ``fields`` written, ``counts`` (non-None values per
     field), ``mean_focus`` / ``hit_rate`` / ``mean_spread`` per layer,
-    ``mean_layer_agreement`` and ``mean_agreement_vs`` per layer.
+    ``mean_layer_agreement`` and ``mean_agreement_vs`` per layer, and
+    ``replaced``: what ``overwrite=True`` replaced.
 
     ``delegate=True``: declare and record the score fields here, queue
     ``shards`` (default 1) delegated operations over disjoint parts of
@@ -122,6 +126,16 @@ def score_cams(
         label_classes,
         batch_size,
     )
+    replaced = []
+    if shard is None:  # shards write what their caller claimed
+        # before any work: refuse what the run does not own; record the rest
+        replaced = claim(
+            samples,
+            run_key,
+            fields=plan.output_fields(),
+            overwrite=overwrite,
+            writer="score_cams",
+        )
     if queue:
         shard_plan = sharding.plan_shards(samples, queue)
         kwargs = sharding.worker_kwargs("score_cams", call, layers=plan.layers)
@@ -138,9 +152,11 @@ def score_cams(
         _finish_scoring(samples, plan, ids, out)
     else:
         _write(samples, ids, out)
-    return _summary(
+    summary = _summary(
         run_key, gt_field, plan.layers, plan.info, out, plan.vs_fields, len(ids)
     )
+    summary["replaced"] = [str(c) for c in replaced]  # with overwrite=True
+    return summary
 
 
 # -- the three steps: plan (checks, no writes), score (read, compute), finish ----
@@ -311,15 +327,19 @@ def _finish_scoring(samples, plan: _ScorePlan, ids, out: dict[str, list]) -> Non
 def _declare_scores(dataset: fo.Dataset, plan: _ScorePlan) -> None:
     schema = dataset.get_field_schema()
     hit_names = {hit_field(f) for f in plan.heat_fields}
-    for name in plan.output_fields():
-        ftype = fo.BooleanField if name in hit_names else fo.FloatField
-        if name not in schema:
-            dataset.add_sample_field(name, ftype)
+    missing = {
+        name: fo.BooleanField() if name in hit_names else fo.FloatField()
+        for name in plan.output_fields()
+        if name not in schema
+    }
+    if missing:  # one schema update (add_sample_field reloads once per field)
+        dataset._merge_sample_field_schema(missing)
 
 
 def _record_scoring(dataset: fo.Dataset, plan: _ScorePlan, shard_plan=None) -> None:
-    """The settings (and shards, when delegated) on the run; its new fields owned."""
-    runs._update_config(
+    """The settings (and shards, when delegated) on the run; ``claim`` has
+    already made the fields the run's."""
+    runs.update_run_config(
         dataset,
         plan.run_key,
         scoring={
@@ -332,30 +352,17 @@ def _record_scoring(dataset: fo.Dataset, plan: _ScorePlan, shard_plan=None) -> N
             "sharding": shard_plan,
         },
     )
-    runs.add_owned_fields(dataset, plan.run_key, plan.output_fields())
     add_to_run_group(dataset, plan.run_key, plan.output_fields())
 
 
 def _write(samples: foc.SampleCollection, ids: list[str], out: dict[str, list]) -> None:
     """Write all score fields: one bulk update per sample setting every field
-    (several times faster than one ``set_values`` per field), or ``set_values``
-    per field if this FiftyOne lacks the bulk-write hook."""
-    dataset = samples._root_dataset
-    if not hasattr(dataset, "_bulk_write"):
-        for name, values in out.items():
-            by_id = dict(zip(ids, values, strict=True))
-            samples.set_values(name, by_id, key_field="id")
-        return
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    (several times faster than one ``set_values`` per field)."""
     names = list(out)
-    for start in range(0, len(ids), 1000):
-        chunk = ids[start : start + 1000]
-        ops = []
-        for k, sample_id in enumerate(chunk, start):
-            update = {name: out[name][k] for name in names}
-            update["last_modified_at"] = now
-            ops.append(UpdateOne({"_id": ObjectId(sample_id)}, {"$set": update}))
-        dataset._bulk_write(ops, ids=chunk)
+    set_fields(
+        samples,
+        {sid: {name: out[name][k] for name in names} for k, sid in enumerate(ids)},
+    )
 
 
 # --------------------------------------------------------------------------- args

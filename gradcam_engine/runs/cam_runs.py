@@ -1,13 +1,20 @@
-"""CAM runs as FiftyOne custom runs: register, list, load, rename and delete.
+"""CAM runs as FiftyOne runs: a ``fiftyone.core.runs.Run`` subclass with its own
+config class, as fiftyone-brain does for its methods.
 
-A run's config records everything needed to reproduce and to clean it up:
-the method, layers, target, transforms, storage, and every field it owns
-(heatmaps, per-sample summaries, and the score fields added by ``score_cams``).
+A run's config records everything needed to reproduce it and to clean it up:
+the method, layers, target, transforms, the model's fingerprint, storage, and
+everything it owns (``owned_fields``, ``saved_views``, ``run_dir`` and
+``owned_paths``). FiftyOne calls :class:`CamRun`'s ``rename`` and ``cleanup``
+from ``dataset.rename_run`` / ``dataset.delete_run`` (and from anything in the
+App that calls them), so those move or remove exactly what the run owns and
+never a user's field that merely shares the run's prefix.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,24 +22,108 @@ from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
+import fiftyone.core.runs as fors
+import fiftyone.core.view as fov
+from bson import json_util
 
 from .naming import heatmap_field
 
 __all__ = [
     "CAM_RUN_KIND",
+    "IDENTITY_KEYS",
+    "CamRun",
+    "CamRunConfig",
     "CamRunInfo",
     "list_cam_runs",
     "get_cam_run",
     "register_cam_run",
+    "update_run_config",
     "add_owned_fields",
     "rename_cam_run",
     "delete_cam_run",
     "validate_run_key",
-    "prepare_run",
+    "config_differences",
 ]
 
 # Stored in every config so that our runs can be told apart from other custom runs.
 CAM_RUN_KIND = "cam_audit"
+# Config keys that must match for a run to be resumed: what makes its maps.
+IDENTITY_KEYS = (
+    "model",
+    "weights",
+    "layers",
+    "method",
+    "task",
+    "target",
+    "label_field",
+    "classes",
+    "transforms",
+    "transforms_fingerprint",
+    "geometry",
+    "storage",
+    "output_dir",
+    "max_size",
+    "eigen_smooth",
+    "aug_smooth",
+)
+
+
+class CamRunConfig(fors.RunConfig):
+    """The config of a CAM run; FiftyOne builds a :class:`CamRun` from it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("kind", CAM_RUN_KIND)
+        super().__init__(**kwargs)
+
+
+class CamRun(fors.Run):
+    """What FiftyOne calls when a user renames or deletes a CAM run."""
+
+    def get_fields(self, samples: foc.SampleCollection, key: str) -> list[str]:
+        return list(getattr(self.config, "owned_fields", None) or [])
+
+    def rename(self, samples: foc.SampleCollection, key: str, new_key: str) -> None:
+        dataset = _dataset(samples)
+        info = get_cam_run(dataset, key)
+        field_renames, view_renames = _rename_plan(dataset, info, new_key)
+        existing = set(dataset.get_field_schema())
+        present = {o: n for o, n in field_renames.items() if o in existing}
+        if present:
+            dataset.rename_sample_fields(present)
+        for old, new in view_renames.items():
+            if dataset.has_saved_view(old):
+                _move_saved_view(dataset, old, new, field_renames)
+        moved = {**field_renames, **view_renames}
+        # FiftyOne moves the run document to new_key after this returns.
+        update_run_config(
+            dataset,
+            key,
+            owned_fields=[moved.get(f, f) for f in info.owned_fields],
+            fields={layer: moved.get(f, f) for layer, f in info.fields.items()},
+            saved_views=[moved.get(v, v) for v in info.saved_views],
+        )
+
+    def cleanup(self, samples: foc.SampleCollection, key: str) -> None:
+        dataset = _dataset(samples)
+        info = get_cam_run(dataset, key)
+        existing = set(dataset.get_field_schema())
+        owned = [f for f in info.owned_fields if f in existing]
+        if owned:
+            dataset.delete_sample_fields(owned)
+        for name in info.saved_views:
+            if dataset.has_saved_view(name):
+                dataset.delete_saved_view(name)
+        for brain_key in info.config.get("brain_keys") or []:  # cluster_cams' plots
+            if dataset.has_brain_run(brain_key):
+                dataset.delete_brain_run(brain_key)
+        paths = list(info.config.get("owned_paths") or [])
+        if info.storage == "disk" and info.config.get("run_dir"):
+            paths.append(info.config["run_dir"])
+        for path in paths:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
 
 
 @dataclass
@@ -47,6 +138,10 @@ class CamRunInfo:
     output_dir: str | None
     owned_fields: list[str]
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def saved_views(self) -> list[str]:
+        return list(self.config.get("saved_views") or [])
 
     @property
     def error_field(self) -> str:
@@ -128,40 +223,46 @@ def get_cam_run(samples: foc.SampleCollection, run_key: str) -> CamRunInfo:
 def register_cam_run(
     samples: foc.SampleCollection, run_key: str, **config: Any
 ) -> CamRunInfo:
-    """Register (or replace) the run's config. ``config`` must hold ``method``,
-    ``layers``, ``storage`` and ``owned_fields``; ``fields`` is derived."""
+    """Register (or replace, without cleanup) the run's config. ``config`` must
+    hold ``method``, ``layers``, ``storage`` and ``owned_fields``; ``fields``
+    is derived. ``registration.open_run`` is the atomic, checked way in."""
     dataset = _dataset(samples)
     validate_run_key(run_key)
     layers = list(config["layers"])
     config["fields"] = {layer: heatmap_field(run_key, layer) for layer in layers}
-    run_config = dataset.init_run(kind=CAM_RUN_KIND, **config)
-    dataset.register_run(run_key, run_config, overwrite=True, cleanup=False)
+    dataset.register_run(run_key, CamRunConfig(**config), overwrite=True, cleanup=False)
     return get_cam_run(dataset, run_key)
+
+
+def update_run_config(
+    samples: foc.SampleCollection, run_key: str, **changes: Any
+) -> None:
+    """Change entries of the stored config, keeping every other entry. Also
+    upgrades a run stored by an older version to :class:`CamRunConfig`."""
+    dataset = _dataset(samples)
+    config = _config_dict(dataset, run_key)
+    config.pop("cls", None)
+    config.pop("type", None)
+    config.update(changes)
+    dataset.update_run_config(run_key, CamRunConfig(**config))
 
 
 def add_owned_fields(
     samples: foc.SampleCollection, run_key: str, fields: list[str]
 ) -> None:
-    """Record fields that a later step (e.g. scoring) wrote on behalf of the run,
-    so that rename and delete take them along."""
-    dataset = _dataset(samples)
-    info = get_cam_run(dataset, run_key)
+    """Record fields written on behalf of the run (``ownership.claim`` checks
+    and records in one step), so that rename and delete take them along."""
+    info = get_cam_run(samples, run_key)
     owned = info.owned_fields + [f for f in fields if f not in info.owned_fields]
-    _update_config(dataset, run_key, owned_fields=owned)
-
-
-def _update_config(dataset: fo.Dataset, run_key: str, **changes: Any) -> None:
-    config = _config_dict(dataset, run_key)
-    config.pop("cls", None)
-    config.pop("type", None)
-    config.update(changes)
-    dataset.update_run_config(run_key, dataset.init_run(**config))
+    update_run_config(samples, run_key, owned_fields=owned)
 
 
 def rename_cam_run(
     samples: foc.SampleCollection, run_key: str, new_run_key: str
 ) -> CamRunInfo:
-    """Rename the run and every field it owns (``{run_key}_*`` -> ``{new_run_key}_*``)."""
+    """``dataset.rename_run`` after checking that nothing is in the way (FiftyOne
+    itself only logs a failed rename): moves every field and saved view the run
+    owns from the ``{run_key}`` prefix to ``{new_run_key}``."""
     dataset = _dataset(samples)
     info = get_cam_run(dataset, run_key)
     validate_run_key(new_run_key)
@@ -169,121 +270,84 @@ def rename_cam_run(
         raise ValueError(
             f"A run named {new_run_key!r} already exists on {dataset.name!r}"
         )
-    prefix = f"{run_key}_"
-    renames = {f: new_run_key + "_" + f[len(prefix) :] for f in info.owned_fields}
-    existing = set(dataset.get_field_schema())
-    clashes = [new for new in renames.values() if new in existing]
-    if clashes:
-        raise ValueError(
-            f"Cannot rename run {run_key!r} to {new_run_key!r}: fields {clashes} already exist"
-        )
-    present = {old: new for old, new in renames.items() if old in existing}
-    if present:
-        dataset.rename_sample_fields(present)
-    # Saved review views filter on the old field names: drop them (re-save).
-    _delete_saved_views(dataset, info)
+    _rename_plan(dataset, info, new_run_key)
+    update_run_config(dataset, run_key)  # an older run gets the CamRun class
     dataset.rename_run(run_key, new_run_key)
-    _update_config(
-        dataset,
-        new_run_key,
-        owned_fields=list(renames.values()),
-        fields={layer: heatmap_field(new_run_key, layer) for layer in info.layers},
-        saved_views=[],
-    )
     return get_cam_run(dataset, new_run_key)
 
 
 def delete_cam_run(samples: foc.SampleCollection, run_key: str) -> None:
-    """Delete the run, the fields it owns, its brain runs and, for disk storage,
-    its PNG files."""
+    """``dataset.delete_run``: the run, its fields, saved views and files. Unlike
+    FiftyOne, which logs a failed cleanup and deletes the run anyway, this
+    raises and keeps the run (so that nothing it owns is left untracked)."""
     dataset = _dataset(samples)
-    info = get_cam_run(dataset, run_key)
-    existing = set(dataset.get_field_schema())
-    owned = [f for f in info.owned_fields if f in existing]
-    if owned:
-        dataset.delete_sample_fields(owned)
-    _delete_saved_views(dataset, info)
-    for brain_key in info.config.get("brain_keys") or []:  # cluster_cams' plots
-        if dataset.has_brain_run(brain_key):
-            dataset.delete_brain_run(brain_key)
-    run_dir = info.config.get("run_dir")
-    if info.storage == "disk" and run_dir:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    dataset.delete_run(run_key)
+    get_cam_run(dataset, run_key)
+    update_run_config(dataset, run_key)  # an older run gets the CamRun class
+    dataset.get_run_info(run_key).config.build().cleanup(dataset, run_key)
+    fors.Run.delete_run(dataset, run_key, cleanup=False)
 
 
-def _delete_saved_views(dataset: fo.Dataset, info: CamRunInfo) -> None:
-    """Delete the saved views recorded in the run's ``saved_views`` config."""
-    for name in info.config.get("saved_views") or []:
-        if dataset.has_saved_view(name):
-            dataset.delete_saved_view(name)
-
-
-def prepare_run(
-    samples: foc.SampleCollection,
-    run_key: str,
-    config: dict[str, Any],
-    owned: list[str],
-    overwrite: bool,
-    compare_keys: Sequence[str],
-) -> dict[str, Any] | None:
-    """Resume, replace or refuse an existing run before a computation.
-
-    Same ``compare_keys`` values as the stored config: resume (returns the
-    stored config). Different: ``ValueError`` unless ``overwrite``, which
-    deletes the old run. Fields in ``owned`` that exist but belong to no run
-    of this key are refused by name unless ``overwrite``. Returns None when
-    the run starts afresh.
-    """
-    dataset = _dataset(samples)
-    existing = set(dataset.get_field_schema())
-    if run_key in dataset.list_runs():
-        if run_key not in list_cam_runs(dataset):
-            raise ValueError(
-                f"run_key {run_key!r} is already used by a non-CAM run on "
-                f"{dataset.name!r}; pick another run_key"
-            )
-        info = get_cam_run(dataset, run_key)
-        old = info.config
-        diff = [
-            key
-            for key in compare_keys
-            if _normalise(old.get(key)) != _normalise(config.get(key))
-        ]
-        if diff and not overwrite:
-            changes = ", ".join(
-                f"{key}: {old.get(key)!r} -> {config.get(key)!r}" for key in diff
-            )
-            raise ValueError(
-                f"Run {run_key!r} exists with a different config ({changes}). Pass "
-                "overwrite=True to replace it, or pick another run_key."
-            )
-        if not overwrite:  # same config: resume where it stopped
-            foreign = [f for f in owned if f in existing and f not in info.owned_fields]
-            _refuse_foreign(foreign, run_key, overwrite, dataset)
-            return old
-        delete_cam_run(dataset, run_key)
-        existing = set(dataset.get_field_schema())
-    foreign = [f for f in owned if f in existing]
-    _refuse_foreign(foreign, run_key, overwrite, dataset)
-    return None
-
-
-def _refuse_foreign(foreign, run_key, overwrite, dataset) -> None:
-    if not foreign:
-        return
-    if not overwrite:
-        raise ValueError(
-            f"Field(s) {foreign} already exist on {dataset.name!r} and do not belong "
-            f"to CAM run {run_key!r}; pick another run_key, or pass overwrite=True "
-            "to delete and replace them"
-        )
-    dataset.delete_sample_fields(foreign)
+def config_differences(
+    stored: dict[str, Any],
+    requested: dict[str, Any],
+    keys: Sequence[str] = IDENTITY_KEYS,
+) -> dict[str, tuple[Any, Any]]:
+    """``{key: (stored, requested)}`` for the identity keys that differ; keys
+    absent from ``requested`` are not compared (so that a form can ask whether
+    a run could resume before it loads the model)."""
+    return {
+        key: (stored.get(key), requested[key])
+        for key in keys
+        if key in requested
+        and _normalise(stored.get(key)) != _normalise(requested[key])
+    }
 
 
 def _normalise(value):
-    if isinstance(value, tuple):
-        return [_normalise(v) for v in value]
-    if isinstance(value, list):
+    if isinstance(value, tuple | list):
         return [_normalise(v) for v in value]
     return value
+
+
+# -- rename internals ------------------------------------------------------------
+
+
+def _renamed(name: str, run_key: str, new_key: str, sep: str) -> str:
+    prefix = run_key + sep
+    return new_key + sep + name[len(prefix) :] if name.startswith(prefix) else name
+
+
+def _rename_plan(
+    dataset: fo.Dataset, info: CamRunInfo, new_key: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Field and saved-view renames for ``info`` -> ``new_key``; raises, before
+    anything moves, if a new name is taken by something the run does not own."""
+    existing = set(dataset.get_field_schema())
+    fields = {f: _renamed(f, info.run_key, new_key, "_") for f in info.owned_fields}
+    views = {v: _renamed(v, info.run_key, new_key, "-") for v in info.saved_views}
+    clashes = [n for o, n in fields.items() if n != o and n in existing]
+    clashes += [n for o, n in views.items() if n != o and dataset.has_saved_view(n)]
+    if clashes:
+        raise ValueError(
+            f"Cannot rename run {info.run_key!r} to {new_key!r}: {clashes} already "
+            "exist on the dataset and do not belong to the run"
+        )
+    return {o: n for o, n in fields.items() if o != n}, {
+        o: n for o, n in views.items() if o != n
+    }
+
+
+def _move_saved_view(
+    dataset: fo.Dataset, name: str, new_name: str, field_renames: dict[str, str]
+) -> None:
+    """Save view ``name`` as ``new_name`` with its field references renamed."""
+    doc = dataset._get_saved_view_doc(name)
+    stages = list(doc.view_stages)
+    for old, new in field_renames.items():
+        # whole field names only: "cam_layer4" must not hit "cam_layer4_focus"
+        pattern = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(old)}(?![A-Za-z0-9_])")
+        stages = [pattern.sub(new, s) for s in stages]
+    view = fov.DatasetView._build(dataset, [json_util.loads(s) for s in stages])
+    description, color = doc.description, doc.color
+    dataset.delete_saved_view(name)
+    dataset.save_view(new_name, view, description=description, color=color)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
-import types
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +30,7 @@ from ..engine.methods import get_method
 from ..sources.geometry import TransformGeometry
 from ..sources.images import ImageFiles, collate, default_num_workers
 from ..sources.models import ResizeNormalize, load_model
-from . import cam_runs, sharding
+from . import cam_runs, registration, sharding
 from .app_look import style_run
 from .batch_fields import (
     BatchContext,
@@ -42,27 +39,14 @@ from .batch_fields import (
     field_names,
     label_reader,
 )
+from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes
 from .storage import STORAGE_MODES
+from .writes import set_fields
 
 __all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
 
 TASKS = ("classification", "segmentation")
-# Config keys that must match for a run to be resumed.
-_RESUME_KEYS = (
-    "model",
-    "layers",
-    "method",
-    "task",
-    "target",
-    "label_field",
-    "classes",
-    "transforms",
-    "storage",
-    "max_size",
-    "eigen_smooth",
-    "aug_smooth",
-)
 
 
 def compute_cams(
@@ -84,6 +68,8 @@ def compute_cams(
     output_dir: str | None = None,
     max_size: int = 256,
     overwrite: bool = False,
+    retry_errors: bool = True,
+    allow_pickle: bool = False,
     progress: bool = True,
     eigen_smooth: bool = False,
     aug_smooth: bool = False,
@@ -115,6 +101,13 @@ def compute_cams(
     label field type, label classes vs the model's classes) is, and raises
     before anything is written. Returns a :class:`CamRunSummary`; raises
     :class:`CamRunFailed` when no attempted sample succeeded.
+
+    An existing run ``run_key`` resumes (samples not done yet, and failed ones
+    with ``retry_errors``) if its model weights, transforms and settings match;
+    otherwise it raises unless ``overwrite``, which replaces it only once the
+    new run has succeeded. ``allow_pickle=True`` lets a model file run the
+    Python code pickled in it (``torch.load(weights_only=False)``): only for
+    files you trust.
     """
     call = dict(locals())  # the arguments as given, for delegated workers
     queue = sharding.check_delegation(delegate, shards)
@@ -140,9 +133,10 @@ def compute_cams(
         aug_smooth=aug_smooth,
         reshape_transform=reshape_transform,
         batch_size=batch_size,
+        allow_pickle=allow_pickle,
     )
     if shard is not None:  # one shard of a run its caller registered
-        _open_run(plan, overwrite=False, join=True)
+        opened = _open_run(plan, overwrite=False, join=True)
         samples = sharding.shard_view(samples, shard)
     elif queue:
         shard_plan = sharding.plan_shards(samples, queue)
@@ -155,27 +149,40 @@ def compute_cams(
             progress=False,  # workers report through the operation instead
         )
         plan.config["sharding"] = shard_plan
-        _open_run(plan, overwrite)  # the run exists before any shard runs
-        style_run(plan.dataset, plan.run_key, plan.names)
+        # the run exists before any shard runs; a replacement is swapped in now
+        # (shards finish at different times, so there is no "once it succeeded")
+        key = registration.finish_run(plan.dataset, _open_run(plan, overwrite))
+        style_run(plan.dataset, key, field_names(key, plan.config["layers"]))
         return sharding.queue_shards(
             samples, "compute_cams", kwargs, shard_plan, delegation_target
         )
     else:
-        _open_run(plan, overwrite)
-        style_run(plan.dataset, plan.run_key, plan.names)
+        opened = _open_run(plan, overwrite)
     summary = _stream_run(
-        plan, samples, batch_size, num_workers, device, progress, progress_callback
+        plan,
+        samples,
+        batch_size,
+        num_workers,
+        device,
+        progress,
+        progress_callback,
+        retry_errors,
     )
     # recorded on the run, so that listings and the App can tell how it went
     # (not by shards: they run at once and report through cam_run_status)
     if shard is None:
-        cam_runs._update_config(plan.dataset, plan.run_key, outcome=summary.as_dict())
-    if summary.failed:
+        outcome = summary.as_dict()
+        cam_runs.update_run_config(plan.dataset, opened.run_key, outcome=outcome)
+    if summary.failed:  # an overwrite that failed replaces nothing
         raise CamRunFailed(summary)
+    if shard is None:
+        summary = _finish_run(plan, opened, summary)
+        layers = plan.config["layers"]
+        style_run(plan.dataset, summary.run_key, field_names(summary.run_key, layers))
     return summary
 
 
-# -- the three steps: plan (no writes), open (register), stream (compute, write) --
+# -- the steps: plan (no writes), open (register), stream (compute, write), finish --
 
 
 @dataclass
@@ -206,7 +213,7 @@ def _plan_run(
     method_name = method.strip().lower() if isinstance(method, str) else method
     get_method(method_name)  # unknown method: raises listing close names
 
-    loaded = load_model(model)
+    loaded = load_model(model, allow_pickle=options["allow_pickle"])
     module = loaded.module
     transforms = options["transforms"] or loaded.transforms or ResizeNormalize(224)
     # Probes the transforms; random or rotating ones are refused here, before
@@ -240,13 +247,14 @@ def _plan_run(
         # the name to load it again by (the App reruns and lists runs by it)
         "model_source": model if isinstance(model, str) else None,
         "num_samples": len(samples),
+        "weights": weights_fingerprint(module),
         "layers": layer_list,
         "method": method_name,
         "task": task,
         "target": target,
         "label_field": label_field,
         "classes": _describe_classes(class_names),
-        "transforms": _describe(transforms),
+        "transforms": describe(transforms),
         "geometry": geometry.reference(),
         "storage": storage,
         "output_dir": None if output_dir is None else os.path.abspath(output_dir),
@@ -255,6 +263,9 @@ def _plan_run(
         "aug_smooth": bool(options["aug_smooth"]),
         "owned_fields": names.owned,
     }
+    config["transforms_fingerprint"] = transforms_fingerprint(
+        transforms, config.get("geometry")
+    )
     return _RunPlan(
         dataset=dataset,
         run_key=run_key,
@@ -268,47 +279,35 @@ def _plan_run(
     )
 
 
-def _open_run(plan: _RunPlan, overwrite: bool, join: bool = False) -> None:
-    """Register the run (new, resumed or replaced) and declare its fields.
+def _open_run(
+    plan: _RunPlan, overwrite: bool, join: bool = False
+) -> registration.OpenedRun:
+    """Register, resume or (overwrite) start a replacement of the run, atomically;
+    the plan then writes the fields of the key that was opened.
 
-    ``join``: a shard joins the run its caller registered; it neither creates,
-    replaces nor re-registers it, so concurrent shards never race on it.
+    ``join``: a shard joins the run its caller registered; it never creates or
+    replaces it.
     """
-    config, names = plan.config, plan.names
-    resumed = cam_runs.prepare_run(
-        plan.dataset,
-        plan.run_key,
-        config,
-        names.owned,
-        overwrite,
-        (*_RESUME_KEYS, "output_dir"),
-    )
-    if join:
-        if resumed is None:
-            raise ValueError(
-                f"Run {plan.run_key!r} does not exist on {plan.dataset.name!r}: a "
-                "shard only resumes a run registered by compute_cams(delegate=True)"
-            )
-        config["run_dir"] = resumed.get("run_dir")
-        return
-    run_dir = None
-    if resumed is not None:
-        run_dir = resumed.get("run_dir")
-        # keep fields added on the run's behalf since (e.g. by score_cams)
-        extra = [f for f in resumed.get("owned_fields", []) if f not in names.owned]
-        config["owned_fields"] = names.owned + extra
-        # and what later steps recorded (scoring settings, saved views, clusters
-        # and their brain runs), so that delete_cam_run still finds them
-        for key in ("scoring", "saved_views", "clusters", "brain_keys"):
-            if key in resumed:
-                config.setdefault(key, resumed[key])
-    if config["storage"] == "disk" and run_dir is None:
-        run_dir = os.path.join(
-            config["output_dir"], f"{plan.run_key}-{uuid.uuid4().hex[:12]}"
+    if join and plan.run_key not in cam_runs.list_cam_runs(plan.dataset):
+        raise ValueError(
+            f"Run {plan.run_key!r} does not exist on {plan.dataset.name!r}: a "
+            "shard only resumes a run registered by compute_cams(delegate=True)"
         )
-    config["run_dir"] = run_dir
-    cam_runs.register_cam_run(plan.dataset, plan.run_key, **config)
-    _declare_fields(plan.dataset, names)
+    opened = registration.open_run(plan.dataset, plan.run_key, plan.config, overwrite)
+    plan.names, plan.config = opened.names, opened.config
+    return opened
+
+
+def _finish_run(
+    plan: _RunPlan, opened: registration.OpenedRun, summary: CamRunSummary
+) -> CamRunSummary:
+    """Swap a replacement in under the final key; the summary names its fields."""
+    summary.run_key = registration.finish_run(plan.dataset, opened)
+    info = cam_runs.get_cam_run(plan.dataset, summary.run_key)
+    summary.fields = dict(info.fields)
+    summary.fields_written = list(field_names(summary.run_key, info.layers).owned)
+    summary.run_dir = info.config.get("run_dir")
+    return summary
 
 
 def _stream_run(
@@ -319,12 +318,18 @@ def _stream_run(
     device,
     progress,
     progress_callback,
+    retry_errors=True,
 ) -> CamRunSummary:
-    """Compute the samples not done yet, batch by batch, writing each batch in bulk."""
+    """Compute the samples not done yet (and, with ``retry_errors``, the failed
+    ones), batch by batch, writing each batch in bulk."""
     dataset, names, config = plan.dataset, plan.names, plan.config
     num_samples = len(samples)
-    pending = samples.match(~(VF(names.prediction).exists() | VF(names.error).exists()))
-    ids, filepaths = pending.values(["id", "filepath"])
+    done_expr = VF(names.prediction).exists()
+    if not retry_errors:
+        done_expr = done_expr | VF(names.error).exists()
+    pending = samples.match(~done_expr)
+    ids, filepaths, old_errors = pending.values(["id", "filepath", names.error])
+    retried = {sid for sid, err in zip(ids, old_errors, strict=True) if err}
     summary = CamRunSummary(
         run_key=plan.run_key,
         fields=dict(zip(config["layers"], names.heatmaps, strict=True)),
@@ -367,10 +372,16 @@ def _stream_run(
         for batch in loader:
             batch_ids = ids[batch.indices[0] : batch.indices[-1] + 1]
             values = batch_field_values(context, batch, batch_ids, labels)
-            _write(dataset, values, last=(names.prediction, names.error))
-            for sid, message in values[names.error].items():
-                summary.add_error(sid, message)
-            summary.num_computed += len(batch_ids) - len(values[names.error])
+            errors = values[names.error]
+            # a retried sample that now succeeds loses its old error
+            errors.update(
+                {s: None for s in retried.intersection(batch_ids) - set(errors)}
+            )
+            _write(dataset, values)
+            for sid, message in errors.items():
+                if message is not None:
+                    summary.add_error(sid, message)
+            summary.num_computed += sum(errors.get(sid) is None for sid in batch_ids)
             done += len(batch_ids)
             bar.update(len(batch_ids))
             if progress_callback is not None:
@@ -443,16 +454,6 @@ def _check_label_field(samples, task, target, label_field) -> None:
         )
 
 
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _describe(obj) -> str:
-    """A stable description (no memory addresses), so that a rerun compares equal."""
-    if isinstance(obj, types.FunctionType | types.BuiltinFunctionType | type):
-        return f"{getattr(obj, '__module__', '?')}.{obj.__qualname__}"
-    return _ADDRESS.sub("", repr(obj))
-
-
 def _describe_classes(class_names) -> list[str] | str | None:
     if class_names is None:
         return None
@@ -463,23 +464,6 @@ def _describe_classes(class_names) -> list[str] | str | None:
 
 
 # -- fields and runs ---------------------------------------------------------------
-
-
-def _declare_fields(dataset, names: FieldNames) -> None:
-    schema = dataset.get_field_schema()
-
-    def add(name, ftype, **kwargs):
-        if name not in schema:
-            dataset.add_sample_field(name, ftype, **kwargs)
-
-    for name in names.heatmaps:
-        add(name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)
-    for name in names.strengths:
-        add(name, fo.FloatField)
-    for name in (names.target, names.prediction):
-        add(name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
-    add(names.error, fo.StringField)
-    add(names.seen, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detection)
 
 
 @contextlib.contextmanager
@@ -493,11 +477,13 @@ def _on_device(module: nn.Module, device: torch.device):
         module.to(original)
 
 
-def _write(dataset, values: dict[str, dict[str, Any]], last=()) -> None:
-    """One bulk write per field for this batch; the fields in ``last`` (those
-    that mark a sample done) after all others, so that a batch cut short by a
-    dead worker is computed again on resume."""
-    order = [n for n in values if n not in last] + [n for n in last if n in values]
-    for name in order:
-        if values[name]:
-            dataset.set_values(name, values[name], key_field="id", validate=False)
+def _write(dataset, values: dict[str, dict[str, Any]]) -> None:
+    """One bulk write for this batch: every field of a sample in one update, so
+    that a batch cut short by a dead worker leaves each sample either done
+    (prediction or error set, with its maps) or to be computed again."""
+    updates: dict[str, dict[str, Any]] = {}
+    for name, by_id in values.items():
+        for sid, value in by_id.items():
+            updates.setdefault(sid, {})[name] = value
+    if updates:
+        set_fields(dataset, updates)

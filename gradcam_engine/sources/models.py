@@ -6,7 +6,12 @@
 - ``"zoo:<name>"``: a FiftyOne zoo ``TorchImageModel`` (needs its weights);
 - ``"package.module:function"``: an entry point returning a module or a
   ``(module, transforms, classes)`` tuple;
-- a path to a TorchScript file or a ``torch.save``d module / checkpoint.
+- a path to a ``torch.save``d module / checkpoint, loaded with
+  ``weights_only=True`` unless the caller passes ``allow_pickle=True`` (a
+  pickle runs arbitrary code: only for trusted files).
+
+TorchScript is refused: a ScriptModule does not run Python forward hooks,
+which CAMs need to read the layers' activations and gradients.
 
 fiftyone, efficientnet and other heavy packages are imported only by the
 loader that needs them.
@@ -17,6 +22,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -114,8 +121,28 @@ def imagenet_classes() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def load_model(spec: str | os.PathLike | nn.Module | LoadedModel) -> LoadedModel:
-    """Resolve a model spec (see the module docstring) to a :class:`LoadedModel`."""
+def load_model(
+    spec: str | os.PathLike | nn.Module | LoadedModel, *, allow_pickle: bool = False
+) -> LoadedModel:
+    """Resolve a model spec (see the module docstring) to a :class:`LoadedModel`.
+
+    ``allow_pickle=True`` lets a model file run the Python code pickled in it.
+    """
+    loaded = _resolve(spec, allow_pickle)
+    if isinstance(loaded.module, torch.jit.ScriptModule):
+        raise TypeError(f"model {loaded.description!r} is TorchScript. {_NO_SCRIPT}")
+    return loaded
+
+
+_NO_SCRIPT = (
+    "TorchScript modules cannot give CAMs: they do not run Python forward hooks "
+    "(register_forward_hook), which capture the layers' activations and "
+    "gradients. Pass the eager nn.Module instead (torch.save(model, path), or a "
+    "'package.module:function' entry point that builds it)."
+)
+
+
+def _resolve(spec, allow_pickle: bool) -> LoadedModel:
     if isinstance(spec, LoadedModel):
         return spec
     if isinstance(spec, nn.Module):
@@ -137,7 +164,7 @@ def load_model(spec: str | os.PathLike | nn.Module | LoadedModel) -> LoadedModel
     if spec.startswith("zoo:"):
         return _load_zoo(spec[4:])
     if os.path.isfile(spec):
-        return _load_file(spec)
+        return _load_file(spec, allow_pickle)
     if ":" in spec and os.path.sep not in spec.split(":", 1)[0]:
         return _load_entry_point(spec)
     names = list_model_sources()
@@ -293,14 +320,28 @@ def _load_entry_point(spec: str) -> LoadedModel:
     return _as_loaded(obj, spec)
 
 
-def _load_file(path: str) -> LoadedModel:
+def _is_torchscript(path: str) -> bool:
+    """A TorchScript archive holds ``code/`` and ``constants.pkl``; a
+    ``torch.save`` zip does not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/constants.pkl") for n in archive.namelist())
+
+
+def _load_file(path: str, allow_pickle: bool) -> LoadedModel:
+    if _is_torchscript(path):
+        raise ValueError(f"model file {path!r} is TorchScript. {_NO_SCRIPT}")
     try:
-        module = torch.jit.load(path, map_location="cpu")
-        return LoadedModel(module, description=f"torchscript:{path}")
-    except (RuntimeError, ValueError):
-        pass
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"model file {path!r} holds pickled Python objects, which "
+            "torch.load(weights_only=True) refuses because unpickling can run "
+            "any code. If you trust the file, pass allow_pickle=True "
+            f"(load_model(path, allow_pickle=True) or compute_cams(..., "
+            f"allow_pickle=True)). Details: {exc}"
+        ) from exc
     except Exception as exc:
         raise ValueError(f"Cannot load model file {path!r}: {exc}") from exc
     if isinstance(obj, dict):
