@@ -156,18 +156,16 @@ class CamReviewPanel(foo.Panel):
             ctx.ops.set_active_fields(fields=fields)
 
     def _open(self, ctx, sample_id):
+        """The sample view with exactly the chosen heatmap and its boxes.
+
+        The grid's active fields are set first; ``open_cam_sample`` then opens
+        the sample the way that copies them into the sample view (FiftyOne's
+        ``open_sample`` keeps the sample view's own fields).
+        """
         if not sample_id:
             return
         self._show_heatmap(ctx, data.sources(ctx.dataset))
-        ctx.ops.open_sample(id=sample_id)
-
-    def on_change_current_sample(self, ctx):
-        # The sample view keeps its own active fields, and the App applies
-        # set_active_fields to the view that is open, so they are set once it
-        # is: while the panel is open, every sample shows the chosen heatmap
-        # and its boxes, and nothing else.
-        if ctx.current_sample:
-            self._show_heatmap(ctx, data.sources(ctx.dataset))
+        ctx.trigger(_forms.uri("open_cam_sample"), params={"sample_id": sample_id})
 
     def _refresh(self, ctx, sources):
         state = ctx.panel.state
