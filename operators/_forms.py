@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -236,6 +237,11 @@ def delegated_progress(ctx, label: str) -> Callable[[int, int], None]:
     return report
 
 
+# Seconds between progress messages of an immediate run (a notification stays
+# about 3 s on screen).
+NOTIFY_EVERY = 3.0
+
+
 def run_with_progress(
     ctx, label: str, fn: Callable[[Callable[[int, int], None]], Any]
 ) -> Iterator:
@@ -244,9 +250,11 @@ def run_with_progress(
     A generator: ``result = yield from run_with_progress(ctx, ...)``.
 
     Delegated: the callback calls ``ctx.set_progress`` (stored on the run).
-    Immediate: ``fn`` runs in a worker thread and this generator yields App
-    ``set_progress`` messages as the callback reports them, so the App shows
-    live progress while the operator executes.
+    Immediate: ``fn`` runs in a worker thread and this generator yields a
+    notification every ``NOTIFY_EVERY`` seconds ("label: done/total"). Not the
+    App's ``set_progress``: FiftyOne 1.22 draws it in its output dialog, whose
+    only button is "Done", which would be offered while the run goes on. The
+    operator shows that dialog (``show_output``) once the run has finished.
     """
 
     if ctx.delegated:
@@ -265,19 +273,16 @@ def run_with_progress(
 
     thread = threading.Thread(target=worker, name=f"cam-audit {label}", daemon=True)
     thread.start()
+    last = None
     while True:
         item = updates.get()
         if item is _DONE:
             break
-        # coalesce bursts: only the latest update matters
-        while not updates.empty():
-            nxt = updates.get()
-            if nxt is _DONE:
-                updates.put(_DONE)
-                break
-            item = nxt
-        progress, text = _progress_message(label, *item)
-        yield ctx.trigger("set_progress", {"progress": progress, "label": text})
+        now = time.monotonic()
+        if last is not None and now - last < NOTIFY_EVERY:
+            continue  # only the latest update matters
+        last = now
+        yield ctx.ops.notify(_progress_message(label, *item)[1])
     thread.join()
     if "error" in outcome:
         raise outcome["error"]

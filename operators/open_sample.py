@@ -12,6 +12,8 @@ event; the panel calls ``set_active_fields`` first. See docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+import asyncio
+
 import fiftyone.operators as foo
 
 
@@ -35,5 +37,8 @@ class OpenCamSample(foo.Operator):
         except ImportError:  # no local App server (e.g. another deployment)
             ctx.ops.open_sample(id=sample_id)
             return
+        settle = float(ctx.params.get("settle") or 0)
+        if settle > 0:  # let the grid redraw with its new fields first
+            await asyncio.sleep(settle)
         # to every App on this server, as session.sample_id = ... does
         await dispatch_event(None, SetSample(sample_id=sample_id))

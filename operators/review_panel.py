@@ -21,6 +21,8 @@ DEFAULT_TAGS = "spurious,ok,needs-data"
 # panel instead of zooming the chart.
 _PLOT_CONFIG = dict(displayModeBar=False, scrollZoom=False)
 _MARGIN = dict(t=48, l=56, r=16, b=40)
+# Seconds the grid gets to redraw its tiles with new fields before Open.
+OPEN_SETTLE = 2.0
 
 
 class CamReviewPanel(foo.Panel):
@@ -148,24 +150,34 @@ class CamReviewPanel(foo.Panel):
 
     # ------------------------------------------------------------ data
 
-    def _show_heatmap(self, ctx, sources):
-        """Only the chosen heatmap and the objects it is scored against."""
+    def _show_heatmap(self, ctx, sources) -> bool:
+        """Only the chosen heatmap and the objects it is scored against, in
+        the grid; True if the grid's fields changed."""
         src = sources.get(ctx.panel.state.source or "")
-        if src:
-            fields = [src["heatmap"], *([src["boxes"]] if src["boxes"] else [])]
-            ctx.ops.set_active_fields(fields=fields)
+        if not src:
+            return False
+        fields = [src["heatmap"], *([src["boxes"]] if src["boxes"] else [])]
+        if sorted(ctx.active_fields or []) == sorted(fields):
+            return False
+        ctx.ops.set_active_fields(fields=fields)
+        return True
 
     def _open(self, ctx, sample_id):
         """The sample view with exactly the chosen heatmap and its boxes.
 
         The grid's active fields are set first; ``open_cam_sample`` then opens
         the sample the way that copies them into the sample view (FiftyOne's
-        ``open_sample`` keeps the sample view's own fields).
+        ``open_sample`` keeps the sample view's own fields). When the grid's
+        fields changed, it waits for the grid's tiles to redraw first: opening
+        while they decode their heatmaps raises FiftyOne's DataCloneError.
         """
         if not sample_id:
             return
-        self._show_heatmap(ctx, data.sources(ctx.dataset))
-        ctx.trigger(_forms.uri("open_cam_sample"), params={"sample_id": sample_id})
+        changed = self._show_heatmap(ctx, data.sources(ctx.dataset))
+        ctx.trigger(
+            _forms.uri("open_cam_sample"),
+            params={"sample_id": sample_id, "settle": OPEN_SETTLE if changed else 0},
+        )
 
     def _refresh(self, ctx, sources):
         state = ctx.panel.state

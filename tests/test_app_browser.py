@@ -127,6 +127,13 @@ def _toggle(scope, field: str) -> None:
     box.locator("input[type='checkbox']").first.click(force=True)
 
 
+def _pick_source(page, name: str) -> None:
+    page.get_by_text("Run / layer", exact=True).first.locator(
+        "xpath=following::*[@role='combobox' or @aria-haspopup='listbox'][1]"
+    ).click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
 def test_compute_form_shows_why_a_run_cannot_work(page, artifacts_dir, scored_dataset):
     page.keyboard.press("`")
     page.get_by_placeholder("Search operations by name...").fill("Compute CAMs")
@@ -167,10 +174,7 @@ def test_review_panel_opens_the_selected_heatmap_without_errors(
     _shot(page, artifacts_dir, "panel")
 
     # switch run: the table follows
-    page.get_by_text("Run / layer", exact=True).first.locator(
-        "xpath=following::*[@role='combobox' or @aria-haspopup='listbox'][1]"
-    ).click()
-    page.get_by_role("option", name="cam/block", exact=True).click()
+    _pick_source(page, "cam/block")
     focus = scored_dataset.values("cam_block_focus")
     lowest = min(zip(focus, names, strict=True))[1]
     # precondition of the colour check below: this map has lows and highs
@@ -214,6 +218,24 @@ def test_review_panel_opens_the_selected_heatmap_without_errors(
     for other in ("cam_stem", "cam_b_stem", "cam_b_block", "label"):
         assert not _is_checked(page, other), other
 
+    # Open again, another run: the sample view's own fields (cam_block was
+    # switched off by hand above) give way to the newly selected heatmap
+    _pick_source(page, "cam_b/stem")
+    page.wait_for_function(
+        "() => document.body.innerText.includes('cam_b** / `stem`')"
+        " || document.body.innerText.includes('cam_b / stem')",
+        timeout=30_000,
+    )
+    page.locator("table tbody tr").nth(1).locator("td").nth(1).click()
+    modal.first.wait_for(timeout=30_000)
+    time.sleep(4)
+    _shot(page, artifacts_dir, "open_again")
+    assert _checked(page, "cam_b_stem") and _checked(page, "ground_truth")
+    for other in ("cam_block", "cam_stem", "cam_b_block", "label"):
+        assert not _checked(page, other), other
+    page.mouse.click(5, 500)
+    modal.first.wait_for(state="detached", timeout=30_000)
+
     # "Show lowest N" filters the grid (the session's view follows the App)
     page.get_by_text("Show lowest N in grid").first.click()
     deadline = time.monotonic() + 30
@@ -224,3 +246,36 @@ def test_review_panel_opens_the_selected_heatmap_without_errors(
     time.sleep(3)
     _shot(page, artifacts_dir, "lowest")
     _no_errors(page, artifacts_dir, "panel")
+
+
+def test_compute_form_offers_done_only_once_the_run_finished(
+    page, artifacts_dir, scored_dataset
+):
+    from gradcam_engine.runs import cam_runs as runs
+
+    before = set(scored_dataset.list_runs())
+    page.keyboard.press("`")
+    page.get_by_placeholder("Search operations by name...").fill("Compute CAMs")
+    page.get_by_text("Compute CAMs", exact=True).first.click()
+    batch = page.get_by_text("Batch size", exact=True).first
+    batch.wait_for(timeout=30_000)
+    batch.locator("xpath=following::input[1]").fill("1")  # one update per image
+    time.sleep(1)
+    page.get_by_role("button", name="Execute").click()
+
+    done = page.get_by_role("button", name="Done")
+    progress_seen, deadline = False, time.monotonic() + 240
+    while not done.count() and time.monotonic() < deadline:
+        progress_seen |= page.get_by_text("Computing CAMs:").count() > 0
+        time.sleep(0.2)
+    assert done.count(), "the run never finished in the App"
+    # the moment Done is offered, the run has finished and recorded its outcome
+    scored_dataset.reload()
+    new = set(scored_dataset.list_runs()) - before
+    assert len(new) == 1, new
+    outcome = runs.get_cam_run(scored_dataset, new.pop()).config.get("outcome")
+    assert outcome is not None, "Done was offered before the run finished"
+    _shot(page, artifacts_dir, "form_done")
+    assert page.get_by_text("5 computed").count()
+    assert progress_seen, "no progress was shown while the run went on"
+    _no_errors(page, artifacts_dir, "form_done")
