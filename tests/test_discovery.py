@@ -26,8 +26,9 @@ from gradcam_engine.audit.clusters import cluster_cams
 from gradcam_engine.audit.counterfactual import road_scores
 from gradcam_engine.audit.export import export_review
 from gradcam_engine.audit.model_checks import _to_input, background_test, road_cams
+from gradcam_engine.audit.raw_reads import raw_heatmap
 from gradcam_engine.audit.report import class_report
-from gradcam_engine.audit.scoring import _raw_heatmap, score_cams
+from gradcam_engine.audit.scoring import score_cams
 from gradcam_engine.demo import marked_data as md
 from gradcam_engine.demo import shortcut_data as sd
 from gradcam_engine.demo import shortcut_model as sm
@@ -198,7 +199,7 @@ def test_road_equals_pytorch_grad_cam(hans):
     x = torch.stack([sm.transforms()(_img(p)) for p in view.values("filepath")])
     # The stored maps on the input grid, as road_cams reads them through the
     # transforms' probed geometry (here an identity up to the probe's fit).
-    stored = np.stack([_raw_heatmap(h.to_dict()) for h in view.values(F)])
+    stored = np.stack([raw_heatmap(h.to_dict()) for h in view.values(F)])
     geometry = TransformGeometry(sm.transforms())((64, 64))
     cams = np.stack([_to_input(m, geometry) for m in stored])
     assert cams.shape == (6, 64, 64) and np.abs(cams - stored).max() < 0.05

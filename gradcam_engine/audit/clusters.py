@@ -25,7 +25,8 @@ from threadpoolctl import threadpool_limits
 from ..runs import cam_runs as runs
 from . import spray
 from .owned import claim_brain_key, claim_fields
-from .scoring import _progress, _raw_heatmap, _resolve_layers, _write
+from .raw_reads import raw_heatmap
+from .scoring import _progress, _resolve_layers, _write
 
 __all__ = ["BY", "cluster_cams", "cluster_field", "visualization_key"]
 
@@ -180,7 +181,7 @@ def _read(samples, ids, f, group_path, mix_path, size, batch_size, report):
         chunk = ids[start : start + batch_size]
         columns = samples.select(chunk, ordered=True).values(paths, _raw=True)
         col = dict(zip(paths, columns, strict=True))
-        maps = [_raw_heatmap(doc) for doc in col[f]]
+        maps = [raw_heatmap(doc) for doc in col[f]]
         have = [i for i, m in enumerate(maps) if m is not None]
         if have:
             vectors[[start + i for i in have]] = spray.map_vectors(

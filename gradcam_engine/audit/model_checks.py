@@ -35,15 +35,8 @@ from ..sources.geometry import Geometry, TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
 from .counterfactual import FILLS, prediction_change, replace_background, road_scores
 from .owned import claim_fields
-from .scoring import (
-    _ground_truth,
-    _gt_kind,
-    _progress,
-    _raw_heatmap,
-    _resolve_layers,
-    _SegClasses,
-    _write,
-)
+from .raw_reads import SegClasses, ground_truth, gt_kind, raw_heatmap
+from .scoring import _progress, _resolve_layers, _write
 
 __all__ = ["background_test", "road_cams", "road_field"]
 
@@ -76,7 +69,7 @@ def background_test(
     Returns ``{"fields", "num_tested", "flip_rate", "mean_drop"}``.
     """
     info = runs.get_cam_run(samples, run_key)
-    kind = _gt_kind(samples, gt_field)
+    kind = gt_kind(samples, gt_field)
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     _check_batch_size(batch_size)
@@ -87,7 +80,7 @@ def background_test(
     )
     label_classes = [label_classes] if isinstance(label_classes, str) else label_classes
     seg = (
-        _SegClasses(samples._root_dataset, gt_field, label_classes)
+        SegClasses(samples._root_dataset, gt_field, label_classes)
         if kind == "segmentation"
         else None
     )
@@ -98,7 +91,7 @@ def background_test(
 
     def keep_mask(columns, i, image) -> np.ndarray | None:
         target = columns[paths[-1]][i]
-        gt = _ground_truth(kind, columns, gt_field, i, label_classes, seg, target)
+        gt = ground_truth(kind, columns, gt_field, i, label_classes, seg, target)
         return gt.mask((image.shape[0], image.shape[1]))
 
     with _eval(module):
@@ -184,7 +177,7 @@ def _road_batch(batch, module, tf, geometry, classes, heat, percentiles, seed, o
     target_path = list(columns)[-1]
     x_all = [tf(Image.fromarray(image)) for image in images]
     for f in heat:
-        maps = [_raw_heatmap(doc) for doc in columns[f]]
+        maps = [raw_heatmap(doc) for doc in columns[f]]
         have = [i for i, m in enumerate(maps) if m is not None]
         # one ROAD call per input size (transforms may keep the image's size)
         for rows in _by_shape(have, x_all):

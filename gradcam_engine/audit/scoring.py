@@ -28,8 +28,6 @@ Fields written, for each heatmap field ``F`` of run ``R`` (see
 
 from __future__ import annotations
 
-import ast
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,24 +36,17 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import fiftyone.core.utils as fou
 import numpy as np
-from PIL import Image
 
 from ..runs import cam_runs as runs
 from ..runs import sharding
 from ..runs.app_look import add_to_run_group
 from ..runs.ownership import claim
-from ..runs.storage import heatmap_to_float, iter_chunks
+from ..runs.storage import iter_chunks
 from ..runs.writes import set_fields
-from .metrics import GroundTruth, agreement, score_layer
+from .metrics import agreement, score_layer
+from .raw_reads import GT_TYPES, SegClasses, ground_truth, gt_kind, raw_heatmap
 
 __all__ = ["GT_TYPES", "score_cams", "focus_field", "hit_field", "spread_field"]
-
-# Label types that can serve as ground truth, by kind.
-GT_TYPES: dict[str, type] = {
-    "detections": fo.Detections,
-    "segmentation": fo.Segmentation,
-    "polylines": fo.Polylines,
-}
 
 
 def focus_field(heatmap_field: str) -> str:
@@ -179,7 +170,7 @@ class _ScorePlan:
     vs_fields: dict[str, str]  # layer -> F_vs_<compare_run>
     agreement_field: str | None
     target_path: str | None
-    seg_classes: _SegClasses | None
+    seg_classes: SegClasses | None
     paths: list[str] = field(default_factory=list)  # read per chunk
 
     def output_fields(self) -> list[str]:
@@ -206,7 +197,7 @@ def _plan_scoring(
     info = runs.get_cam_run(samples, run_key)
     dataset = samples._root_dataset
     layers = _resolve_layers(info, layers)
-    kind = _gt_kind(samples, gt_field)
+    kind = gt_kind(samples, gt_field)
     if isinstance(hit_tolerance, bool) or not isinstance(hit_tolerance, (int, float)):
         raise TypeError(
             f"hit_tolerance must be a number, got {type(hit_tolerance).__name__}"
@@ -257,7 +248,7 @@ def _plan_scoring(
         ),
         target_path=target_path,
         seg_classes=(
-            _SegClasses(dataset, gt_field, label_classes)
+            SegClasses(dataset, gt_field, label_classes)
             if kind == "segmentation"
             else None
         ),
@@ -287,9 +278,9 @@ def _score_chunks(
         # Raw documents: decoding maps ourselves is ~10x faster than building
         # fo.Heatmap objects through mongoengine.
         columns = dict(zip(plan.paths, view.values(plan.paths, _raw=True), strict=True))
-        maps = [[_raw_heatmap(doc) for doc in columns[f]] for f in heat_fields]
+        maps = [[raw_heatmap(doc) for doc in columns[f]] for f in heat_fields]
         gts = [
-            _ground_truth(
+            ground_truth(
                 kind,
                 columns,
                 plan.gt_field,
@@ -309,7 +300,7 @@ def _score_chunks(
         if plan.agreement_field:
             out[plan.agreement_field] += agreement(maps)
         for layer, name in plan.vs_fields.items():
-            theirs = [_raw_heatmap(doc) for doc in columns[plan.compare_fields[layer]]]
+            theirs = [raw_heatmap(doc) for doc in columns[plan.compare_fields[layer]]]
             out[name] += agreement([maps[plan.layers.index(layer)], theirs])
         done += len(chunk)
         report(done)
@@ -388,29 +379,6 @@ def _resolve_layers(info: runs.CamRunInfo, layers: Sequence[str] | None) -> list
     return list(dict.fromkeys(resolved))
 
 
-def _gt_kind(samples: foc.SampleCollection, gt_field: str | None) -> str | None:
-    if gt_field is None:
-        return None
-    suitable = {
-        kind: sorted(samples.get_field_schema(embedded_doc_type=cls))
-        for kind, cls in GT_TYPES.items()
-    }
-    for kind, names in suitable.items():
-        if gt_field in names:
-            return kind
-    listed = [name for names in suitable.values() for name in names]
-    field = samples.get_field_schema().get(gt_field)
-    if field is None:
-        problem = "does not exist"
-    else:
-        doc = getattr(field, "document_type", None)
-        problem = f"is a {doc.__name__ if doc else type(field).__name__} field"
-    raise ValueError(
-        f"gt_field {gt_field!r} {problem}; it must be a Detections, Segmentation or "
-        f"Polylines field. Suitable label fields here: {listed or 'none'}"
-    )
-
-
 def _progress(progress, total: int) -> Callable[[int], None]:
     if callable(progress):
         return lambda done: progress(done, total)
@@ -425,114 +393,6 @@ def _progress(progress, total: int) -> Callable[[int], None]:
 
         return update
     return lambda done: None
-
-
-# --------------------------------------------------------------------------- ground truth
-
-
-class _SegClasses:
-    """Label -> mask values from the field's mask targets (or the defaults)."""
-
-    def __init__(
-        self, dataset: fo.Dataset, gt_field: str, label_classes: Sequence[str] | None
-    ) -> None:
-        targets = dataset.mask_targets.get(gt_field) or dataset.default_mask_targets
-        self.by_label: dict[str, list[int]] = {}
-        for value, label in (targets or {}).items():
-            try:
-                self.by_label.setdefault(str(label), []).append(int(value))
-            except (TypeError, ValueError):
-                continue  # RGB hex targets: not supported for restriction
-        self.fixed: list[int] | None = None
-        if label_classes:
-            missing = [c for c in label_classes if c not in self.by_label]
-            if missing:
-                raise ValueError(
-                    f"label_classes {missing} are not in the mask targets of "
-                    f"{gt_field!r}: {sorted(self.by_label) or 'none defined'}"
-                )
-            self.fixed = sorted({v for c in label_classes for v in self.by_label[c]})
-
-    def values_for(self, target: str | None) -> list[int] | None:
-        if self.fixed is not None:
-            return self.fixed
-        if target is not None and str(target) in self.by_label:
-            return self.by_label[str(target)]
-        return None  # all non-zero pixels
-
-
-def _ground_truth(
-    kind, columns, gt_field, i, label_classes, seg, target
-) -> GroundTruth:
-    """Sample ``i``'s objects from the raw columns read by ``score_cams``."""
-    if kind is None:
-        return GroundTruth()
-    if kind == "detections":
-        boxes = columns[f"{gt_field}.detections.bounding_box"][i] or []
-        labels = columns[f"{gt_field}.detections.label"][i] or []
-        keep = [
-            b
-            for b, lab in zip(boxes, labels, strict=True)
-            if b is not None and (not label_classes or lab in label_classes)
-        ]
-        return GroundTruth(boxes=np.asarray(keep, dtype=np.float64).reshape(-1, 4))
-    label = columns[gt_field][i]
-    if label is None:
-        return GroundTruth()
-    if kind == "segmentation":
-        if label.get("mask") is not None:
-            mask = _decode_array(label["mask"])
-        elif label.get("mask_path"):
-            mask = np.asarray(Image.open(label["mask_path"]))
-        else:
-            return GroundTruth()
-        if mask.ndim == 3:  # RGB masks: any colour is an object
-            mask = mask.any(axis=-1).astype(np.uint8)
-        return GroundTruth(mask=mask, mask_values=seg.values_for(target))
-    polygons = [
-        shape
-        for poly in label.get("polylines") or []
-        if not label_classes or poly.get("label") in label_classes
-        for shape in poly.get("points") or []
-        if len(shape) >= 3
-    ]
-    return GroundTruth(polygons=polygons)
-
-
-# --------------------------------------------------------------------------- decoding
-
-_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
-
-
-def _decode_array(data: bytes) -> np.ndarray:
-    """A numpy array stored by FiftyOne (zlib-compressed ``.npy`` bytes). Same as
-    ``fou.deserialize_numpy_array`` but parses each distinct header only once."""
-    raw = zlib.decompress(data)
-    if raw[:6] != b"\x93NUMPY":
-        return fou.deserialize_numpy_array(data)
-    major = raw[6]
-    size_len = 2 if major == 1 else 4
-    header_len = int.from_bytes(raw[8 : 8 + size_len], "little")
-    start = 8 + size_len
-    header = raw[start : start + header_len]
-    parsed = _NPY_HEADERS.get(header)
-    if parsed is None:
-        d = ast.literal_eval(header.decode("latin1"))
-        parsed = (np.dtype(d["descr"]), tuple(d["shape"]), bool(d["fortran_order"]))
-        if len(_NPY_HEADERS) < 1024:
-            _NPY_HEADERS[header] = parsed
-    dtype, shape, fortran = parsed
-    arr = np.frombuffer(raw, dtype=dtype, offset=start + header_len)
-    return arr.reshape(shape, order="F" if fortran else "C")
-
-
-def _raw_heatmap(doc: dict | None) -> np.ndarray | None:
-    """float32 map in [0, 1] from a raw ``fo.Heatmap`` document (None if absent)."""
-    if doc is None:
-        return None
-    if isinstance(doc.get("map"), bytes):
-        doc = {**doc, "map": _decode_array(doc["map"])}
-    return heatmap_to_float(doc)
 
 
 def _mean(values: list) -> float | None:

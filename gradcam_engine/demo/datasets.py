@@ -92,20 +92,27 @@ def demo_dir() -> pathlib.Path:
     return path.resolve()
 
 
+# Bump when the demo's runs change in a way its stored runs can't be resumed
+# with (layers, run identity): datasets built by an older demo are rebuilt
+# rather than refused for a config mismatch.
+_DEMO_FORMAT = "2"
+
+
 def _reuse(name: str, fresh: bool, version: str = "") -> fo.Dataset | None:
     """The existing dataset ``name`` if it was built by the same code, else None
     (after deleting any stale copy)."""
     if fo.dataset_exists(name):
         if not fresh:
             dataset = fo.load_dataset(name)
-            if len(dataset) > 0 and dataset.info.get("builder_version") == version:
+            built = dataset.info.get("builder_version")
+            if len(dataset) > 0 and built == f"{version}+demo{_DEMO_FORMAT}":
                 return dataset
         fo.delete_dataset(name)
     return None
 
 
 def _finish(dataset: fo.Dataset, version: str = "") -> fo.Dataset:
-    dataset.info["builder_version"] = version
+    dataset.info["builder_version"] = f"{version}+demo{_DEMO_FORMAT}"
     dataset.compute_metadata()
     dataset.persistent = True
     dataset.save()

@@ -1,15 +1,14 @@
 """``compute_cams``: run a CAM method over a FiftyOne collection and store heatmaps.
 
 Streams the collection: ids and filepaths are read in bulk, images are decoded
-in DataLoader workers while the engine computes, and each batch's fields are
-written with one bulk ``set_values`` per field. Runs resume: calling again with
+in DataLoader workers while the engine computes, and each batch is written
+with one bulk update (every field of a sample in one update). Runs resume: calling again with
 the same run key and config computes only the samples not yet done.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import fiftyone.core.utils as fou
-import numpy as np
 import torch
 from fiftyone import ViewField as VF
 from PIL import Image
@@ -30,7 +28,7 @@ from ..engine.methods import get_method
 from ..sources.geometry import TransformGeometry
 from ..sources.images import ImageFiles, collate, default_num_workers
 from ..sources.models import ResizeNormalize, load_model
-from . import cam_runs, registration, sharding
+from . import arguments, cam_runs, registration, sharding
 from .app_look import style_run
 from .batch_fields import (
     BatchContext,
@@ -41,12 +39,9 @@ from .batch_fields import (
 )
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes
-from .storage import STORAGE_MODES
 from .writes import set_fields
 
 __all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
-
-TASKS = ("classification", "segmentation")
 
 
 def compute_cams(
@@ -209,7 +204,7 @@ def _plan_run(
     max_size, output_dir = options["max_size"], options["output_dir"]
     cam_runs.validate_run_key(run_key)
     dataset = cam_runs._dataset(samples)
-    _check_args(task, target, label_field, storage, batch_size, max_size)
+    arguments.check_args(task, target, label_field, storage, batch_size, max_size)
     method_name = method.strip().lower() if isinstance(method, str) else method
     get_method(method_name)  # unknown method: raises listing close names
 
@@ -232,8 +227,8 @@ def _plan_run(
         aug_smooth=options["aug_smooth"],
     )
     layer_list = engine.layer_names
-    fixed_class = _fixed_class(target, class_names)
-    _check_label_field(samples, task, target, label_field)
+    fixed_class = arguments.fixed_class(target, class_names)
+    arguments.check_label_field(samples, task, target, label_field)
     if task == "classification" and target == "label":
         check_label_classes(samples, label_field, class_names)
 
@@ -253,7 +248,7 @@ def _plan_run(
         "task": task,
         "target": target,
         "label_field": label_field,
-        "classes": _describe_classes(class_names),
+        "classes": arguments.describe_classes(class_names),
         "transforms": describe(transforms),
         "geometry": geometry.reference(),
         "storage": storage,
@@ -387,80 +382,6 @@ def _stream_run(
             if progress_callback is not None:
                 progress_callback(done, total)
     return summary
-
-
-# -- arguments -------------------------------------------------------------------
-
-
-def _check_args(task, target, label_field, storage, batch_size, max_size) -> None:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if storage not in STORAGE_MODES:
-        raise ValueError(f"storage must be one of {STORAGE_MODES}, got {storage!r}")
-    if isinstance(target, bool) or not isinstance(target, str | int | np.integer):
-        raise TypeError(
-            "target must be 'predicted', 'label', an int class index or a class name, "
-            f"got {type(target).__name__}: {target!r}"
-        )
-    if target == "label" and not label_field:
-        raise ValueError("target='label' needs label_field=<name of the label field>")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(max_size, int) or max_size < 1:
-        raise ValueError(f"max_size must be a positive int, got {max_size!r}")
-
-
-def _fixed_class(target, class_names) -> int | None:
-    """The class index when ``target`` names one class for every sample."""
-    if isinstance(target, int | np.integer):
-        return int(target)
-    if target in ("predicted", "label"):
-        return None
-    if not class_names or target not in class_names:
-        known = "the model has no class names" if not class_names else ""
-        import difflib
-
-        close = difflib.get_close_matches(target, class_names or [], n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"target {target!r} is not 'predicted', 'label', an int or a known class "
-            f"name{'; ' + known if known else ''}.{hint} Pass classes=[...] to name "
-            "the model's classes."
-        )
-    return list(class_names).index(target)
-
-
-def _check_label_field(samples, task, target, label_field) -> None:
-    if not label_field:
-        return
-    schema = samples.get_field_schema()
-    expected = fo.Classification if task == "classification" else fo.Segmentation
-    if label_field not in schema:
-        raise ValueError(
-            f"label_field {label_field!r} does not exist on this collection; "
-            f"{expected.__name__} fields: "
-            f"{sorted(samples.get_field_schema(embedded_doc_type=expected))}"
-        )
-    doc_type = getattr(schema[label_field], "document_type", None)
-    if doc_type is not expected:
-        raise ValueError(
-            f"label_field {label_field!r} holds {getattr(doc_type, '__name__', doc_type)}; "
-            f"task={task!r} needs a fo.{expected.__name__} field"
-        )
-    if task == "classification" and target != "label":
-        raise ValueError(
-            f"label_field={label_field!r} is only used with target='label' for "
-            f"classification (got target={target!r})"
-        )
-
-
-def _describe_classes(class_names) -> list[str] | str | None:
-    if class_names is None:
-        return None
-    if len(class_names) <= 50:
-        return list(class_names)
-    digest = hashlib.sha1("\n".join(map(str, class_names)).encode()).hexdigest()[:12]
-    return f"{len(class_names)} classes (sha1 {digest})"
 
 
 # -- fields and runs ---------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""``compute_cams``'s argument checks: each raises before anything is written,
+naming the argument, the value and what would be valid."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+
+import fiftyone as fo
+import numpy as np
+
+from .storage import STORAGE_MODES
+
+__all__ = [
+    "TASKS",
+    "check_args",
+    "check_label_field",
+    "describe_classes",
+    "fixed_class",
+]
+
+TASKS = ("classification", "segmentation")
+
+
+def check_args(task, target, label_field, storage, batch_size, max_size) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if storage not in STORAGE_MODES:
+        raise ValueError(f"storage must be one of {STORAGE_MODES}, got {storage!r}")
+    if isinstance(target, bool) or not isinstance(target, str | int | np.integer):
+        raise TypeError(
+            "target must be 'predicted', 'label', an int class index or a class name, "
+            f"got {type(target).__name__}: {target!r}"
+        )
+    if target == "label" and not label_field:
+        raise ValueError("target='label' needs label_field=<name of the label field>")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(max_size, int) or max_size < 1:
+        raise ValueError(f"max_size must be a positive int, got {max_size!r}")
+
+
+def fixed_class(target, class_names) -> int | None:
+    """The class index when ``target`` names one class for every sample."""
+    if isinstance(target, int | np.integer):
+        return int(target)
+    if target in ("predicted", "label"):
+        return None
+    if not class_names or target not in class_names:
+        known = "the model has no class names" if not class_names else ""
+        close = difflib.get_close_matches(target, class_names or [], n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"target {target!r} is not 'predicted', 'label', an int or a known class "
+            f"name{'; ' + known if known else ''}.{hint} Pass classes=[...] to name "
+            "the model's classes."
+        )
+    return list(class_names).index(target)
+
+
+def check_label_field(samples, task, target, label_field) -> None:
+    if not label_field:
+        return
+    schema = samples.get_field_schema()
+    expected = fo.Classification if task == "classification" else fo.Segmentation
+    if label_field not in schema:
+        raise ValueError(
+            f"label_field {label_field!r} does not exist on this collection; "
+            f"{expected.__name__} fields: "
+            f"{sorted(samples.get_field_schema(embedded_doc_type=expected))}"
+        )
+    doc_type = getattr(schema[label_field], "document_type", None)
+    if doc_type is not expected:
+        raise ValueError(
+            f"label_field {label_field!r} holds {getattr(doc_type, '__name__', doc_type)}; "
+            f"task={task!r} needs a fo.{expected.__name__} field"
+        )
+    if task == "classification" and target != "label":
+        raise ValueError(
+            f"label_field={label_field!r} is only used with target='label' for "
+            f"classification (got target={target!r})"
+        )
+
+
+def describe_classes(class_names) -> list[str] | str | None:
+    if class_names is None:
+        return None
+    if len(class_names) <= 50:
+        return list(class_names)
+    digest = hashlib.sha1("\n".join(map(str, class_names)).encode()).hexdigest()[:12]
+    return f"{len(class_names)} classes (sha1 {digest})"
