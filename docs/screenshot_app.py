@@ -52,7 +52,7 @@ def main() -> None:
             page.locator("[data-cy='new-panel-btn']").first.click()
             page.get_by_text("CAM review", exact=True).first.click()
             page.get_by_text("Suspects (lowest focus)").first.wait_for(timeout=60_000)
-            time.sleep(6)  # let the chart and the heatmap thumbnails draw
+            time.sleep(20)  # let the chart and the thumbnails draw (slow on 2 cores)
             page.screenshot(path=args.out)
             browser.close()
     finally:

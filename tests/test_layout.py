@@ -116,3 +116,20 @@ def test_wheel_ships_the_demo_data_and_the_demo_finds_it(tmp_path):
     )
     count, has_boxes = out.split()[-2:]
     assert int(count) >= 10 and has_boxes == "True"
+
+
+def test_plugin_entry_point_imports_outside_a_package_without_fiftyone():
+    # pytest imports the checkout's __init__.py on its own (no parent package)
+    # when the folder's name is not an identifier, e.g. "fiftyone-cam-audit";
+    # and before the tests' conftest has chosen FiftyOne's database.
+    out = _fresh_python(
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('__init__', "
+        f"{str(ROOT / '__init__.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "print(callable(module.register), "
+        "any(m.split('.')[0] == 'fiftyone' for m in sys.modules))",
+        cwd=ROOT.parent,
+    )
+    assert out.split() == ["True", "False"]
