@@ -25,7 +25,7 @@ from marked_run import marked_run
 from gradcam_engine.audit.clusters import cluster_cams
 from gradcam_engine.audit.counterfactual import road_scores
 from gradcam_engine.audit.export import export_review
-from gradcam_engine.audit.model_checks import _to_input, background_test, road_cams
+from gradcam_engine.audit.model_checks import background_test, map_to_input, road_cams
 from gradcam_engine.audit.raw_reads import raw_heatmap
 from gradcam_engine.audit.report import class_report
 from gradcam_engine.audit.scoring import score_cams
@@ -201,7 +201,7 @@ def test_road_equals_pytorch_grad_cam(hans):
     # transforms' probed geometry (here an identity up to the probe's fit).
     stored = np.stack([raw_heatmap(h.to_dict()) for h in view.values(F)])
     geometry = TransformGeometry(sm.transforms())((64, 64))
-    cams = np.stack([_to_input(m, geometry) for m in stored])
+    cams = np.stack([map_to_input(m, geometry) for m in stored])
     assert cams.shape == (6, 64, 64) and np.abs(cams - stored).max() < 0.05
     targets = [sd.CLASSES.index(t) for t in view.values("hans_target.label")]
     theirs = road_scores(model, x, cams, targets, (20, 40, 60, 80), seed=3)

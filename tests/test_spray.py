@@ -138,18 +138,18 @@ def test_prediction_change():
 
 
 def test_stored_maps_go_back_onto_the_model_input():
-    from gradcam_engine.audit.model_checks import _to_input
+    from gradcam_engine.audit.model_checks import map_to_input
     from gradcam_engine.sources.geometry import Geometry
 
     ramp = np.tile(np.arange(100, dtype=np.float32), (50, 1))  # value = x
     # A center crop of 50 of the 100 columns: the input shows columns 25..74.
     crop = Geometry((100, 50), (50, 50), (1.0, 1.0), (25.0, 0.0))
-    assert np.array_equal(_to_input(ramp, crop), ramp[:, 25:75])
+    assert np.array_equal(map_to_input(ramp, crop), ramp[:, 25:75])
     # The same through a map stored at half resolution: close, not exact.
     half = ramp[::2, ::2] + 0.5
-    assert np.abs(_to_input(half, crop) - ramp[:, 25:75]).max() <= 1.0
+    assert np.abs(map_to_input(half, crop) - ramp[:, 25:75]).max() <= 1.0
     # A letterbox: the input's top and bottom 25 rows are padding -> 0.
     box = Geometry((100, 50), (100, 100), (1.0, 1.0), (0.0, -25.0))
-    out = _to_input(ramp, box)
+    out = map_to_input(ramp, box)
     assert not out[:25].any() and not out[75:].any()
     assert np.array_equal(out[25:75], ramp)

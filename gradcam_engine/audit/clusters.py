@@ -26,7 +26,7 @@ from ..runs import cam_runs as runs
 from . import spray
 from .owned import claim_brain_key, claim_fields
 from .raw_reads import raw_heatmap
-from .scoring import _progress, _resolve_layers, _write
+from .writer_steps import progress_reporter, run_layers, write_columns
 
 __all__ = ["BY", "cluster_cams", "cluster_field", "visualization_key"]
 
@@ -81,7 +81,7 @@ def cluster_cams(
     count) and ``mean_map`` (``size x size`` nested list, peak-normalised).
     """
     info = runs.get_cam_run(samples, run_key)
-    layers = _resolve_layers(info, layer)
+    layers = run_layers(info, layer)
     fields = [info.fields[name] for name in layers]
     group_path = _group_path(samples, info, by, label_field)
     mix_path = _mix_path(samples, info, label_field)
@@ -105,7 +105,7 @@ def cluster_cams(
             claim_brain_key(samples, run_key, key, overwrite)
 
     ids = samples.values("id")
-    report = _progress(progress, len(ids) * len(fields))
+    report = progress_reporter(progress, len(ids) * len(fields))
     out: dict[str, list] = {}
     summary: dict[str, list[dict]] = {}
     for n, f in enumerate(fields):
@@ -126,7 +126,7 @@ def cluster_cams(
         summary[f] = clusters
         if visualization is not None:
             _visualize(samples, ids, vectors, brain_keys[f], visualization, seed)
-    _write(samples, ids, out)
+    write_columns(samples, ids, out)
     stored = dict(info.config.get("clusters") or {})
     stored.update({f: {"by": by, "clusters": c} for f, c in summary.items()})
     runs.update_run_config(samples._root_dataset, run_key, clusters=stored)

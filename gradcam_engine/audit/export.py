@@ -25,8 +25,9 @@ from PIL import Image, ImageDraw
 from ..runs import cam_runs as runs
 from ..runs.storage import heatmap_to_float
 from ..sources.images import load_rgb
-from .report import ALL_CLASSES, _collect, class_report, resolve_layer
+from .report import ALL_CLASSES, class_report, class_rows
 from .scoring import hit_field, spread_field
+from .writer_steps import resolve_layer
 
 __all__ = ["export_review", "overlay_heatmap"]
 
@@ -84,7 +85,7 @@ def export_review(
         samples, run_key, layer, label_field=label_field, low_focus=low_focus
     )
     focus = report.attrs["focus_field"]
-    data = _collect(samples, info, focus, label_field, None, {})
+    data = class_rows(samples, info, focus, label_field, None, {})
     data = data[data["class"].notna() & data["focus"].notna()]
     picks = {
         cls: group.sort_values("focus", kind="stable").head(top_k)

@@ -36,9 +36,9 @@ from ..sources.models import ResizeNormalize, load_model
 from .counterfactual import FILLS, prediction_change, replace_background, road_scores
 from .owned import claim_fields
 from .raw_reads import SegClasses, ground_truth, gt_kind, raw_heatmap
-from .scoring import _progress, _resolve_layers, _write
+from .writer_steps import progress_reporter, run_layers, write_columns
 
-__all__ = ["background_test", "road_cams", "road_field"]
+__all__ = ["background_test", "map_to_input", "road_cams", "road_field"]
 
 
 def road_field(heatmap_field: str) -> str:
@@ -87,7 +87,7 @@ def background_test(
     paths = _gt_paths(kind, gt_field) + [f"{info.target_field}.label"]
     ids = samples.values("id")
     out: dict[str, list] = {flip: [None] * len(ids), drop: [None] * len(ids)}
-    report = _progress(progress, len(ids))
+    report = progress_reporter(progress, len(ids))
 
     def keep_mask(columns, i, image) -> np.ndarray | None:
         target = columns[paths[-1]][i]
@@ -113,7 +113,7 @@ def background_test(
             )
             for j, row in enumerate(rows):
                 out[flip][row], out[drop][row] = flips[j], drops[j]
-    _write(samples, ids, out)
+    write_columns(samples, ids, out)
     tested = [v for v in out[flip] if v is not None]
     return {
         "fields": [flip, drop],
@@ -145,7 +145,7 @@ def road_cams(
     Returns ``{"fields", "mean_road": {layer: mean}}``.
     """
     info = runs.get_cam_run(samples, run_key)
-    layers = _resolve_layers(info, layer)
+    layers = run_layers(info, layer)
     _check_batch_size(batch_size)
     module, tf, classes = _model_for_run(info, model, transforms)
     heat = [info.fields[name] for name in layers]
@@ -155,14 +155,14 @@ def road_cams(
     paths = [*heat, f"{info.target_field}.label"]
     ids = samples.values("id")
     out: dict[str, list] = {road_field(f): [None] * len(ids) for f in heat}
-    report = _progress(progress, len(ids))
+    report = progress_reporter(progress, len(ids))
     geometry = TransformGeometry(tf)  # where each input pixel came from
     with _eval(module):
         for batch in _batches(samples, ids, paths, batch_size, report):
             _road_batch(
                 batch, module, tf, geometry, classes, heat, percentiles, seed, out
             )
-    _write(samples, ids, out)
+    write_columns(samples, ids, out)
     return {
         "fields": list(out),
         "mean_road": {
@@ -184,7 +184,7 @@ def _road_batch(batch, module, tf, geometry, classes, heat, percentiles, seed, o
             x = torch.stack([x_all[i] for i in rows])
             cams = np.stack(
                 [
-                    _to_input(
+                    map_to_input(
                         maps[i], geometry((images[i].shape[1], images[i].shape[0]))
                     )
                     for i in rows
@@ -221,7 +221,7 @@ def _forward(module, tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _to_input(m: np.ndarray, geometry: Geometry) -> np.ndarray:
+def map_to_input(m: np.ndarray, geometry: Geometry) -> np.ndarray:
     """A stored map (covering the whole original image, any resolution) on the
     model input's grid: each input pixel reads the map where it came from in
     the original (0 where it came from outside it, e.g. letterbox padding)."""

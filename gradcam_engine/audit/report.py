@@ -23,11 +23,13 @@ from fiftyone import ViewField as F
 from ..runs import cam_runs as runs
 from ..runs.ownership import claim
 from .scoring import focus_field
+from .writer_steps import resolve_layer
 
 __all__ = [
     "ALL_CLASSES",
     "REPORT_COLUMNS",
     "class_report",
+    "class_rows",
     "format_report",
     "resolve_layer",
     "review_view_names",
@@ -52,24 +54,6 @@ REPORT_COLUMNS = (
 # drop of the target's probability, and the mix of heatmap clusters.
 DISCOVERY_COLUMNS = ("bg_flip_rate", "mean_bg_drop", "cluster_mix")
 _LABEL_TYPES = (fo.Classification, fo.Detections)
-
-
-def resolve_layer(info: runs.CamRunInfo, layer: str | None) -> str:
-    """``layer`` (a layer name or its heatmap field) -> layer name; None -> the
-    run's last layer (usually the deepest, the classic Grad-CAM layer)."""
-    if layer is None:
-        if not info.layers:
-            raise ValueError(f"Run {info.run_key!r} has no layers")
-        return info.layers[-1]
-    if layer in info.fields:
-        return layer
-    for name, field in info.fields.items():
-        if field == layer:
-            return name
-    raise ValueError(
-        f"layer {layer!r} is not a layer of run {info.run_key!r}; its layers are "
-        f"{info.layers} (fields {list(info.fields.values())})"
-    )
 
 
 def _focus_field(
@@ -97,7 +81,7 @@ def _label_kind(samples: foc.SampleCollection, label_field: str) -> str:
     return "detections" if field.document_type is fo.Detections else "classification"
 
 
-def _collect(
+def class_rows(
     samples: foc.SampleCollection,
     info: runs.CamRunInfo,
     focus: str | None,
@@ -247,7 +231,7 @@ def class_report(
     extra = _discovery_paths(samples, info, layer)
     # Without boxes a report of clusters and flips is still worth having.
     focus = _focus_field(samples, info, layer, required=not extra)
-    data = _collect(samples, info, focus, label_field, prediction_field, extra)
+    data = class_rows(samples, info, focus, label_field, prediction_field, extra)
     data = data[data["class"].notna()]
     rows = [
         {"class": cls, **_summarise(group, low_focus)}

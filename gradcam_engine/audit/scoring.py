@@ -34,7 +34,6 @@ from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
-import fiftyone.core.utils as fou
 import numpy as np
 
 from ..runs import cam_runs as runs
@@ -42,9 +41,9 @@ from ..runs import sharding
 from ..runs.app_look import add_to_run_group
 from ..runs.ownership import claim
 from ..runs.storage import iter_chunks
-from ..runs.writes import set_fields
 from .metrics import agreement, score_layer
 from .raw_reads import GT_TYPES, SegClasses, ground_truth, gt_kind, raw_heatmap
+from .writer_steps import progress_reporter, run_layers, write_columns
 
 __all__ = ["GT_TYPES", "score_cams", "focus_field", "hit_field", "spread_field"]
 
@@ -138,11 +137,13 @@ def score_cams(
     if shard is not None:  # the caller declared and recorded the fields
         samples = sharding.shard_view(samples, shard)
     ids = samples.values("id")
-    out = _score_chunks(samples, plan, ids, batch_size, _progress(progress, len(ids)))
+    out = _score_chunks(
+        samples, plan, ids, batch_size, progress_reporter(progress, len(ids))
+    )
     if shard is None:
         _finish_scoring(samples, plan, ids, out)
     else:
-        _write(samples, ids, out)
+        write_columns(samples, ids, out)
     summary = _summary(
         run_key, gt_field, plan.layers, plan.info, out, plan.vs_fields, len(ids)
     )
@@ -196,7 +197,7 @@ def _plan_scoring(
 ) -> _ScorePlan:
     info = runs.get_cam_run(samples, run_key)
     dataset = samples._root_dataset
-    layers = _resolve_layers(info, layers)
+    layers = run_layers(info, layers)
     kind = gt_kind(samples, gt_field)
     if isinstance(hit_tolerance, bool) or not isinstance(hit_tolerance, (int, float)):
         raise TypeError(
@@ -311,7 +312,7 @@ def _finish_scoring(samples, plan: _ScorePlan, ids, out: dict[str, list]) -> Non
     """Declare and write the score fields; record them and the settings on the run."""
     dataset = samples._root_dataset
     _declare_scores(dataset, plan)
-    _write(samples, ids, out)
+    write_columns(samples, ids, out)
     _record_scoring(dataset, plan)
 
 
@@ -346,53 +347,7 @@ def _record_scoring(dataset: fo.Dataset, plan: _ScorePlan, shard_plan=None) -> N
     add_to_run_group(dataset, plan.run_key, plan.output_fields())
 
 
-def _write(samples: foc.SampleCollection, ids: list[str], out: dict[str, list]) -> None:
-    """Write all score fields: one bulk update per sample setting every field
-    (several times faster than one ``set_values`` per field)."""
-    names = list(out)
-    set_fields(
-        samples,
-        {sid: {name: out[name][k] for name in names} for k, sid in enumerate(ids)},
-    )
-
-
-# --------------------------------------------------------------------------- args
-
-
-def _resolve_layers(info: runs.CamRunInfo, layers: Sequence[str] | None) -> list[str]:
-    if layers is None:
-        return list(info.layers)
-    if isinstance(layers, str):
-        layers = [layers]
-    by_field = {f: layer for layer, f in info.fields.items()}
-    resolved = []
-    for layer in layers:
-        if layer in info.fields:
-            resolved.append(layer)
-        elif layer in by_field:
-            resolved.append(by_field[layer])
-        else:
-            raise ValueError(
-                f"layers: {layer!r} is not a layer of run {info.run_key!r}; "
-                f"its layers are {info.layers} (fields {list(info.fields.values())})"
-            )
-    return list(dict.fromkeys(resolved))
-
-
-def _progress(progress, total: int) -> Callable[[int], None]:
-    if callable(progress):
-        return lambda done: progress(done, total)
-    if progress:
-        bar = fou.ProgressBar(total=total)
-        bar.start()
-
-        def update(done: int) -> None:
-            bar.set_iteration(done)
-            if done >= total:
-                bar.close()
-
-        return update
-    return lambda done: None
+# ------------------------------------------------------------------------ summary
 
 
 def _mean(values: list) -> float | None:

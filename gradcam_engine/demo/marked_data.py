@@ -24,9 +24,9 @@ import numpy as np
 
 from .shortcut_data import (
     CLASSES,
-    _mask_to_bbox,
-    _object_colour,
-    _shape_mask,
+    mask_to_bbox,
+    object_colour,
+    shape_mask,
 )
 
 __all__ = ["MARK_CLASS", "MARKED_SPLITS", "MarkedSample", "generate_marked", "mark_box"]
@@ -94,10 +94,10 @@ def generate_marked(
         clean = _gradient(rng, grid)
         # Redraw until the object keeps clear of the mark (a margin of 2 px).
         while True:
-            mask = _shape_mask(rng, label, grid)
+            mask = shape_mask(rng, label, grid)
             if not mask[: y1 + 2, : x1 + 2].any():
                 break
-        clean[mask] = _object_colour(rng, clean)
+        clean[mask] = object_colour(rng, clean)
         p = 0.5 if split == "test" else p_mark if label == MARK_CLASS else 0.0
         marked = bool(rng.uniform() < p)
         image = clean.copy()
@@ -110,7 +110,7 @@ def generate_marked(
                 label=label,
                 label_index=label_index,
                 marked=marked,
-                bbox=_mask_to_bbox(mask),
+                bbox=mask_to_bbox(mask),
                 mask=mask,
                 mark_bbox=[x0 / size, y0 / size, (x1 - x0) / size, (y1 - y0) / size],
                 split=split,

@@ -31,6 +31,9 @@ __all__ = [
     "TRAIN_BACKGROUND",
     "ShortcutSample",
     "generate",
+    "mask_to_bbox",
+    "object_colour",
+    "shape_mask",
     "write_images",
 ]
 
@@ -106,8 +109,8 @@ def generate(
         home = TRAIN_BACKGROUND[label]
         background = home if agrees[i] else _other_background(home)
         image = _background(rng, background, grid)
-        mask = _shape_mask(rng, label, grid)
-        image[mask] = _object_colour(rng, image)
+        mask = shape_mask(rng, label, grid)
+        image[mask] = object_colour(rng, image)
         samples.append(
             ShortcutSample(
                 image=image,
@@ -115,7 +118,7 @@ def generate(
                 label_index=label_index,
                 background=background,
                 agrees=bool(agrees[i]),
-                bbox=_mask_to_bbox(mask),
+                bbox=mask_to_bbox(mask),
                 mask=mask,
                 split=split,
                 name=f"{split}_{i:05d}",
@@ -171,7 +174,7 @@ def _background(rng: np.random.Generator, kind: str, grid: np.ndarray) -> np.nda
     return rgb.clip(0, 255).astype(np.uint8)
 
 
-def _shape_mask(rng: np.random.Generator, label: str, grid: np.ndarray) -> np.ndarray:
+def shape_mask(rng: np.random.Generator, label: str, grid: np.ndarray) -> np.ndarray:
     """A bool ``[size, size]`` mask of the object, fully inside the image.
 
     ``"circle"``: a disk; ``"cross"``: a plus sign with arms a third as wide
@@ -192,7 +195,7 @@ def _shape_mask(rng: np.random.Generator, label: str, grid: np.ndarray) -> np.nd
     raise ValueError(f"label must be one of {list(CLASSES)}, got {label!r}")
 
 
-def _object_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+def object_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
     """A random uint8 RGB colour that stands out from ``background``'s mean."""
     mean = background.mean(axis=(0, 1))
     for _ in range(100):
@@ -202,7 +205,7 @@ def _object_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarr
     return colour.astype(np.uint8)
 
 
-def _mask_to_bbox(mask: np.ndarray) -> list[float]:
+def mask_to_bbox(mask: np.ndarray) -> list[float]:
     """Tight relative ``[x, y, w, h]`` box of a non-empty bool ``[H, W]`` mask."""
     h, w = mask.shape
     rows = np.flatnonzero(mask.any(axis=1))

@@ -36,6 +36,7 @@ __all__ = [
     "CamRunInfo",
     "list_cam_runs",
     "get_cam_run",
+    "root_dataset",
     "register_cam_run",
     "update_run_config",
     "add_owned_fields",
@@ -83,7 +84,7 @@ class CamRun(fors.Run):
         return list(getattr(self.config, "owned_fields", None) or [])
 
     def rename(self, samples: foc.SampleCollection, key: str, new_key: str) -> None:
-        dataset = _dataset(samples)
+        dataset = root_dataset(samples)
         info = get_cam_run(dataset, key)
         field_renames, view_renames = _rename_plan(dataset, info, new_key)
         existing = set(dataset.get_field_schema())
@@ -104,7 +105,7 @@ class CamRun(fors.Run):
         )
 
     def cleanup(self, samples: foc.SampleCollection, key: str) -> None:
-        dataset = _dataset(samples)
+        dataset = root_dataset(samples)
         info = get_cam_run(dataset, key)
         existing = set(dataset.get_field_schema())
         owned = [f for f in info.owned_fields if f in existing]
@@ -161,12 +162,16 @@ class CamRunInfo:
         return f"{self.run_key}_seen"
 
 
-def _dataset(samples: foc.SampleCollection) -> fo.Dataset:
+def root_dataset(samples: foc.SampleCollection) -> fo.Dataset:
+    """The dataset behind ``samples`` (a Dataset or DatasetView); TypeError else."""
     if not isinstance(samples, foc.SampleCollection):
         raise TypeError(
             f"samples must be a fiftyone Dataset or DatasetView, got {type(samples).__name__}"
         )
     return samples._root_dataset
+
+
+_dataset = root_dataset  # the old private name, still used by runs/compute.py
 
 
 def validate_run_key(run_key: str) -> str:
@@ -185,7 +190,7 @@ def validate_run_key(run_key: str) -> str:
 
 def list_cam_runs(samples: foc.SampleCollection) -> list[str]:
     """Keys of the CAM runs on the dataset, sorted."""
-    dataset = _dataset(samples)
+    dataset = root_dataset(samples)
     return sorted(dataset.list_runs(kind=CAM_RUN_KIND))
 
 
@@ -198,7 +203,7 @@ def _config_dict(dataset: fo.Dataset, run_key: str) -> dict[str, Any]:
 
 def get_cam_run(samples: foc.SampleCollection, run_key: str) -> CamRunInfo:
     """The CAM run ``run_key``; a miss lists the runs that exist."""
-    dataset = _dataset(samples)
+    dataset = root_dataset(samples)
     runs = list_cam_runs(dataset)
     if run_key not in runs:
         close = difflib.get_close_matches(str(run_key), runs, n=3)
@@ -226,7 +231,7 @@ def register_cam_run(
     """Register (or replace, without cleanup) the run's config. ``config`` must
     hold ``method``, ``layers``, ``storage`` and ``owned_fields``; ``fields``
     is derived. ``registration.open_run`` is the atomic, checked way in."""
-    dataset = _dataset(samples)
+    dataset = root_dataset(samples)
     validate_run_key(run_key)
     layers = list(config["layers"])
     config["fields"] = {layer: heatmap_field(run_key, layer) for layer in layers}
@@ -239,7 +244,7 @@ def update_run_config(
 ) -> None:
     """Change entries of the stored config, keeping every other entry. Also
     upgrades a run stored by an older version to :class:`CamRunConfig`."""
-    dataset = _dataset(samples)
+    dataset = root_dataset(samples)
     config = _config_dict(dataset, run_key)
     config.pop("cls", None)
     config.pop("type", None)
@@ -263,7 +268,7 @@ def rename_cam_run(
     """``dataset.rename_run`` after checking that nothing is in the way (FiftyOne
     itself only logs a failed rename): moves every field and saved view the run
     owns from the ``{run_key}`` prefix to ``{new_run_key}``."""
-    dataset = _dataset(samples)
+    dataset = root_dataset(samples)
     info = get_cam_run(dataset, run_key)
     validate_run_key(new_run_key)
     if new_run_key in dataset.list_runs():
@@ -280,7 +285,7 @@ def delete_cam_run(samples: foc.SampleCollection, run_key: str) -> None:
     """``dataset.delete_run``: the run, its fields, saved views and files. Unlike
     FiftyOne, which logs a failed cleanup and deletes the run anyway, this
     raises and keeps the run (so that nothing it owns is left untracked)."""
-    dataset = _dataset(samples)
+    dataset = root_dataset(samples)
     get_cam_run(dataset, run_key)
     update_run_config(dataset, run_key)  # an older run gets the CamRun class
     dataset.get_run_info(run_key).config.build().cleanup(dataset, run_key)
