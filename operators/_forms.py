@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from gradcam_engine.runs import cam_runs as runs
 
 PLUGIN_NAME = "@cam-audit/cam-audit"
+# The object fields a heatmap can be scored or tested against (boxes, masks).
+GT_KINDS = (fo.Detections, fo.Segmentation, fo.Polylines)
 
 
 def delegable_config(name: str, label: str, description: str) -> foo.OperatorConfig:
@@ -181,6 +184,44 @@ def layer_choice(
     return ctx.params.get(name, default)
 
 
+def run_inputs(
+    ctx, inputs: types.Object, action: str, layer: bool = False
+) -> str | None:
+    """The head of a form acting on a CAM run: the target view (``action``:
+    "Score", "Cluster"...), the run and, with ``layer``, one of its layers.
+    Returns the chosen run key (None while there is none)."""
+    inputs.view_target(ctx, action_description=action)
+    key = cam_run_choice(ctx, inputs)
+    if layer:
+        layer_choice(ctx, inputs, key)
+    return key
+
+
+def gt_field_input(
+    ctx,
+    inputs: types.Object,
+    description: str,
+    required: bool = False,
+    name: str = "gt_field",
+) -> None:
+    """A dropdown of the dataset's object fields (``GT_KINDS``), defaulting to
+    ``ground_truth`` when it is one, else to the only one there is."""
+    fields = label_field_choices(ctx.dataset, GT_KINDS)
+    choices = dropdown(fields)
+    default = "ground_truth" if "ground_truth" in fields else None
+    if default is None and len(fields) == 1:
+        default = fields[0]
+    inputs.enum(
+        name,
+        choices.values(),
+        default=default,
+        required=required,
+        label="Objects",
+        description=description,
+        view=choices,
+    )
+
+
 def label_field_choices(dataset, kinds: tuple) -> list[str]:
     """Names of the top-level label fields of ``dataset`` of the given kinds."""
     schema = dataset.get_field_schema(embedded_doc_type=kinds)
@@ -215,6 +256,14 @@ def shards_input(inputs: types.Object) -> None:
 def requested_shards(ctx) -> int:
     """The form's shard count; 2+ means queue shards from an immediate execution."""
     return int(ctx.params.get("shards") or 1)
+
+
+def shards_delegation(ctx) -> bool | None:
+    """``resolve_delegation`` of an operator with a Shards input: an execution
+    that queues 2+ shards runs immediately; otherwise the Delegate checkbox."""
+    if requested_shards(ctx) > 1:
+        return False  # this execution only queues the shards
+    return ctx.params.get("delegate", None)
 
 
 # ---------------------------------------------------------------- progress
@@ -287,3 +336,14 @@ def run_with_progress(
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("result")
+
+
+def run_and_reload(
+    ctx, label: str, fn: Callable[[Callable[[int, int], None]], Any]
+) -> Iterator:
+    """``run_with_progress``, then reload the App's dataset to show the new
+    fields (immediate runs only). ``result = yield from run_and_reload(...)``."""
+    result = yield from run_with_progress(ctx, label, fn)
+    if not ctx.delegated:
+        yield ctx.ops.reload_dataset()
+    return result

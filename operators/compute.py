@@ -84,9 +84,7 @@ class ComputeCams(foo.Operator):
         return result
 
     def resolve_delegation(self, ctx):
-        if _forms.requested_shards(ctx) > 1:
-            return False  # this execution only queues the shards
-        return ctx.params.get("delegate", None)
+        return _forms.shards_delegation(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()

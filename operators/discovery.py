@@ -1,10 +1,16 @@
 """Discovery without boxes and its proof: ``cluster_cams`` (heatmap clusters and
 an Embeddings-panel plot), ``background_test`` (objects kept, background
-replaced, model rerun) and ``road_cams`` (faithfulness of each map)."""
+replaced, model rerun) and ``road_cams`` (faithfulness of each map).
+
+Each operator says what it is (name, labels, form head) and adds only its own
+inputs and keyword arguments; ``_Discovery`` builds the form around them and
+runs the one library call with progress.
+"""
 
 from __future__ import annotations
 
-import fiftyone as fo
+from typing import Any
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -12,13 +18,27 @@ import gradcam_engine as ge
 
 from . import _forms
 
-GT_KINDS = (fo.Detections, fo.Segmentation, fo.Polylines)
 BY_CHOICES = {"predicted": "Predicted class", "label": "Label field", "none": "All"}
 FILLS = ("blur", "mean", "gray", "noise")  # gradcam_engine.audit.counterfactual
 
 
 class _Discovery(foo.Operator):
-    """Shared plumbing: delegation, run choice, ``__call__`` through FiftyOne."""
+    """A delegable operator on one CAM run: view, run (and layer), the
+    operator's own inputs, Delegate; executes ``gradcam_engine.<function>(view,
+    run_key, progress=..., **library_kwargs(params))``."""
+
+    name: str  # the operator's name (URI suffix)
+    label: str  # its label, and the form's title
+    description: str
+    action: str  # "Cluster" -> "Cluster the whole dataset / the current view"
+    with_layer: bool = False  # a Layer dropdown of the chosen run
+    progress_label: str  # "<progress_label>: done/total"
+    function: str  # the gradcam_engine function (looked up on execution: no
+    # torch import when the plugin loads)
+
+    @property
+    def config(self):
+        return _forms.delegable_config(self.name, self.label, self.description)
 
     def __call__(self, sample_collection, run_key: str, delegate=False, **params):
         return _forms.call_operator(
@@ -28,14 +48,31 @@ class _Discovery(foo.Operator):
     def resolve_delegation(self, ctx):
         return ctx.params.get("delegate", None)
 
-    def _run(self, ctx, label: str, fn, *args, **kwargs):
-        """``fn(view, run_key, *args, progress=..., **kwargs)`` with progress."""
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _forms.run_inputs(ctx, inputs, self.action, layer=self.with_layer)
+        self.add_inputs(ctx, inputs)
+        _forms.delegate_input(inputs)
+        return types.Property(inputs, view=types.View(label=self.label))
+
+    def execute(self, ctx):
         view, key = ctx.target_view(), ctx.params["run_key"]
-        yield from _forms.run_with_progress(
-            ctx, label, lambda report: fn(view, key, *args, progress=report, **kwargs)
+        kwargs = self.library_kwargs(ctx.params)
+        if self.with_layer:
+            kwargs["layer"] = ctx.params.get("layer")
+        fn = getattr(ge, self.function)
+        yield from _forms.run_and_reload(
+            ctx,
+            self.progress_label,
+            lambda report: fn(view, key, progress=report, **kwargs),
         )
-        if not ctx.delegated:
-            yield ctx.ops.reload_dataset()
+
+    def add_inputs(self, ctx, inputs: types.Object) -> None:
+        """The operator's own inputs, between the run and Delegate."""
+
+    def library_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The operator's own keyword arguments of ``function``."""
+        return {}
 
 
 def _model_input(inputs: types.Object) -> None:
@@ -47,20 +84,18 @@ def _model_input(inputs: types.Object) -> None:
 
 
 class ClusterCams(_Discovery):
-    @property
-    def config(self):
-        return _forms.delegable_config(
-            "cluster_cams",
-            "Cluster CAMs",
-            "Group the heatmaps into strategies (SpRAy) and plot them in the "
-            "Embeddings panel",
-        )
+    name = "cluster_cams"
+    label = "Cluster CAMs"
+    description = (
+        "Group the heatmaps into strategies (SpRAy) and plot them in the "
+        "Embeddings panel"
+    )
+    action = "Cluster"
+    with_layer = True
+    progress_label = "Clustering CAMs"
+    function = "cluster_cams"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        inputs.view_target(ctx, action_description="Cluster")
-        key = _forms.cam_run_choice(ctx, inputs)
-        _forms.layer_choice(ctx, inputs, key)
+    def add_inputs(self, ctx, inputs):
         choices = _forms.dropdown(BY_CHOICES)
         inputs.enum(
             "by", choices.values(), default="predicted", label="Within", view=choices
@@ -70,82 +105,57 @@ class ClusterCams(_Discovery):
             label="Clusters per group",
             description="Empty: chosen by the silhouette",
         )
-        _forms.delegate_input(inputs)
-        return types.Property(inputs, view=types.View(label="Cluster CAMs"))
 
-    def execute(self, ctx):
-        by = ctx.params.get("by", "predicted")
-        kwargs = dict(
-            layer=ctx.params.get("layer"),
+    def library_kwargs(self, params):
+        by = params.get("by", "predicted")
+        return dict(
             by=None if by == "none" else by,
-            n_clusters=ctx.params.get("n_clusters") or None,
+            n_clusters=params.get("n_clusters") or None,
         )
-        yield from self._run(ctx, "Clustering CAMs", ge.cluster_cams, **kwargs)
 
 
 class BackgroundTest(_Discovery):
-    @property
-    def config(self):
-        return _forms.delegable_config(
-            "background_test",
-            "Background test",
-            "Keep the objects, replace the background, and see if the prediction holds",
-        )
+    name = "background_test"
+    label = "Background test"
+    description = (
+        "Keep the objects, replace the background, and see if the prediction holds"
+    )
+    action = "Test"
+    progress_label = "Background test"
+    function = "background_test"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        inputs.view_target(ctx, action_description="Test")
-        _forms.cam_run_choice(ctx, inputs)
-        fields = _forms.label_field_choices(ctx.dataset, GT_KINDS)
-        choices = _forms.dropdown(fields)
-        inputs.enum(
-            "gt_field",
-            choices.values(),
+    def add_inputs(self, ctx, inputs):
+        _forms.gt_field_input(
+            ctx,
+            inputs,
+            "Detections, Segmentation or Polylines field: kept as is",
             required=True,
-            label="Objects",
-            description="Detections, Segmentation or Polylines field: kept as is",
-            view=choices,
         )
         fills = _forms.dropdown(FILLS)
         inputs.enum(
             "fill", fills.values(), default="blur", label="Background", view=fills
         )
         _model_input(inputs)
-        _forms.delegate_input(inputs)
-        return types.Property(inputs, view=types.View(label="Background test"))
 
-    def execute(self, ctx):
-        params = ctx.params
-        yield from self._run(
-            ctx,
-            "Background test",
-            ge.background_test,
-            params["gt_field"],
-            params.get("model") or None,
+    def library_kwargs(self, params):
+        return dict(
+            gt_field=params["gt_field"],
+            model=params.get("model") or None,
             fill=params.get("fill", "blur"),
         )
 
 
 class RoadCams(_Discovery):
-    @property
-    def config(self):
-        return _forms.delegable_config(
-            "road_cams",
-            "CAM faithfulness (ROAD)",
-            "Does each map point at what the model needs? ROAD per map",
-        )
+    name = "road_cams"
+    label = "CAM faithfulness (ROAD)"
+    description = "Does each map point at what the model needs? ROAD per map"
+    action = "Measure"
+    with_layer = True
+    progress_label = "ROAD"
+    function = "road_cams"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        inputs.view_target(ctx, action_description="Measure")
-        key = _forms.cam_run_choice(ctx, inputs)
-        _forms.layer_choice(ctx, inputs, key)
+    def add_inputs(self, ctx, inputs):
         _model_input(inputs)
-        _forms.delegate_input(inputs)
-        return types.Property(inputs, view=types.View(label="CAM faithfulness"))
 
-    def execute(self, ctx):
-        params = ctx.params
-        yield from self._run(
-            ctx, "ROAD", ge.road_cams, params.get("layer"), params.get("model") or None
-        )
+    def library_kwargs(self, params):
+        return dict(model=params.get("model") or None)

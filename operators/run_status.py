@@ -38,8 +38,7 @@ class CamRunStatus(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.view_target(ctx, action_description="Status of")
-        _forms.cam_run_choice(ctx, inputs)
+        _forms.run_inputs(ctx, inputs, "Status of")
         return types.Property(inputs, view=types.View(label="CAM run status"))
 
     def execute(self, ctx):

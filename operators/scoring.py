@@ -12,8 +12,6 @@ import gradcam_engine as ge
 
 from . import _forms
 
-GT_KINDS = (fo.Detections, fo.Segmentation, fo.Polylines)
-
 
 class ScoreCams(foo.Operator):
     @property
@@ -42,27 +40,16 @@ class ScoreCams(foo.Operator):
         )
 
     def resolve_delegation(self, ctx):
-        if _forms.requested_shards(ctx) > 1:
-            return False  # this execution only queues the shards
-        return ctx.params.get("delegate", None)
+        return _forms.shards_delegation(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.view_target(ctx, action_description="Score")
-        key = _forms.cam_run_choice(ctx, inputs)
-        if key:
-            fields = _forms.label_field_choices(ctx.dataset, GT_KINDS)
-            choices = _forms.dropdown(fields)
-            inputs.enum(
-                "gt_field",
-                choices.values(),
-                default="ground_truth" if "ground_truth" in fields else None,
-                label="Objects",
-                description=(
-                    "Detections (boxes), Segmentation (mask) or Polylines field; "
-                    "empty: only ground-truth-free scores (spread, agreement)"
-                ),
-                view=choices,
+        if _forms.run_inputs(ctx, inputs, "Score"):
+            _forms.gt_field_input(
+                ctx,
+                inputs,
+                "Detections (boxes), Segmentation (mask) or Polylines field; "
+                "empty: only ground-truth-free scores (spread, agreement)",
             )
         _forms.delegate_input(inputs)
         _forms.shards_input(inputs)
@@ -79,13 +66,11 @@ class ScoreCams(foo.Operator):
             )
             yield ctx.ops.notify(str(queued))
             return
-        yield from _forms.run_with_progress(
+        yield from _forms.run_and_reload(
             ctx,
             "Scoring CAMs",
             lambda report: ge.score_cams(view, run_key, progress=report, **kwargs),
         )
-        if not ctx.delegated:
-            yield ctx.ops.reload_dataset()
 
 
 class CamClassReport(foo.Operator):
@@ -115,9 +100,7 @@ class CamClassReport(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.view_target(ctx, action_description="Report on")
-        key = _forms.cam_run_choice(ctx, inputs)
-        _forms.layer_choice(ctx, inputs, key)
+        _forms.run_inputs(ctx, inputs, "Report on", layer=True)
         fields = _forms.label_field_choices(
             ctx.dataset, (fo.Classification, fo.Detections)
         )

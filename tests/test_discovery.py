@@ -191,6 +191,43 @@ def test_operators_cluster_and_test_through_fiftyone(hans):
         ds.delete()
 
 
+def test_discovery_forms_show_run_layer_and_their_own_inputs(hans):
+    """Each discovery form: view, CAM run (a layer where it takes one), its own
+    inputs, Delegate; the objects default to the only object field."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ds, plugin = hans["ds"], "@cam-audit/cam-audit"
+    expected = {
+        "cluster_cams": ["run_key", "layer", "by", "n_clusters", "delegate"],
+        "background_test": ["run_key", "gt_field", "fill", "model", "delegate"],
+        "road_cams": ["run_key", "layer", "model", "delegate"],
+    }
+    for name, inputs in expected.items():
+        ctx = ExecutionContext(
+            request_params=dict(
+                dataset_name=ds.name,
+                view=ds.view()._serialize(),
+                params={"run_key": "hans"},
+            ),
+            operator_uri=f"{plugin}/{name}",
+        )
+        form = foo.get_operator(f"{plugin}/{name}").resolve_type(ctx, "inputs")
+        props = form.type.properties
+        assert [p for p in props if p != "view_target"] == inputs, name
+        if "layer" in props:
+            assert props["layer"].default == "block4"
+    assert props["model"].type is not None
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=ds.name, view=ds.view()._serialize(), params={}
+        ),
+        operator_uri=f"{plugin}/background_test",
+    )
+    form = foo.get_operator(f"{plugin}/background_test").resolve_type(ctx, "inputs")
+    assert form.type.properties["gt_field"].default == "objects"
+
+
 def test_road_equals_pytorch_grad_cam(hans):
     ds, model = hans["ds"], hans["model"]
     view = ds.sort_by("filepath").limit(6)
