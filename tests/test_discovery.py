@@ -327,3 +327,49 @@ def _drop_owned(ds, fields):
     cam_runs.update_run_config(
         ds, "hans", owned_fields=[f for f in info.owned_fields if f not in fields]
     )
+
+
+def test_renaming_a_run_moves_its_cluster_plots(hans):
+    """FiftyOne's rename_run moves the brain runs cluster_cams made for the run
+    (``F_clusters`` -> the new prefix; a key the user chose keeps its name) and
+    the cluster summaries; a foreign brain run in the way refuses the rename
+    before anything moves; delete_run removes the moved plots."""
+    import fiftyone.brain as fob
+
+    from gradcam_engine.runs.cam_runs import rename_cam_run
+
+    ds = hans["ds"].clone()
+    try:
+        cluster_cams(ds, "hans", by=None, n_clusters=2, visualization="pca")
+        cluster_cams(
+            ds, "hans", by=None, n_clusters=2, visualization="pca", brain_key="plot"
+        )
+        assert sorted(ds.list_brain_runs()) == [f"{F}_clusters", "plot"]
+        names = ds.values(f"{F}_cluster")
+
+        # Something else in the way: refused, nothing moved.
+        fob.compute_visualization(
+            ds,
+            embeddings=np.random.rand(len(ds), 4),
+            brain_key="next_block4_clusters",
+            method="pca",
+        )
+        with pytest.raises(ValueError, match=r"'next_block4_clusters'.* already"):
+            rename_cam_run(ds, "hans", "next")
+        assert "hans" in ds.list_runs() and f"{F}_clusters" in ds.list_brain_runs()
+        ds.delete_brain_run("next_block4_clusters")
+
+        ds.rename_run("hans", "next")  # FiftyOne's own command
+        assert sorted(ds.list_brain_runs()) == ["next_block4_clusters", "plot"]
+        info = get_cam_run(ds, "next")
+        assert sorted(info.config["brain_keys"]) == ["next_block4_clusters", "plot"]
+        assert list(info.config["clusters"]) == ["next_block4"]
+        assert ds.values("next_block4_cluster") == names
+        results = ds.load_brain_results("next_block4_clusters")
+        assert len(results.points) == len(ds)
+        assert ds.get_brain_info("next_block4_clusters").key == "next_block4_clusters"
+
+        delete_cam_run(ds, "next")
+        assert ds.list_brain_runs() == []
+    finally:
+        ds.delete()

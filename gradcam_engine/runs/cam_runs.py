@@ -86,23 +86,31 @@ class CamRun(fors.Run):
     def rename(self, samples: foc.SampleCollection, key: str, new_key: str) -> None:
         dataset = root_dataset(samples)
         info = get_cam_run(dataset, key)
-        field_renames, view_renames = _rename_plan(dataset, info, new_key)
+        plan = _rename_plan(dataset, info, new_key)
         existing = set(dataset.get_field_schema())
-        present = {o: n for o, n in field_renames.items() if o in existing}
+        present = {o: n for o, n in plan.fields.items() if o in existing}
         if present:
             dataset.rename_sample_fields(present)
-        for old, new in view_renames.items():
+        for old, new in plan.views.items():
             if dataset.has_saved_view(old):
-                _move_saved_view(dataset, old, new, field_renames)
-        moved = {**field_renames, **view_renames}
+                _move_saved_view(dataset, old, new, plan.fields)
+        for old, new in plan.brain_keys.items():  # cluster_cams' plots
+            if dataset.has_brain_run(old):
+                dataset.rename_brain_run(old, new)
+        moved = {**plan.fields, **plan.views, **plan.brain_keys}
         # FiftyOne moves the run document to new_key after this returns.
-        update_run_config(
-            dataset,
-            key,
+        changes: dict[str, Any] = dict(
             owned_fields=[moved.get(f, f) for f in info.owned_fields],
             fields={layer: moved.get(f, f) for layer, f in info.fields.items()},
             saved_views=[moved.get(v, v) for v in info.saved_views],
         )
+        if info.config.get("brain_keys"):
+            changes["brain_keys"] = [moved.get(k, k) for k in info.config["brain_keys"]]
+        if info.config.get("clusters"):  # keyed by heatmap field
+            changes["clusters"] = {
+                moved.get(f, f): c for f, c in info.config["clusters"].items()
+            }
+        update_run_config(dataset, key, **changes)
 
     def cleanup(self, samples: foc.SampleCollection, key: str) -> None:
         dataset = root_dataset(samples)
@@ -322,24 +330,42 @@ def _renamed(name: str, run_key: str, new_key: str, sep: str) -> str:
     return new_key + sep + name[len(prefix) :] if name.startswith(prefix) else name
 
 
-def _rename_plan(
-    dataset: fo.Dataset, info: CamRunInfo, new_key: str
-) -> tuple[dict[str, str], dict[str, str]]:
-    """Field and saved-view renames for ``info`` -> ``new_key``; raises, before
-    anything moves, if a new name is taken by something the run does not own."""
+@dataclass
+class _RenamePlan:
+    """What moves when a run is renamed: old name -> new name, changed ones only."""
+
+    fields: dict[str, str]
+    views: dict[str, str]
+    brain_keys: dict[str, str]
+
+
+def _rename_plan(dataset: fo.Dataset, info: CamRunInfo, new_key: str) -> _RenamePlan:
+    """Field, saved-view and brain-run renames for ``info`` -> ``new_key``;
+    raises, before anything moves, if a new name is taken by something the run
+    does not own. Brain keys without the run's prefix (a ``brain_key`` the
+    user chose) keep their name."""
+    key = info.run_key
     existing = set(dataset.get_field_schema())
-    fields = {f: _renamed(f, info.run_key, new_key, "_") for f in info.owned_fields}
-    views = {v: _renamed(v, info.run_key, new_key, "-") for v in info.saved_views}
+    fields = {f: _renamed(f, key, new_key, "_") for f in info.owned_fields}
+    views = {v: _renamed(v, key, new_key, "-") for v in info.saved_views}
+    brain = {
+        k: _renamed(k, key, new_key, "_") for k in info.config.get("brain_keys") or []
+    }
+    taken = {*dataset.list_brain_runs(), *dataset.list_runs()}
+    taken |= set(dataset.list_evaluations())
     clashes = [n for o, n in fields.items() if n != o and n in existing]
     clashes += [n for o, n in views.items() if n != o and dataset.has_saved_view(n)]
+    clashes += [n for o, n in brain.items() if n != o and n in taken]
     if clashes:
         raise ValueError(
-            f"Cannot rename run {info.run_key!r} to {new_key!r}: {clashes} already "
+            f"Cannot rename run {key!r} to {new_key!r}: {clashes} already "
             "exist on the dataset and do not belong to the run"
         )
-    return {o: n for o, n in fields.items() if o != n}, {
-        o: n for o, n in views.items() if o != n
-    }
+    return _RenamePlan(
+        fields={o: n for o, n in fields.items() if o != n},
+        views={o: n for o, n in views.items() if o != n},
+        brain_keys={o: n for o, n in brain.items() if o != n},
+    )
 
 
 def _move_saved_view(
