@@ -153,23 +153,24 @@ def compute_cams(
         )
     else:
         opened = _open_run(plan, overwrite)
-    summary = _stream_run(
-        plan,
-        samples,
-        batch_size,
-        num_workers,
-        device,
-        progress,
-        progress_callback,
-        retry_errors,
-    )
-    # recorded on the run, so that listings and the App can tell how it went
-    # (not by shards: they run at once and report through cam_run_status)
-    if shard is None:
-        outcome = summary.as_dict()
-        cam_runs.update_run_config(plan.dataset, opened.run_key, outcome=outcome)
-    if summary.failed:  # an overwrite that failed replaces nothing
-        raise CamRunFailed(summary)
+    with registration.replacement(plan.dataset, opened):  # a failed one is removed
+        summary = _stream_run(
+            plan,
+            samples,
+            batch_size,
+            num_workers,
+            device,
+            progress,
+            progress_callback,
+            retry_errors,
+        )
+        # recorded on the run, so that listings and the App can tell how it went
+        # (not by shards: they run at once and report through cam_run_status)
+        if shard is None:
+            outcome = summary.as_dict()
+            cam_runs.update_run_config(plan.dataset, opened.run_key, outcome=outcome)
+        if summary.failed:  # an overwrite that failed replaces nothing
+            raise CamRunFailed(summary)
     if shard is None:
         summary = _finish_run(plan, opened, summary)
         layers = plan.config["layers"]

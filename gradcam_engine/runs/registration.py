@@ -10,17 +10,22 @@ orphaned.
 
 ``overwrite=True`` never deletes the old run up front: the new run is computed
 under a temporary key (``<key>_replacing_<hex>``) and :func:`finish_run` swaps
-it in only once it has succeeded. If the new run fails or is killed, the old
-run is intact and the temporary run can be deleted (or is listed by
-``list_cam_runs``).
+it in only once it has succeeded. The old run stays intact if the new one fails
+or is killed. A failure removes the temporary run (:func:`replacement` /
+:func:`abandon_run`); one whose process was killed is removed by the next
+overwrite of the key. The replacement holds its temporary key's lock while it
+computes (``locks.hold_lock``), so that a live one is never taken for dead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import fiftyone as fo
@@ -28,9 +33,9 @@ import fiftyone.core.collections as foc
 
 from . import cam_runs, ownership
 from .batch_fields import FieldNames, field_names
-from .locks import run_lock
+from .locks import Lease, hold_lock, is_locked, run_lock
 
-__all__ = ["OpenedRun", "open_run", "finish_run"]
+__all__ = ["OpenedRun", "open_run", "finish_run", "replacement", "abandon_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,8 @@ class OpenedRun:
     names: FieldNames  # fields of ``run_key``
     config: dict[str, Any]  # as stored
     resumed: bool
+    # a replacement's hold on its temporary key, released by finish_run / abandon_run
+    lease: Lease | None = field(default=None, repr=False, compare=False)
 
 
 def open_run(
@@ -72,6 +79,8 @@ def open_run(
                 f"{dataset.name!r}; pick another run_key"
             )
         names = field_names(run_key, list(config["layers"]))
+        if overwrite:
+            _remove_dead_replacements(dataset, run_key)
         if exists and not overwrite:
             return _resume(dataset, run_key, config, names)
         conflicts = ownership.find_conflicts(dataset, run_key, fields=names.owned)
@@ -84,10 +93,16 @@ def open_run(
                 "pass overwrite=True to replace them"
             )
     temp = f"{run_key}_replacing_{uuid.uuid4().hex[:8]}"
-    with run_lock(dataset, temp):
-        return _register(
+    lease = hold_lock(dataset, temp)  # held until finish_run or abandon_run
+    try:
+        opened = _register(
             dataset, temp, run_key, config, field_names(temp, config["layers"])
         )
+    except BaseException:
+        lease.release()
+        raise
+    opened.lease = lease
+    return opened
 
 
 def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
@@ -98,17 +113,89 @@ def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
         return opened.final_key
     dataset = samples._root_dataset
     final = opened.final_key
-    with run_lock(dataset, final), run_lock(dataset, opened.run_key):
-        dataset._doc.reload("runs")
-        if final in dataset.list_runs():
-            cam_runs.delete_cam_run(dataset, final)  # with all it owned
-            logger.warning("Replaced CAM run %r on %r", final, dataset.name)
-        new_names = field_names(final, opened.config["layers"]).owned
-        conflicts = ownership.find_conflicts(dataset, final, fields=new_names)
-        ownership.remove_conflicts(dataset, conflicts)
-        cam_runs.rename_cam_run(dataset, opened.run_key, final)
-        cam_runs.update_run_config(dataset, final, replaces=None)
+    try:
+        with run_lock(dataset, final), run_lock(dataset, opened.run_key):
+            dataset._doc.reload("runs")
+            if final in dataset.list_runs():
+                cam_runs.delete_cam_run(dataset, final)  # with all it owned
+                logger.warning("Replaced CAM run %r on %r", final, dataset.name)
+            new_names = field_names(final, opened.config["layers"]).owned
+            conflicts = ownership.find_conflicts(dataset, final, fields=new_names)
+            ownership.remove_conflicts(dataset, conflicts)
+            cam_runs.rename_cam_run(dataset, opened.run_key, final)
+            cam_runs.update_run_config(dataset, final, replaces=None)
+    finally:
+        _release(opened)
     return final
+
+
+def abandon_run(samples: foc.SampleCollection, opened: OpenedRun) -> None:
+    """Remove a replacement that failed: its temporary run with its fields,
+    files and views; the old run is untouched. A no-op for a run opened under
+    its final key (a new or resumed run keeps what it computed)."""
+    if opened.run_key == opened.final_key:
+        return
+    dataset = samples._root_dataset
+    try:
+        with run_lock(dataset, opened.run_key):
+            dataset._doc.reload("runs")
+            if opened.run_key in dataset.list_runs():
+                cam_runs.delete_cam_run(dataset, opened.run_key)
+                logger.warning(
+                    "Removed the failed replacement %r of CAM run %r on %r",
+                    opened.run_key,
+                    opened.final_key,
+                    dataset.name,
+                )
+    finally:
+        _release(opened)
+
+
+@contextlib.contextmanager
+def replacement(samples: foc.SampleCollection, opened: OpenedRun) -> Iterator[None]:
+    """Compute ``opened`` inside the block: if it raises (or is interrupted), a
+    replacement's temporary run is removed (:func:`abandon_run`) and the error
+    goes on; should that cleanup fail too, the error says what to delete. On
+    success the replacement keeps its lock until :func:`finish_run`."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            abandon_run(samples, opened)
+        except Exception as cleanup:
+            exc.add_note(
+                f"Removing the failed replacement {opened.run_key!r} also failed "
+                f"({cleanup!r}); delete it with dataset.delete_run({opened.run_key!r})"
+            )
+        raise
+
+
+def _release(opened: OpenedRun) -> None:
+    if opened.lease is not None:
+        opened.lease.release()
+
+
+def _remove_dead_replacements(dataset: fo.Dataset, run_key: str) -> None:
+    """Delete temporary runs replacing ``run_key`` whose process died (their
+    lock is free or expired); a live replacement holds its lock and is kept."""
+    pattern = re.compile(rf"{re.escape(run_key)}_replacing_[0-9a-f]{{8}}")
+    for key in cam_runs.list_cam_runs(dataset):
+        if not pattern.fullmatch(key):
+            continue
+        if cam_runs.get_cam_run(dataset, key).config.get("replaces") != run_key:
+            continue
+        if is_locked(dataset, key):
+            continue  # a live replacement: it removes itself if it fails
+        try:
+            with run_lock(dataset, key, timeout=0):
+                cam_runs.delete_cam_run(dataset, key)
+        except TimeoutError:
+            continue  # taken meanwhile
+        logger.warning(
+            "Removed %r, a replacement of CAM run %r whose process died",
+            key,
+            run_key,
+        )
 
 
 def _resume(dataset: fo.Dataset, run_key, config, names) -> OpenedRun:

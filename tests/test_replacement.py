@@ -1,0 +1,168 @@
+"""An overwrite that fails cleans up after itself, and the next overwrite
+removes replacements whose process died (but never a live one).
+
+Real datasets of real photos and a real (small, untrained) ResNet-18.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from datetime import datetime, timedelta, timezone
+
+import fiftyone as fo
+import fiftyone.core.odm as foodm
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torchvision
+from PIL import Image
+
+from gradcam_engine import CamRunFailed, compute_cams, get_cam_run, list_cam_runs
+from gradcam_engine.runs import registration
+from gradcam_engine.runs.locks import LOCK_COLLECTION
+from gradcam_engine.sources.models import ResizeNormalize
+
+PHOTOS = ("chelsea", "coffee", "astronaut")
+
+
+@pytest.fixture()
+def image_dir(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    for name in PHOTOS:
+        img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        img.resize((80, 60)).save(root / f"{name}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=3).eval()
+
+
+@pytest.fixture()
+def ds(image_dir):
+    dataset = fo.Dataset()
+    dataset.add_samples(
+        [fo.Sample(filepath=str(image_dir / f"{n}.png")) for n in PHOTOS]
+    )
+    yield dataset
+    dataset.delete()
+
+
+def run(ds, model, **kwargs):
+    kwargs.setdefault("run_key", "cam")
+    return compute_cams(
+        ds,
+        model,
+        layers=["layer4"],
+        transforms=ResizeNormalize(64),
+        classes=["0", "1", "2"],
+        batch_size=2,
+        num_workers=0,
+        progress=False,
+        **kwargs,
+    )
+
+
+def _leftovers(ds) -> list[str]:
+    return [f for f in ds.get_field_schema() if "replacing" in f] + [
+        k for k in ds.list_runs() if "replacing" in k
+    ]
+
+
+def test_a_failed_overwrite_removes_its_temporary_run(ds, model, image_dir, tmp_path):
+    out = tmp_path / "maps"
+    run(ds, model, storage="disk", output_dir=str(out))
+    old = get_cam_run(ds, "cam")
+    paths = ds.values("cam_layer4.map_path")
+    assert all(os.path.exists(p) for p in paths)
+
+    # Every image is gone: the new run fails (CamRunFailed) ...
+    shutil.move(str(image_dir), str(tmp_path / "moved"))
+    with pytest.raises(CamRunFailed, match="No sample succeeded"):
+        run(
+            ds,
+            model,
+            method="hirescam",
+            overwrite=True,
+            storage="disk",
+            output_dir=str(out),
+        )
+    # ... and leaves neither a run, nor fields, nor files behind.
+    assert _leftovers(ds) == []
+    assert list_cam_runs(ds) == ["cam"] and get_cam_run(ds, "cam").method == "gradcam"
+    assert sorted(os.listdir(out)) == [os.path.basename(old.config["run_dir"])]
+    assert ds.values("cam_layer4.map_path") == paths
+    assert (
+        foodm.get_db_conn()[LOCK_COLLECTION].count_documents(
+            {"_id": {"$regex": f"^{ds._doc.id}:"}}
+        )
+        == 0
+    )
+    shutil.move(str(tmp_path / "moved"), str(image_dir))
+
+    # An error raised while computing (here from the progress callback) too.
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run(ds, model, method="hirescam", overwrite=True, progress_callback=stop)
+    assert _leftovers(ds) == [] and get_cam_run(ds, "cam").method == "gradcam"
+
+
+def _open_replacement(ds) -> registration.OpenedRun:
+    """A replacement of ``cam`` registered as compute_cams(overwrite=True) does,
+    then left as a process would leave it."""
+    stored = get_cam_run(ds, "cam").config
+    config = {k: v for k, v in stored.items() if k not in ("cls", "type")}
+    return registration.open_run(ds, "cam", config, overwrite=True)
+
+
+def test_the_next_overwrite_removes_dead_replacements_only(ds, model):
+    run(ds, model)
+    # Three replacements, all registered while alive; then one still computing
+    # (its lock held and renewed), one whose lock is gone, one whose lock expired
+    # (its process stopped renewing it).
+    live, gone, expired = (_open_replacement(ds) for _ in range(3))
+    gone.lease.release()
+    expired.lease.release()  # as its process left it: a lock doc, expired
+    foodm.get_db_conn()[LOCK_COLLECTION].insert_one(
+        {
+            "_id": f"{ds._doc.id}:{expired.run_key}",
+            "owner": "dead",
+            "holder": "pid 0 on nowhere",
+            "expires": datetime.now(timezone.utc) - timedelta(seconds=1),
+        }
+    )
+    ds.set_values(live.names.heatmaps[0], [fo.Heatmap(map=np.ones((4, 4)))] * len(ds))
+    assert len(list_cam_runs(ds)) == 4
+
+    # From another thread, as another process would: only the database says
+    # which replacement is alive.
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(
+            s=run(ds, model, method="hirescam", overwrite=True)
+        )
+    )
+    worker.start()
+    worker.join()
+    assert result["s"].run_key == "cam"
+    assert sorted(list_cam_runs(ds)) == sorted(["cam", live.run_key])
+    for dead in (gone, expired):
+        assert not [f for f in ds.get_field_schema() if f.startswith(dead.run_key)]
+    assert ds.count(live.names.heatmaps[0]) == len(ds)  # untouched
+    assert get_cam_run(ds, "cam").method == "hirescam"
+
+    # The live one finishing (or failing) later is its own business.
+    registration.abandon_run(ds, live)
+    assert list_cam_runs(ds) == ["cam"] and _leftovers(ds) == []
+    assert not live.lease.held
