@@ -166,3 +166,30 @@ def test_the_next_overwrite_removes_dead_replacements_only(ds, model):
     registration.abandon_run(ds, live)
     assert list_cam_runs(ds) == ["cam"] and _leftovers(ds) == []
     assert not live.lease.held
+
+
+def test_a_held_lock_is_renewed_until_released(ds, monkeypatch):
+    """hold_lock keeps the lock alive past its lease (renewed by a thread), as
+    seen from another thread; once released it is free."""
+    import time
+
+    from gradcam_engine.runs import locks
+
+    monkeypatch.setattr(locks, "_LEASE", timedelta(seconds=1))  # renewed every 0.1 s
+    lease = locks.hold_lock(ds, "cam_replacing_00000000")
+    seen = []
+    try:
+        time.sleep(1.5)  # longer than the lease
+
+        def look():
+            seen.append(locks.is_locked(ds, "cam_replacing_00000000"))
+
+        worker = threading.Thread(target=look)
+        worker.start()
+        worker.join()
+    finally:
+        lease.release()
+    assert seen == [True]
+    assert not locks.is_locked(ds, "cam_replacing_00000000")
+    with locks.run_lock(ds, "cam_replacing_00000000", timeout=0):
+        pass
