@@ -15,10 +15,9 @@ import fiftyone as fo
 import fiftyone.core.odm as foodm
 import numpy as np
 import pytest
-import skimage.data
 import torch
 import torchvision
-from PIL import Image
+from test_runs import write_photos
 
 from gradcam_engine import CamRunFailed, compute_cams, get_cam_run, list_cam_runs
 from gradcam_engine.runs import registration
@@ -30,12 +29,8 @@ PHOTOS = ("chelsea", "coffee", "astronaut")
 
 @pytest.fixture()
 def image_dir(tmp_path):
-    root = tmp_path / "photos"
-    root.mkdir()
-    for name in PHOTOS:
-        img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        img.resize((80, 60)).save(root / f"{name}.png")
-    return root
+    (tmp_path / "photos").mkdir()
+    return write_photos(tmp_path / "photos", PHOTOS)
 
 
 @pytest.fixture(scope="module")
@@ -104,18 +99,7 @@ def test_a_failed_overwrite_removes_its_temporary_run(ds, model, image_dir, tmp_
         )
         == 0
     )
-    shutil.move(str(tmp_path / "moved"), str(image_dir))
-
-    # An error raised while computing (here from the progress callback) too.
-    class Stop(Exception):
-        pass
-
-    def stop(done, total):
-        raise Stop
-
-    with pytest.raises(Stop):
-        run(ds, model, method="hirescam", overwrite=True, progress_callback=stop)
-    assert _leftovers(ds) == [] and get_cam_run(ds, "cam").method == "gradcam"
+    # an error raised while computing: test_runs.py, test_overwrite_that_fails_...
 
 
 def _open_replacement(ds) -> registration.OpenedRun:

@@ -25,13 +25,17 @@ PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 SMALL = ResizeNormalize(64)
 
 
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs-photos")
-    for name in PHOTOS:
+def write_photos(root, names=PHOTOS):
+    """Small 80x60 PNGs of scikit-image photos in ``root``; returns ``root``."""
+    for name in names:
         img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
         img.resize((80, 60)).save(root / f"{name}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    return write_photos(tmp_path_factory.mktemp("runs-photos"))
 
 
 @pytest.fixture(scope="module")
