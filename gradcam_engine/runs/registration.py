@@ -93,13 +93,16 @@ def open_run(
 def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
     """Swap a completed replacement in: delete the old run (fields, files,
     views) and what else stood in the way, and rename the temporary run to the
-    final key. A no-op for a run opened under its final key. Returns the key."""
+    final key. A no-op for a run opened under its final key, or already
+    swapped in (by another shard of it). Returns the key."""
     if opened.run_key == opened.final_key:
         return opened.final_key
     dataset = samples._root_dataset
     final = opened.final_key
     with run_lock(dataset, final), run_lock(dataset, opened.run_key):
         dataset._doc.reload("runs")
+        if opened.run_key not in dataset.list_runs():
+            return final
         if final in dataset.list_runs():
             cam_runs.delete_cam_run(dataset, final)  # with all it owned
             logger.warning("Replaced CAM run %r on %r", final, dataset.name)
@@ -129,7 +132,10 @@ def _resume(dataset: fo.Dataset, run_key, config, names) -> OpenedRun:
     ownership.claim(dataset, run_key, fields=names.owned, writer="compute_cams")
     _declare_fields(dataset, names)
     stored = cam_runs.get_cam_run(dataset, run_key).config
-    return OpenedRun(run_key, run_key, names, stored, resumed=True)
+    # a resumed replacement (a shard of one, or one resumed after a kill) is
+    # still swapped in under the key it replaces once it has succeeded
+    final_key = stored.get("replaces") or run_key
+    return OpenedRun(run_key, final_key, names, stored, resumed=True)
 
 
 def _register(dataset, run_key, final_key, config, names) -> OpenedRun:
