@@ -1,5 +1,6 @@
-"""Regenerate docs/app_panel.png: the App on the demo's planted-shortcut dataset with the
-CAM review panel open. Run after `make demo`:
+"""Regenerate docs/app_panel.png and docs/app_open.png: the App on the demo's
+planted-shortcut dataset with the CAM review panel open, then the sample view
+its Open shows for the lowest-focus sample. Run after `make demo`:
 
     .venv/bin/python docs/screenshot_app.py [--dataset cam-audit-shortcut]
 
@@ -32,7 +33,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="cam-audit-shortcut")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "app_panel.png"))
+    parser.add_argument("--out", default=str(ROOT / "docs"))
     args = parser.parse_args()
     dataset = fo.load_dataset(args.dataset)
     with socket.socket() as s:
@@ -53,12 +54,22 @@ def main() -> None:
             page.get_by_text("CAM review", exact=True).first.click()
             page.get_by_text("Suspects (lowest focus)").first.wait_for(timeout=60_000)
             time.sleep(20)  # let the chart and the thumbnails draw (slow on 2 cores)
-            page.screenshot(path=args.out)
+            shots = [_shot(page, pathlib.Path(args.out) / "app_panel.png")]
+            page.locator("table tbody tr").first.locator("td").nth(1).click()
+            page.locator("[data-cy=modal]").first.wait_for(timeout=60_000)
+            time.sleep(8)  # the full-size image and its heatmap
+            shots.append(_shot(page, pathlib.Path(args.out) / "app_open.png"))
             browser.close()
     finally:
         session.close()
-    _shrink(args.out)
-    print(f"wrote {args.out}")
+    for path in shots:
+        print(f"wrote {path}")
+
+
+def _shot(page, path: pathlib.Path) -> pathlib.Path:
+    page.screenshot(path=str(path))
+    _shrink(str(path))
+    return path
 
 
 def _shrink(path: str) -> None:

@@ -2,7 +2,6 @@
 
 from .compute import ComputeCams
 from .discovery import BackgroundTest, ClusterCams, RoadCams
-from .open_sample import OpenCamSample
 from .review_panel import CamReviewPanel
 from .run_management import DeleteCamRun, ListCamRuns, RenameCamRun
 from .run_shard import RunCamShard
@@ -21,7 +20,6 @@ OPERATORS: list = [
     RoadCams,
     CamRunStatus,
     RunCamShard,
-    OpenCamSample,
 ]
 PANELS: list = [CamReviewPanel]
 

@@ -21,8 +21,6 @@ DEFAULT_TAGS = "spurious,ok,needs-data"
 # panel instead of zooming the chart.
 _PLOT_CONFIG = dict(displayModeBar=False, scrollZoom=False)
 _MARGIN = dict(t=48, l=56, r=16, b=40)
-# Seconds the grid gets to redraw its tiles with new fields before Open.
-OPEN_SETTLE = 2.0
 
 
 class CamReviewPanel(foo.Panel):
@@ -150,33 +148,26 @@ class CamReviewPanel(foo.Panel):
 
     # ------------------------------------------------------------ data
 
-    def _show_heatmap(self, ctx, sources) -> bool:
+    def _show_heatmap(self, ctx, sources) -> None:
         """Only the chosen heatmap and the objects it is scored against, in
-        the grid; True if the grid's fields changed."""
+        the grid (left alone when already so: each change redraws every tile)."""
         src = sources.get(ctx.panel.state.source or "")
-        if not src:
-            return False
-        fields = [src["heatmap"], *([src["boxes"]] if src["boxes"] else [])]
-        if sorted(ctx.active_fields or []) == sorted(fields):
-            return False
-        ctx.ops.set_active_fields(fields=fields)
-        return True
+        if src and sorted(ctx.active_fields or []) != sorted(_fields_of(src)):
+            ctx.ops.set_active_fields(fields=_fields_of(src))
 
     def _open(self, ctx, sample_id):
         """The sample view with exactly the chosen heatmap and its boxes.
 
-        The grid's active fields are set first; ``open_cam_sample`` then opens
-        the sample the way that copies them into the sample view (FiftyOne's
-        ``open_sample`` keeps the sample view's own fields). When the grid's
-        fields changed, it waits for the grid's tiles to redraw first: opening
-        while they decode their heatmaps raises FiftyOne's DataCloneError.
+        ``open_cam_sample`` is a browser-side operator (js/open_cam_sample.js):
+        no Python operator can set the sample view's fields in FiftyOne 1.22.
+        The grid's fields are left as they are.
         """
-        if not sample_id:
+        src = data.sources(ctx.dataset).get(ctx.panel.state.source or "")
+        if not sample_id or not src:
             return
-        changed = self._show_heatmap(ctx, data.sources(ctx.dataset))
         ctx.trigger(
             _forms.uri("open_cam_sample"),
-            params={"sample_id": sample_id, "settle": OPEN_SETTLE if changed else 0},
+            params={"sample_id": sample_id, "fields": _fields_of(src)},
         )
 
     def _refresh(self, ctx, sources):
@@ -384,3 +375,9 @@ class CamReviewPanel(foo.Panel):
         return types.Property(
             panel, view=types.GridView(orientation="vertical", gap=2, padding=1)
         )
+
+
+def _fields_of(src: dict) -> list[str]:
+    """The fields a review shows: the heatmap and the objects it is scored
+    against."""
+    return [src["heatmap"], *([src["boxes"]] if src["boxes"] else [])]

@@ -46,3 +46,15 @@ def test_operators_are_callable_from_python():
     compute = foo.get_operator(f"{PLUGIN}/compute_cams")
     assert compute.config.allow_delegated_execution
     assert compute.config.allow_immediate_execution
+
+
+def test_browser_side_open_is_served_under_the_plugins_name():
+    """The panel's Open triggers ``open_cam_sample`` from js/open_cam_sample.js
+    (what it does in the App: tests/test_app_browser.py)."""
+    (plugin,) = [p for p in fop.list_plugins() if p.name == PLUGIN]
+    assert plugin.has_js and plugin.js_bundle == _manifest()["js_bundle"]
+    script = (ROOT / plugin.js_bundle).read_text()
+    assert f'var PLUGIN = "{PLUGIN}";' in script
+    assert 'name: "open_cam_sample"' in script
+    panel = (ROOT / "operators" / "review_panel.py").read_text()
+    assert '_forms.uri("open_cam_sample")' in panel

@@ -207,3 +207,68 @@ def test_numpy_and_torch_arguments_reach_the_workers_as_plain_values(dataset, se
     assert "transforms" not in kwargs and "overwrite" not in kwargs
     run_op(service, op_id)
     assert set(dataset.values("plain_args_target.label")) == {"coffee"}  # class 1
+
+
+def test_delegated_overwrite_replaces_the_run_only_when_every_shard_completed(
+    dataset, service
+):
+    ge.compute_cams(
+        dataset, MODEL, layers=["block"], run_key="swap", num_workers=0, progress=False
+    )
+    old_maps = dataset.values("swap_block.map")
+
+    queued = queue(dataset, "swap", 2, method="hirescam", overwrite=True)
+    assert queued.replaces == "swap" and queued.run_key.startswith("swap_replacing_")
+    assert "replaces 'swap' once every shard has completed" in str(queued)
+    temp = queued.run_key
+
+    def old_run_intact():
+        dataset.reload()
+        assert ge.get_cam_run(dataset, "swap").config["method"] == "gradcam"
+        maps = dataset.values("swap_block.map")
+        assert all((a == b).all() for a, b in zip(maps, old_maps, strict=True))
+
+    old_run_intact()  # queued: nothing replaced yet
+    first, second = queued.operation_ids
+    run_op(service, first)
+    old_run_intact()  # one shard done (or the other killed): still the old run
+    status = ge.cam_run_status(dataset, temp)
+    assert (status["done"], status["pending"]) == (2, 3)
+
+    run_op(service, second)  # the last shard swaps the replacement in
+    dataset.reload()
+    assert temp not in dataset.list_runs()
+    assert ge.get_cam_run(dataset, "swap").config["method"] == "hirescam"
+    assert dataset.count("swap_block") == 5
+    assert not [f for f in dataset.get_field_schema() if f.startswith(temp)]
+    status = ge.cam_run_status(dataset, "swap")  # its shards follow it
+    assert status["state"] == "completed" and len(status["shards"]) == 2
+
+
+def test_a_queued_replacement_is_its_shards_not_a_dead_one(dataset, service):
+    """The caller hands a delegated replacement over to its shards (it holds no
+    lock on it), and a later overwrite of the key does not take it for a dead
+    replacement (tests/test_replacement.py): only its shards swap it in."""
+    from gradcam_engine.runs.locks import is_locked
+
+    ge.compute_cams(
+        dataset, MODEL, layers=["block"], run_key="hand", num_workers=0, progress=False
+    )
+    queued = queue(dataset, "hand", 2, method="hirescam", overwrite=True)
+    temp = queued.run_key
+    assert not is_locked(dataset, temp)
+    ge.compute_cams(
+        dataset,
+        MODEL,
+        layers=["block"],
+        run_key="hand",
+        method="layercam",
+        overwrite=True,
+        num_workers=0,
+        progress=False,
+    )
+    dataset.reload()
+    assert temp in dataset.list_runs()
+    assert ge.get_cam_run(dataset, "hand").config["method"] == "layercam"
+    dataset.delete_run(temp)
+    assert not [f for f in dataset.get_field_schema() if f.startswith(temp)]

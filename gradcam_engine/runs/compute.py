@@ -130,27 +130,12 @@ def compute_cams(
         batch_size=batch_size,
         allow_pickle=allow_pickle,
     )
+    queued_samples = samples
     if shard is not None:  # one shard of a run its caller registered
         opened = _open_run(plan, overwrite=False, join=True)
         samples = sharding.shard_view(samples, shard)
     elif queue:
-        shard_plan = sharding.plan_shards(samples, queue)
-        kwargs = sharding.worker_kwargs(
-            "compute_cams",
-            call,
-            layers=plan.config["layers"],
-            method=plan.config["method"],
-            output_dir=plan.config["output_dir"],
-            progress=False,  # workers report through the operation instead
-        )
-        plan.config["sharding"] = shard_plan
-        # the run exists before any shard runs; a replacement is swapped in now
-        # (shards finish at different times, so there is no "once it succeeded")
-        key = registration.finish_run(plan.dataset, _open_run(plan, overwrite))
-        style_run(plan.dataset, key, field_names(key, plan.config["layers"]))
-        return sharding.queue_shards(
-            samples, "compute_cams", kwargs, shard_plan, delegation_target
-        )
+        return _queue_run(plan, samples, call, overwrite, queue, delegation_target)
     else:
         opened = _open_run(plan, overwrite)
     with registration.replacement(plan.dataset, opened):  # a failed one is removed
@@ -164,17 +149,20 @@ def compute_cams(
             progress_callback,
             retry_errors,
         )
+        if shard is not None:  # reports through cam_run_status, not the run config
+            if summary.failed:
+                raise CamRunFailed(summary)
+            _finish_if_complete(plan, opened, queued_samples)
+            return summary
         # recorded on the run, so that listings and the App can tell how it went
-        # (not by shards: they run at once and report through cam_run_status)
-        if shard is None:
-            outcome = summary.as_dict()
-            cam_runs.update_run_config(plan.dataset, opened.run_key, outcome=outcome)
+        cam_runs.update_run_config(
+            plan.dataset, opened.run_key, outcome=summary.as_dict()
+        )
         if summary.failed:  # an overwrite that failed replaces nothing
             raise CamRunFailed(summary)
-    if shard is None:
-        summary = _finish_run(plan, opened, summary)
-        layers = plan.config["layers"]
-        style_run(plan.dataset, summary.run_key, field_names(summary.run_key, layers))
+    summary = _finish_run(plan, opened, summary)
+    layers = plan.config["layers"]
+    style_run(plan.dataset, summary.run_key, field_names(summary.run_key, layers))
     return summary
 
 
@@ -304,6 +292,48 @@ def _finish_run(
     summary.fields_written = list(field_names(summary.run_key, info.layers).owned)
     summary.run_dir = info.config.get("run_dir")
     return summary
+
+
+def _queue_run(plan, samples, call, overwrite, count, delegation_target):
+    """Register the run (or its replacement) here and queue ``count`` shards
+    that compute it; the last shard to complete swaps a replacement in."""
+    shard_plan = sharding.plan_shards(samples, count)  # checks before any write
+    opened = _open_run(plan, overwrite)
+    with registration.replacement(plan.dataset, opened):  # removed if queueing fails
+        cam_runs.update_run_config(plan.dataset, opened.run_key, sharding=shard_plan)
+        kwargs = sharding.worker_kwargs(
+            "compute_cams",
+            call,
+            run_key=opened.run_key,  # a replacement's shards write its temporary key
+            layers=plan.config["layers"],
+            method=plan.config["method"],
+            output_dir=plan.config["output_dir"],
+            progress=False,  # workers report through the operation instead
+        )
+        style_run(
+            plan.dataset,
+            opened.run_key,
+            field_names(opened.run_key, plan.config["layers"]),
+        )
+        queued = sharding.queue_shards(
+            samples, "compute_cams", kwargs, shard_plan, delegation_target
+        )
+    registration.hand_over(opened)  # its shards compute it and swap it in
+    queued.replaces = None if opened.run_key == opened.final_key else opened.final_key
+    return queued
+
+
+def _finish_if_complete(plan, opened, queued_samples) -> None:
+    """After a shard: once no sample of the queued view is pending and one has
+    maps, swap a replacement in (the shards finish in any order; the swap
+    happens once, under the run's lock)."""
+    if opened.run_key == opened.final_key:
+        return
+    done = queued_samples.count(plan.names.prediction)
+    pending = queued_samples.count() - done - queued_samples.count(plan.names.error)
+    if done and not pending:
+        key = registration.finish_run(plan.dataset, opened)
+        style_run(plan.dataset, key, field_names(key, plan.config["layers"]))
 
 
 def _stream_run(

@@ -35,7 +35,14 @@ from . import cam_runs, ownership
 from .batch_fields import FieldNames, field_names
 from .locks import Lease, hold_lock, is_locked, run_lock
 
-__all__ = ["OpenedRun", "open_run", "finish_run", "replacement", "abandon_run"]
+__all__ = [
+    "OpenedRun",
+    "open_run",
+    "finish_run",
+    "replacement",
+    "abandon_run",
+    "hand_over",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +115,8 @@ def open_run(
 def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
     """Swap a completed replacement in: delete the old run (fields, files,
     views) and what else stood in the way, and rename the temporary run to the
-    final key. A no-op for a run opened under its final key. Returns the key."""
+    final key. A no-op for a run opened under its final key, or already
+    swapped in (by another shard of it). Returns the key."""
     if opened.run_key == opened.final_key:
         return opened.final_key
     dataset = samples._root_dataset
@@ -116,6 +124,8 @@ def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
     try:
         with run_lock(dataset, final), run_lock(dataset, opened.run_key):
             dataset._doc.reload("runs")
+            if opened.run_key not in dataset.list_runs():
+                return final
             if final in dataset.list_runs():
                 cam_runs.delete_cam_run(dataset, final)  # with all it owned
                 logger.warning("Replaced CAM run %r on %r", final, dataset.name)
@@ -125,15 +135,18 @@ def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
             cam_runs.rename_cam_run(dataset, opened.run_key, final)
             cam_runs.update_run_config(dataset, final, replaces=None)
     finally:
-        _release(opened)
+        hand_over(opened)
     return final
 
 
 def abandon_run(samples: foc.SampleCollection, opened: OpenedRun) -> None:
     """Remove a replacement that failed: its temporary run with its fields,
-    files and views; the old run is untouched. A no-op for a run opened under
-    its final key (a new or resumed run keeps what it computed)."""
-    if opened.run_key == opened.final_key:
+    files and views; the old run is untouched. Only for a replacement this
+    process registered and still holds: a no-op for a run opened under its
+    final key (a new or resumed run keeps what it computed), for a shard of a
+    delegated replacement (the run belongs to all its shards), and after
+    :func:`hand_over`."""
+    if opened.lease is None or not opened.lease.held:
         return
     dataset = samples._root_dataset
     try:
@@ -148,7 +161,7 @@ def abandon_run(samples: foc.SampleCollection, opened: OpenedRun) -> None:
                     dataset.name,
                 )
     finally:
-        _release(opened)
+        hand_over(opened)
 
 
 @contextlib.contextmanager
@@ -170,20 +183,25 @@ def replacement(samples: foc.SampleCollection, opened: OpenedRun) -> Iterator[No
         raise
 
 
-def _release(opened: OpenedRun) -> None:
+def hand_over(opened: OpenedRun) -> None:
+    """Stop holding a replacement's lock (e.g. once its delegated shards are
+    queued: they compute it and swap it in); :func:`abandon_run` then no
+    longer removes it. A no-op for any other run."""
     if opened.lease is not None:
         opened.lease.release()
 
 
 def _remove_dead_replacements(dataset: fo.Dataset, run_key: str) -> None:
     """Delete temporary runs replacing ``run_key`` whose process died (their
-    lock is free or expired); a live replacement holds its lock and is kept."""
+    lock is free or expired); a live replacement holds its lock and is kept,
+    and so is a delegated one (followed with ``cam_run_status``)."""
     pattern = re.compile(rf"{re.escape(run_key)}_replacing_[0-9a-f]{{8}}")
     for key in cam_runs.list_cam_runs(dataset):
         if not pattern.fullmatch(key):
             continue
-        if cam_runs.get_cam_run(dataset, key).config.get("replaces") != run_key:
-            continue
+        config = cam_runs.get_cam_run(dataset, key).config
+        if config.get("replaces") != run_key or config.get("sharding"):
+            continue  # a delegated replacement: its shards swap it in
         if is_locked(dataset, key):
             continue  # a live replacement: it removes itself if it fails
         try:
@@ -216,7 +234,10 @@ def _resume(dataset: fo.Dataset, run_key, config, names) -> OpenedRun:
     ownership.claim(dataset, run_key, fields=names.owned, writer="compute_cams")
     _declare_fields(dataset, names)
     stored = cam_runs.get_cam_run(dataset, run_key).config
-    return OpenedRun(run_key, run_key, names, stored, resumed=True)
+    # a resumed replacement (a shard of one, or one resumed after a kill) is
+    # still swapped in under the key it replaces once it has succeeded
+    final_key = stored.get("replaces") or run_key
+    return OpenedRun(run_key, final_key, names, stored, resumed=True)
 
 
 def _register(dataset, run_key, final_key, config, names) -> OpenedRun:

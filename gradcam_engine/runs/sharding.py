@@ -60,12 +60,20 @@ class QueuedRun:
     function: str
     token: str  # identifies this queueing's shards among the run's operations
     operation_ids: list[str]
+    # overwrite: the run that ``run_key`` (a temporary key) replaces once every
+    # shard has completed; until then the old run stays as it was
+    replaces: str | None = None
 
     def __str__(self) -> str:
+        replacing = (
+            f" (replaces {self.replaces!r} once every shard has completed)"
+            if self.replaces
+            else ""
+        )
         return (
-            f"{self.function} {self.run_key!r}: {len(self.operation_ids)} delegated "
-            f"shard(s) queued ({', '.join(self.operation_ids)}); run workers with "
-            "`fiftyone delegated launch` and follow with "
+            f"{self.function} {self.run_key!r}{replacing}: {len(self.operation_ids)} "
+            f"delegated shard(s) queued ({', '.join(self.operation_ids)}); run "
+            "workers with `fiftyone delegated launch` and follow with "
             f"cam_run_status(samples, {self.run_key!r})"
         )
 

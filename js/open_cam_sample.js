@@ -1,0 +1,67 @@
+/*
+ * `open_cam_sample`: open a sample in the App's sample view with exactly the
+ * given fields switched on (the review panel's Open).
+ *
+ * FiftyOne keeps one set of active fields for the grid and another for the
+ * sample view, and no Python operator can set the sample view's: the built-in
+ * `set_active_fields` always sets the grid's, and `open_sample` opens the
+ * sample with whatever was ticked there before. This operator does what a
+ * click on a grid tile does (copy the grid's filters and colour settings into
+ * the sample view), then sets the sample view's fields and opens the sample,
+ * in that order, in the browser: no settle delay, no race with the grid.
+ *
+ * A plain script, not a build: the App loads a plugin's bundle with a
+ * <script> tag and exposes its operator, state and Recoil modules as globals
+ * (`window.__foo__`, `window.__fos__`, `window.recoil`), which is all this
+ * needs. See docs/ARCHITECTURE.md.
+ */
+(function () {
+  "use strict";
+  var PLUGIN = "@cam-audit/cam-audit";
+  var foo = window.__foo__;
+  var fos = window.__fos__;
+  var recoil = window.recoil;
+  if (!foo || !fos || !recoil) {
+    console.error(PLUGIN + ": the App exposes no operator/state modules");
+    return;
+  }
+
+  class OpenCamSample extends foo.Operator {
+    get config() {
+      return new foo.OperatorConfig({
+        name: "open_cam_sample",
+        label: "Open a sample with the given fields",
+        unlisted: true,
+      });
+    }
+
+    useHooks() {
+      return {
+        copyGridState: fos.useSetModalState(),
+        openSample: fos.useSetExpandedSample(),
+        setSampleViewFields: recoil.useRecoilCallback(
+          function (cb) {
+            return function (fields) {
+              cb.set(fos.activeFields({ modal: true }), fields);
+            };
+          },
+          []
+        ),
+      };
+    }
+
+    async execute(ctx) {
+      var params = ctx.params || {};
+      if (!params.sample_id) {
+        return;
+      }
+      await ctx.hooks.copyGridState();
+      if (Array.isArray(params.fields)) {
+        ctx.hooks.setSampleViewFields(params.fields);
+      }
+      ctx.hooks.openSample({ id: params.sample_id });
+    }
+  }
+
+  foo.registerOperator(OpenCamSample, PLUGIN);
+})();
