@@ -8,7 +8,6 @@ the same run key and config computes only the samples not yet done.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,9 +15,7 @@ from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
-import fiftyone.core.utils as fou
 import torch
-from fiftyone import ViewField as VF
 from PIL import Image
 from torch import nn
 
@@ -26,20 +23,13 @@ from ..engine.cam_engine import CamEngine
 from ..engine.layers import default_layers
 from ..engine.methods import get_method
 from ..sources.geometry import TransformGeometry
-from ..sources.images import ImageFiles, collate, default_num_workers
 from ..sources.models import ResizeNormalize, load_model
 from . import arguments, cam_runs, registration, sharding
 from .app_look import style_run
-from .batch_fields import (
-    BatchContext,
-    FieldNames,
-    batch_field_values,
-    field_names,
-    label_reader,
-)
+from .batch_fields import FieldNames, field_names
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes
-from .writes import set_fields
+from .stream import StreamOptions, stream_run
 
 __all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
 
@@ -153,16 +143,15 @@ def compute_cams(
         )
     else:
         opened = _open_run(plan, overwrite)
-    summary = _stream_run(
-        plan,
-        samples,
-        batch_size,
-        num_workers,
-        device,
-        progress,
-        progress_callback,
-        retry_errors,
+    options = StreamOptions(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+        progress_callback=progress_callback,
+        retry_errors=retry_errors,
     )
+    summary = stream_run(plan, samples, options)
     # recorded on the run, so that listings and the App can tell how it went
     # (not by shards: they run at once and report through cam_run_status)
     if shard is None:
@@ -177,7 +166,7 @@ def compute_cams(
     return summary
 
 
-# -- the steps: plan (no writes), open (register), stream (compute, write), finish --
+# -- the steps: plan (no writes), open (register), stream (stream.py), finish --
 
 
 @dataclass
@@ -303,108 +292,3 @@ def _finish_run(
     summary.fields_written = list(field_names(summary.run_key, info.layers).owned)
     summary.run_dir = info.config.get("run_dir")
     return summary
-
-
-def _stream_run(
-    plan: _RunPlan,
-    samples,
-    batch_size,
-    num_workers,
-    device,
-    progress,
-    progress_callback,
-    retry_errors=True,
-) -> CamRunSummary:
-    """Compute the samples not done yet (and, with ``retry_errors``, the failed
-    ones), batch by batch, writing each batch in bulk."""
-    dataset, names, config = plan.dataset, plan.names, plan.config
-    num_samples = len(samples)
-    done_expr = VF(names.prediction).exists()
-    if not retry_errors:
-        done_expr = done_expr | VF(names.error).exists()
-    pending = samples.match(~done_expr)
-    ids, filepaths, old_errors = pending.values(["id", "filepath", names.error])
-    retried = {sid for sid, err in zip(ids, old_errors, strict=True) if err}
-    summary = CamRunSummary(
-        run_key=plan.run_key,
-        fields=dict(zip(config["layers"], names.heatmaps, strict=True)),
-        num_samples=num_samples,
-        num_computed=0,
-        num_skipped=num_samples - len(ids),
-        num_errors=0,
-        run_dir=config["run_dir"],
-        fields_written=list(names.owned),
-    )
-    labels = label_reader(
-        dataset, config["task"], config["target"], config["label_field"]
-    )
-    workers = default_num_workers() if num_workers is None else int(num_workers)
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(filepaths, plan.transforms, plan.geometry),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        shuffle=False,
-    )
-    context = BatchContext(
-        engine=plan.engine,
-        names=names,
-        layers=config["layers"],
-        task=config["task"],
-        target=config["target"],
-        fixed_class=plan.fixed_class,
-        class_names=plan.class_names,
-        storage=config["storage"],
-        run_dir=config["run_dir"],
-        max_size=config["max_size"],
-    )
-    total = len(ids)
-    with contextlib.ExitStack() as stack:
-        if device is not None:
-            stack.enter_context(_on_device(plan.engine.model, torch.device(device)))
-        bar = stack.enter_context(fou.ProgressBar(total=total, progress=progress))
-        done = 0
-        for batch in loader:
-            batch_ids = ids[batch.indices[0] : batch.indices[-1] + 1]
-            values = batch_field_values(context, batch, batch_ids, labels)
-            errors = values[names.error]
-            # a retried sample that now succeeds loses its old error
-            errors.update(
-                {s: None for s in retried.intersection(batch_ids) - set(errors)}
-            )
-            _write(dataset, values)
-            for sid, message in errors.items():
-                if message is not None:
-                    summary.add_error(sid, message)
-            summary.num_computed += sum(errors.get(sid) is None for sid in batch_ids)
-            done += len(batch_ids)
-            bar.update(len(batch_ids))
-            if progress_callback is not None:
-                progress_callback(done, total)
-    return summary
-
-
-# -- fields and runs ---------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _on_device(module: nn.Module, device: torch.device):
-    param = next(module.parameters(), None)
-    original = param.device if param is not None else torch.device("cpu")
-    module.to(device)
-    try:
-        yield
-    finally:
-        module.to(original)
-
-
-def _write(dataset, values: dict[str, dict[str, Any]]) -> None:
-    """One bulk write for this batch: every field of a sample in one update, so
-    that a batch cut short by a dead worker leaves each sample either done
-    (prediction or error set, with its maps) or to be computed again."""
-    updates: dict[str, dict[str, Any]] = {}
-    for name, by_id in values.items():
-        for sid, value in by_id.items():
-            updates.setdefault(sid, {})[name] = value
-    if updates:
-        set_fields(dataset, updates)

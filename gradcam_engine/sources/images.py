@@ -20,7 +20,6 @@ __all__ = [
     "DecodedBatch",
     "ImageFiles",
     "collate",
-    "default_num_workers",
     "load_rgb",
     "to_rgb",
 ]
@@ -107,15 +106,6 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 
 # -- streaming for the workflow: decode in DataLoader workers -------------------------
-
-
-def default_num_workers() -> int:
-    """DataLoader workers: up to 2, never more than the CPUs this process may use."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(2, cpus))
 
 
 @dataclass
