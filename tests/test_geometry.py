@@ -209,3 +209,49 @@ def test_one_pixel_wide_images_map():
         assert geometry.seen_box_relative() == pytest.approx([0, 0, 1, 1], abs=0.01)
         out = map_to_original(np.ones((16, 16), np.float32), geometry, size)
         assert out.shape == size[::-1] and out.min() > 0.99
+
+
+@pytest.mark.parametrize(
+    "transforms",
+    [
+        ResizeNormalize(224),
+        EVAL,
+        letterbox,
+        T.Compose([T.Resize(200), T.Pad(5), T.ToTensor()]),
+    ],
+    ids=["resize", "crop", "letterbox", "pad"],
+)
+def test_normal_equations_fit_what_lstsq_fits(transforms, monkeypatch):
+    import gradcam_engine.sources.geometry as geometry_module
+
+    sizes = [(320, 240), (481, 333), (97, 501), (1000, 30)]
+    fast = TransformGeometry(transforms)
+    fitted = [fast(size) for size in sizes]
+    monkeypatch.setattr(
+        geometry_module,
+        "_solve_normal",
+        lambda gram, rhs, design, coords: np.linalg.lstsq(design, coords, rcond=None)[
+            0
+        ],
+    )
+    slow = TransformGeometry(transforms)
+    for size, geometry in zip(sizes, fitted, strict=True):
+        reference = slow(size)
+        assert geometry.input_size == reference.input_size
+        assert geometry.scale == pytest.approx(reference.scale, rel=1e-9)
+        assert geometry.offset == pytest.approx(reference.offset, abs=1e-6)
+
+
+def test_resize_normalize_gives_a_contiguous_normalised_tensor():
+    img = Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (90, 70, 3), np.uint8)
+    )
+    transforms = ResizeNormalize(32)
+    x = transforms(img)
+    resized = np.asarray(img.resize((32, 32), Image.BILINEAR), dtype=np.float32)
+    expected = (
+        torch.from_numpy(resized / 255.0).permute(2, 0, 1)
+        - torch.tensor(transforms.mean).view(3, 1, 1)
+    ) / torch.tensor(transforms.std).view(3, 1, 1)
+    assert x.dtype == torch.float32 and x.shape == (3, 32, 32) and x.is_contiguous()
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)
