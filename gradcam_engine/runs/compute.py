@@ -1,9 +1,10 @@
 """``compute_cams``: run a CAM method over a FiftyOne collection and store heatmaps.
 
-Streams the collection: ids and filepaths are read in bulk, images are decoded
-in DataLoader workers while the engine computes, and each batch is written
-with one bulk update (every field of a sample in one update). Runs resume: calling again with
-the same run key and config computes only the samples not yet done.
+Streams the collection (``stream.py``): ids and filepaths are read in bulk,
+images are decoded by a DataLoader (in worker processes on cores the engine
+leaves free), and each batch is written with one bulk update (every field of a
+sample in one update). Runs resume: calling again with the same run key and
+config computes only the samples not yet done.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def compute_cams(
     a ``QueuedRun`` with their ids at once, computing nothing here. ``model``
     must then be a model source name (workers rebuild the model). Follow with
     ``cam_run_status``. ``shard`` is set by a queued shard's operation.
+
+    ``num_workers``: DataLoader worker processes decoding images; by default
+    up to 2 on the cores a CPU engine's torch threads leave free (none when
+    torch uses every core), up to 2 for an engine on a GPU.
 
     Everything that can be checked before the run (model, layers, method,
     label field type, label classes vs the model's classes) is, and raises
