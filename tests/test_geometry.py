@@ -209,3 +209,34 @@ def test_one_pixel_wide_images_map():
         assert geometry.seen_box_relative() == pytest.approx([0, 0, 1, 1], abs=0.01)
         out = map_to_original(np.ones((16, 16), np.float32), geometry, size)
         assert out.shape == size[::-1] and out.min() > 0.99
+
+
+@pytest.mark.parametrize(
+    "transforms",
+    [
+        ResizeNormalize(224),
+        EVAL,
+        letterbox,
+        T.Compose([T.Resize(200), T.Pad(5), T.ToTensor()]),
+    ],
+    ids=["resize", "crop", "letterbox", "pad"],
+)
+def test_normal_equations_fit_what_lstsq_fits(transforms, monkeypatch):
+    import gradcam_engine.sources.geometry as geometry_module
+
+    sizes = [(320, 240), (481, 333), (97, 501), (1000, 30)]
+    fast = TransformGeometry(transforms)
+    fitted = [fast(size) for size in sizes]
+    monkeypatch.setattr(
+        geometry_module,
+        "_solve_normal",
+        lambda gram, rhs, design, coords: np.linalg.lstsq(design, coords, rcond=None)[
+            0
+        ],
+    )
+    slow = TransformGeometry(transforms)
+    for size, geometry in zip(sizes, fitted, strict=True):
+        reference = slow(size)
+        assert geometry.input_size == reference.input_size
+        assert geometry.scale == pytest.approx(reference.scale, rel=1e-9)
+        assert geometry.offset == pytest.approx(reference.offset, abs=1e-6)

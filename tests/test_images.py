@@ -12,7 +12,6 @@ from PIL import Image
 from gradcam_engine.sources.images import (
     ImageFiles,
     collate,
-    default_num_workers,
     load_rgb,
 )
 
@@ -132,4 +131,24 @@ def test_image_files_dataset_reports_errors(tmp_path):
     assert batch.indices == [0, 1]
     assert batch.sizes[0] == (451, 300) and batch.tensors[0].shape == (3, 8, 8)
     assert batch.tensors[1] is None and "not found" in batch.errors[1]
-    assert 0 <= default_num_workers() <= 2
+
+
+def test_collate_stacks_each_input_shape_once():
+    import torch
+
+    items = [
+        (0, torch.full((3, 4, 4), 0.0), (8, 8), None, None),
+        (1, None, None, "broken", None),
+        (2, torch.full((3, 4, 6), 2.0), (12, 8), None, None),
+        (3, torch.full((3, 4, 4), 3.0), (8, 8), None, None),
+    ]
+    batch = collate(items)
+    assert [(rows, tuple(x.shape)) for rows, x in batch.groups] == [
+        ([0, 3], (2, 3, 4, 4)),
+        ([2], (1, 3, 4, 6)),
+    ]
+    stacked = batch.groups[0][1]
+    assert stacked.is_contiguous() and stacked[1].eq(3.0).all()
+    # each item's tensor is a view into its group's stack, not a second copy
+    assert batch.tensors[3].data_ptr() == stacked[1].data_ptr()
+    assert batch.tensors[1] is None and batch.errors[1] == "broken"

@@ -146,3 +146,18 @@ def test_torch_image_model_adapter_in_compute_cams(tmp_path):
     heatmap = ds.first().zoo_layer4.map
     assert heatmap.shape == (256, 256) and np.ptp(heatmap) > 0
     ds.delete()
+
+
+def test_resize_normalize_gives_a_contiguous_normalised_tensor():
+    img = Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (90, 70, 3), np.uint8)
+    )
+    transforms = ResizeNormalize(32)
+    x = transforms(img)
+    resized = np.asarray(img.resize((32, 32), Image.BILINEAR), dtype=np.float32)
+    expected = (
+        torch.from_numpy(resized / 255.0).permute(2, 0, 1)
+        - torch.tensor(transforms.mean).view(3, 1, 1)
+    ) / torch.tensor(transforms.std).view(3, 1, 1)
+    assert x.dtype == torch.float32 and x.shape == (3, 32, 32) and x.is_contiguous()
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)

@@ -151,13 +151,18 @@ def _class_name(ctx: BatchContext, index: int | None) -> str | None:
     return str(index)
 
 
-def _by_input_shape(batch, rows: list[int]) -> list[list[int]]:
-    """Rows grouped by input shape (first-seen order): mixed sizes run as
-    sub-batches, so that memory stays bounded by the batch size."""
-    groups: dict[tuple, list[int]] = {}
-    for i in rows:
-        groups.setdefault(tuple(batch.tensors[i].shape), []).append(i)
-    return list(groups.values())
+def _computable_groups(batch, rows: list[int]):
+    """``(rows, [N, C, H, W] input)`` per input shape, keeping only ``rows``:
+    mixed sizes run as sub-batches, so that memory stays bounded by the batch
+    size. The DataLoader's ``collate`` stacked them already."""
+    keep = set(rows)
+    for group_rows, stacked in batch.groups:
+        kept = [k for k, i in enumerate(group_rows) if i in keep]
+        if not kept:
+            continue
+        if len(kept) < len(group_rows):
+            stacked = stacked[kept]
+        yield [group_rows[k] for k in kept], stacked
 
 
 def batch_field_values(ctx: BatchContext, batch, batch_ids, labels) -> dict[str, dict]:
@@ -182,33 +187,43 @@ def batch_field_values(ctx: BatchContext, batch, batch_ids, labels) -> dict[str,
             continue
         rows.append(i)
         targets[i] = target
-    for group in _by_input_shape(batch, rows):
-        x = torch.stack([batch.tensors[i] for i in group])
+    for group, x in _computable_groups(batch, rows):
         # The engine enables gradients itself, also under a zoo model's no_grad.
         result = ctx.engine.compute(x, [targets[i] for i in group])
+        maps = result.maps.numpy()
+        # one reduction per sub-batch, not one small torch call per map
+        strengths = None if result.raw is None else result.raw.amax(dim=(2, 3))
+        strengths = None if strengths is None else strengths.tolist()
         for j, i in enumerate(group):
-            _sample_values(ctx, values, result, j, batch_ids[i], batch, i)
+            sample = _Row(batch_ids[i], batch.sizes[i], batch.geometries[i])
+            _sample_values(ctx, values, result, maps, strengths, j, sample)
     return values
 
 
-def _sample_values(ctx: BatchContext, values, result, j, sid, batch, i) -> None:
-    """Row ``j`` of ``result`` (batch item ``i``) -> this sample's field values."""
-    names = ctx.names
-    geometry = batch.geometries[i]
+@dataclass
+class _Row:
+    """One computed sample: its id, original size and geometry."""
+
+    sid: str
+    size: tuple[int, int]
+    geometry: Any
+
+
+def _sample_values(ctx: BatchContext, values, result, maps, strengths, j, row) -> None:
+    """Row ``j`` of ``result`` -> this sample's field values."""
+    names, sid, geometry = ctx.names, row.sid, row.geometry
     for layer_index, (hm_name, st_name) in enumerate(
         zip(names.heatmaps, names.strengths, strict=True)
     ):
-        u8 = to_uint8_map(
-            result.maps[j, layer_index].numpy(), batch.sizes[i], ctx.max_size, geometry
-        )
+        u8 = to_uint8_map(maps[j, layer_index], row.size, ctx.max_size, geometry)
         path = None
         if ctx.storage == "disk":
             path = os.path.join(
                 ctx.run_dir, slug(ctx.layers[layer_index]), f"{sid}.png"
             )
         values[hm_name][sid] = make_heatmap(u8, ctx.storage, path)
-        if result.raw is not None:
-            values[st_name][sid] = float(result.raw[j, layer_index].max())
+        if strengths is not None:
+            values[st_name][sid] = float(strengths[j][layer_index])
     cls = result.target_classes[j]
     values[names.target][sid] = fo.Classification(
         label=_class_name(ctx, cls), confidence=result.target_scores[j]

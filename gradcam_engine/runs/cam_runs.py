@@ -179,9 +179,6 @@ def root_dataset(samples: foc.SampleCollection) -> fo.Dataset:
     return samples._root_dataset
 
 
-_dataset = root_dataset  # the old private name, still used by runs/compute.py
-
-
 def validate_run_key(run_key: str) -> str:
     """A run key must be usable as a field-name prefix: letters, digits, ``_``."""
     if (

@@ -1,14 +1,14 @@
 """``compute_cams``: run a CAM method over a FiftyOne collection and store heatmaps.
 
-Streams the collection: ids and filepaths are read in bulk, images are decoded
-in DataLoader workers while the engine computes, and each batch is written
-with one bulk update (every field of a sample in one update). Runs resume: calling again with
-the same run key and config computes only the samples not yet done.
+Streams the collection (``stream.py``): ids and filepaths are read in bulk,
+images are decoded by a DataLoader (in worker processes on cores the engine
+leaves free), and each batch is written with one bulk update (every field of a
+sample in one update). Runs resume: calling again with the same run key and
+config computes only the samples not yet done.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,9 +16,7 @@ from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
-import fiftyone.core.utils as fou
 import torch
-from fiftyone import ViewField as VF
 from PIL import Image
 from torch import nn
 
@@ -26,20 +24,13 @@ from ..engine.cam_engine import CamEngine
 from ..engine.layers import default_layers
 from ..engine.methods import get_method
 from ..sources.geometry import TransformGeometry
-from ..sources.images import ImageFiles, collate, default_num_workers
 from ..sources.models import ResizeNormalize, load_model
 from . import arguments, cam_runs, registration, sharding
 from .app_look import style_run
-from .batch_fields import (
-    BatchContext,
-    FieldNames,
-    batch_field_values,
-    field_names,
-    label_reader,
-)
+from .batch_fields import FieldNames, field_names
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes
-from .writes import set_fields
+from .stream import StreamOptions, stream_run
 
 __all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
 
@@ -92,6 +83,10 @@ def compute_cams(
     must then be a model source name (workers rebuild the model). Follow with
     ``cam_run_status``. ``shard`` is set by a queued shard's operation.
 
+    ``num_workers``: DataLoader worker processes decoding images; by default
+    up to 2 on the cores a CPU engine's torch threads leave free (none when
+    torch uses every core), up to 2 for an engine on a GPU.
+
     Everything that can be checked before the run (model, layers, method,
     label field type, label classes vs the model's classes) is, and raises
     before anything is written. Returns a :class:`CamRunSummary`; raises
@@ -138,17 +133,16 @@ def compute_cams(
         return _queue_run(plan, samples, call, overwrite, queue, delegation_target)
     else:
         opened = _open_run(plan, overwrite)
+    options = StreamOptions(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+        progress_callback=progress_callback,
+        retry_errors=retry_errors,
+    )
     with registration.replacement(plan.dataset, opened):  # a failed one is removed
-        summary = _stream_run(
-            plan,
-            samples,
-            batch_size,
-            num_workers,
-            device,
-            progress,
-            progress_callback,
-            retry_errors,
-        )
+        summary = stream_run(plan, samples, options)
         if shard is not None:  # reports through cam_run_status, not the run config
             if summary.failed:
                 raise CamRunFailed(summary)
@@ -166,7 +160,7 @@ def compute_cams(
     return summary
 
 
-# -- the steps: plan (no writes), open (register), stream (compute, write), finish --
+# -- the steps: plan (no writes), open (register), stream (stream.py), finish --
 
 
 @dataclass
@@ -192,7 +186,7 @@ def _plan_run(
     label_field, storage = options["label_field"], options["storage"]
     max_size, output_dir = options["max_size"], options["output_dir"]
     cam_runs.validate_run_key(run_key)
-    dataset = cam_runs._dataset(samples)
+    dataset = cam_runs.root_dataset(samples)
     arguments.check_args(task, target, label_field, storage, batch_size, max_size)
     method_name = method.strip().lower() if isinstance(method, str) else method
     get_method(method_name)  # unknown method: raises listing close names
@@ -334,108 +328,3 @@ def _finish_if_complete(plan, opened, queued_samples) -> None:
     if done and not pending:
         key = registration.finish_run(plan.dataset, opened)
         style_run(plan.dataset, key, field_names(key, plan.config["layers"]))
-
-
-def _stream_run(
-    plan: _RunPlan,
-    samples,
-    batch_size,
-    num_workers,
-    device,
-    progress,
-    progress_callback,
-    retry_errors=True,
-) -> CamRunSummary:
-    """Compute the samples not done yet (and, with ``retry_errors``, the failed
-    ones), batch by batch, writing each batch in bulk."""
-    dataset, names, config = plan.dataset, plan.names, plan.config
-    num_samples = len(samples)
-    done_expr = VF(names.prediction).exists()
-    if not retry_errors:
-        done_expr = done_expr | VF(names.error).exists()
-    pending = samples.match(~done_expr)
-    ids, filepaths, old_errors = pending.values(["id", "filepath", names.error])
-    retried = {sid for sid, err in zip(ids, old_errors, strict=True) if err}
-    summary = CamRunSummary(
-        run_key=plan.run_key,
-        fields=dict(zip(config["layers"], names.heatmaps, strict=True)),
-        num_samples=num_samples,
-        num_computed=0,
-        num_skipped=num_samples - len(ids),
-        num_errors=0,
-        run_dir=config["run_dir"],
-        fields_written=list(names.owned),
-    )
-    labels = label_reader(
-        dataset, config["task"], config["target"], config["label_field"]
-    )
-    workers = default_num_workers() if num_workers is None else int(num_workers)
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(filepaths, plan.transforms, plan.geometry),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        shuffle=False,
-    )
-    context = BatchContext(
-        engine=plan.engine,
-        names=names,
-        layers=config["layers"],
-        task=config["task"],
-        target=config["target"],
-        fixed_class=plan.fixed_class,
-        class_names=plan.class_names,
-        storage=config["storage"],
-        run_dir=config["run_dir"],
-        max_size=config["max_size"],
-    )
-    total = len(ids)
-    with contextlib.ExitStack() as stack:
-        if device is not None:
-            stack.enter_context(_on_device(plan.engine.model, torch.device(device)))
-        bar = stack.enter_context(fou.ProgressBar(total=total, progress=progress))
-        done = 0
-        for batch in loader:
-            batch_ids = ids[batch.indices[0] : batch.indices[-1] + 1]
-            values = batch_field_values(context, batch, batch_ids, labels)
-            errors = values[names.error]
-            # a retried sample that now succeeds loses its old error
-            errors.update(
-                {s: None for s in retried.intersection(batch_ids) - set(errors)}
-            )
-            _write(dataset, values)
-            for sid, message in errors.items():
-                if message is not None:
-                    summary.add_error(sid, message)
-            summary.num_computed += sum(errors.get(sid) is None for sid in batch_ids)
-            done += len(batch_ids)
-            bar.update(len(batch_ids))
-            if progress_callback is not None:
-                progress_callback(done, total)
-    return summary
-
-
-# -- fields and runs ---------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _on_device(module: nn.Module, device: torch.device):
-    param = next(module.parameters(), None)
-    original = param.device if param is not None else torch.device("cpu")
-    module.to(device)
-    try:
-        yield
-    finally:
-        module.to(original)
-
-
-def _write(dataset, values: dict[str, dict[str, Any]]) -> None:
-    """One bulk write for this batch: every field of a sample in one update, so
-    that a batch cut short by a dead worker leaves each sample either done
-    (prediction or error set, with its maps) or to be computed again."""
-    updates: dict[str, dict[str, Any]] = {}
-    for name, by_id in values.items():
-        for sid, value in by_id.items():
-            updates.setdefault(sid, {})[name] = value
-    if updates:
-        set_fields(dataset, updates)

@@ -1,20 +1,30 @@
 """Bulk writes of many fields at once: one ``UpdateOne`` per sample setting
 every field, sent in one ``bulk_write``. About half the time of one
 ``set_values`` per field (each is its own database round trip and reload).
-The fields must already be declared (``registration`` declares a run's)."""
+The fields must already be declared (``registration`` declares a run's).
+
+Heatmap maps are encoded as FiftyOne encodes them (``.npy`` bytes, zlib), at
+zlib level 1 instead of its default 6: readers only ``zlib.decompress`` (the
+App inflates), which reads any level, and on CAM maps level 1 took ~60% of
+the time for ~3% more bytes."""
 
 from __future__ import annotations
 
+import io
+import zlib
 from datetime import datetime, timezone
 from typing import Any
 
 import fiftyone.core.collections as foc
-from bson import ObjectId
+import fiftyone.core.labels as fol
+import numpy as np
+from bson import Binary, ObjectId
 from pymongo import UpdateOne
 
-__all__ = ["set_fields"]
+__all__ = ["encode_map", "set_fields"]
 
 _CHUNK = 1000
+_ZLIB_LEVEL = 1
 
 
 def set_fields(
@@ -45,8 +55,30 @@ def set_fields(
         dataset._bulk_write(ops, ids=chunk)
 
 
+def encode_map(array: np.ndarray) -> Binary:
+    """The bytes ``fo.Heatmap.map`` stores (FiftyOne's ``serialize_numpy_array``:
+    ``.npy``, zlib), compressed at level 1."""
+    with io.BytesIO() as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
+        return Binary(zlib.compress(f.getvalue(), _ZLIB_LEVEL))
+
+
 def _serialised(values: dict[str, Any]) -> dict[str, Any]:
-    return {
-        name: value.to_dict() if hasattr(value, "to_dict") else value
-        for name, value in values.items()
-    }
+    return {name: _document(value) for name, value in values.items()}
+
+
+def _document(value: Any) -> Any:
+    if isinstance(value, fol.Heatmap) and isinstance(value.map, np.ndarray):
+        return _heatmap_document(value)
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _heatmap_document(heatmap: fol.Heatmap) -> dict[str, Any]:
+    """``heatmap.to_dict()``, with the map encoded by :func:`encode_map`: the
+    other fields go through FiftyOne on a map-less copy (setting ``map`` on
+    the heatmap itself costs more than the encoding saves)."""
+    others = {n: heatmap[n] for n in heatmap.field_names if n not in ("id", "map")}
+    document = fol.Heatmap(**others).to_dict()
+    document["_id"] = heatmap._id
+    document["map"] = encode_map(heatmap.map)
+    return document

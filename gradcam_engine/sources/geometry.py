@@ -283,6 +283,10 @@ class TransformGeometry:
                 f"{size[0]}x{size[1]} image reach the model input"
             )
         design = np.stack([us + 0.5, vs + 0.5, np.ones(len(us))], axis=1)
+        # Least squares by the 3x3 normal equations, shared by both axes: the
+        # same solution as np.linalg.lstsq (well conditioned: pixel coordinates
+        # and a constant) at a fraction of its cost, once per image size.
+        gram = design.T @ design
         scale, offset = [], []
         for axis in (0, 1):
             # ramp value v encodes the original coordinate (v + 0.5) * n / 256
@@ -292,7 +296,7 @@ class TransformGeometry:
                 offset.append(0.0)
                 continue
             coords = (values[axis][interior] + 0.5) * n / 256.0
-            coef, *_ = np.linalg.lstsq(design, coords, rcond=None)
+            coef = _solve_normal(gram, design.T @ coords, design, coords)
             residual = np.abs(design @ coef - coords).max()
             other = abs(coef[1 - axis]) * (height if axis == 0 else width)
             tolerance = 2.0 + 0.01 * n  # 8-bit ramp: n / 256 per level
@@ -312,6 +316,15 @@ class TransformGeometry:
             scale.append(float(coef[axis]))
             offset.append(float(coef[2]))
         return Geometry(size, (width, height), tuple(scale), tuple(offset))
+
+
+def _solve_normal(gram, rhs, design, coords) -> np.ndarray:
+    """Least-squares coefficients from the normal equations; falls back to
+    ``lstsq`` when they are singular (all points on one line: refused later)."""
+    try:
+        return np.linalg.solve(gram, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(design, coords, rcond=None)[0]
 
 
 def _ramp_values(n: int) -> np.ndarray:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 __all__ = [
@@ -19,7 +20,6 @@ __all__ = [
     "DecodedBatch",
     "ImageFiles",
     "collate",
-    "default_num_workers",
     "load_rgb",
     "to_rgb",
 ]
@@ -108,24 +108,21 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 # -- streaming for the workflow: decode in DataLoader workers -------------------------
 
 
-def default_num_workers() -> int:
-    """DataLoader workers: up to 2, never more than the CPUs this process may use."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(2, cpus))
-
-
 @dataclass
 class DecodedBatch:
-    """A batch of decoded images; failed images have ``tensors[i] is None``."""
+    """A batch of decoded images; failed images have ``tensors[i] is None``.
+
+    ``groups``: ``(rows, stacked)`` per input shape (first-seen order), the
+    decoded rows of that shape stacked into one ``[N, C, H, W]`` tensor;
+    ``tensors[i]`` is a view into its group's tensor.
+    """
 
     indices: list[int]
     tensors: list  # CHW float tensors or None
     sizes: list  # (width, height) of the original (EXIF-rotated) image, or None
     errors: list  # None or an error message
     geometries: list  # sources.geometry.Geometry of each input, or None
+    groups: list = field(default_factory=list)  # [(rows, [N, C, H, W] tensor)]
 
 
 class ImageFiles:
@@ -177,8 +174,22 @@ class ImageFiles:
 
 
 def collate(items) -> DecodedBatch:
-    """Keep items as lists: failed images have no tensor to stack."""
+    """Stack the decoded images per input shape; failed ones stay ``None``.
+
+    Runs in the DataLoader worker, so the main process receives one shared
+    tensor per shape instead of stacking (a copy of the whole batch) itself.
+    """
     indices, tensors, sizes, errors, geometries = (
         list(column) for column in zip(*items, strict=True)
     )
-    return DecodedBatch(indices, tensors, sizes, errors, geometries)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, tensor in enumerate(tensors):
+        if tensor is not None:
+            by_shape.setdefault(tuple(tensor.shape), []).append(i)
+    groups = []
+    for rows in by_shape.values():
+        stacked = torch.stack([tensors[i] for i in rows])
+        groups.append((rows, stacked))
+        for k, i in enumerate(rows):
+            tensors[i] = stacked[k]
+    return DecodedBatch(indices, tensors, sizes, errors, geometries, groups)

@@ -70,11 +70,15 @@ class ResizeNormalize:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         height, width = self.size
         img = img.convert("RGB").resize((width, height), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
-        x = x.permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (x - mean) / std
+        # In numpy, into a contiguous [3, H, W] array: the same values as torch's
+        # (x / 255 - mean) / std, but torch's thread pool made these small ops
+        # ~15x slower in the main process, and a permuted (channels-last) result
+        # made every later torch.stack of a batch a slow strided copy.
+        x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)
+        out = np.divide(x, np.float32(255.0), dtype=np.float32, order="C")
+        out -= np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        out /= np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return torch.from_numpy(out)
 
     def __repr__(self) -> str:
         return f"ResizeNormalize(size={self.size}, mean={self.mean}, std={self.std})"

@@ -1,0 +1,44 @@
+"""Bulk writes: what FiftyOne reads back is what was written."""
+
+from __future__ import annotations
+
+import zlib
+
+import fiftyone as fo
+import numpy as np
+
+from gradcam_engine.runs.writes import encode_map, set_fields
+
+
+def test_heatmaps_written_at_zlib_level_1_read_back_through_fiftyone():
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=f"/tmp/{i}.png") for i in range(2)])
+        ds.add_sample_field(
+            "hm", fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap
+        )
+        yy, xx = np.mgrid[0:96, 0:128]
+        maps = [
+            ((np.sin(xx / 9.0 + k) * np.cos(yy / 7.0) + 1) * 127).astype(np.uint8)
+            for k in range(2)
+        ]
+        written = [
+            fo.Heatmap(map=m, range=[0, 255], note=f"n{k}") for k, m in enumerate(maps)
+        ]
+        ids = ds.values("id")
+        set_fields(ds, {sid: {"hm": h} for sid, h in zip(ids, written, strict=True)})
+
+        ds.reload()
+        for sid, heatmap, array in zip(ids, written, maps, strict=True):
+            stored = ds[sid]["hm"]
+            assert np.array_equal(stored.map, array) and stored.map.dtype == np.uint8
+            assert stored.id == heatmap.id and stored.note == heatmap.note
+            assert stored.range == [0, 255]
+        # the writer's heatmaps keep their maps
+        assert all(h.map is m for h, m in zip(written, maps, strict=True))
+        raw = ds._sample_collection.find_one({"_id": ds[ids[0]]._id})["hm"]["map"]
+        assert bytes(raw) == bytes(encode_map(maps[0]))
+        fiftyone_bytes = fo.Heatmap(map=maps[0]).to_dict()["map"]
+        assert zlib.decompress(raw) == zlib.decompress(fiftyone_bytes)
+    finally:
+        ds.delete()
