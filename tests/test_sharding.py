@@ -272,3 +272,30 @@ def test_a_queued_replacement_is_its_shards_not_a_dead_one(dataset, service):
     assert ge.get_cam_run(dataset, "hand").config["method"] == "layercam"
     dataset.delete_run(temp)
     assert not [f for f in dataset.get_field_schema() if f.startswith(temp)]
+
+
+def test_delegated_replacement_is_swapped_in_when_its_last_shard_fails_everywhere(
+    dataset, service
+):
+    """As in one process: a replacement with maps on some samples and errors
+    on the others replaces the old run, also when the shard that completes it
+    failed on every one of its samples."""
+    ge.compute_cams(
+        dataset, MODEL, layers=["block"], run_key="swap2", num_workers=0, progress=False
+    )
+    queued = queue(dataset, "swap2", 2, method="hirescam", overwrite=True)
+    first, second = queued.operation_ids
+    run_op(service, first)
+    shard1 = ge.get_cam_run(dataset, queued.run_key).config["sharding"]["shards"][1]
+    broken = sharding.shard_view(dataset, shard1)
+    paths = broken.values("filepath")
+    broken.set_values("filepath", [p + ".missing" for p in paths])
+    try:
+        result = service.execute_operation(service.get(ObjectId(second)))
+    finally:
+        broken.set_values("filepath", paths)
+    assert "No sample succeeded" in str(result.error)  # the shard itself failed
+    dataset.reload()
+    assert queued.run_key not in dataset.list_runs()
+    assert ge.get_cam_run(dataset, "swap2").config["method"] == "hirescam"
+    assert (dataset.count("swap2_block"), dataset.count("swap2_error")) == (2, 3)

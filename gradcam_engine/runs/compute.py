@@ -144,9 +144,11 @@ def compute_cams(
     with registration.replacement(plan.dataset, opened):  # a failed one is removed
         summary = stream_run(plan, samples, options)
         if shard is not None:  # reports through cam_run_status, not the run config
+            # the run as a whole decides the swap, as in one process: a shard
+            # whose samples all failed may still complete a run that has maps
+            _finish_if_complete(plan, opened, queued_samples)
             if summary.failed:
                 raise CamRunFailed(summary)
-            _finish_if_complete(plan, opened, queued_samples)
             return summary
         # recorded on the run, so that listings and the App can tell how it went
         cam_runs.update_run_config(
