@@ -245,7 +245,7 @@ def test_score_list_report_rename_delete(dataset):
     row = next(r for r in listed["runs"] if r["run_key"] == "life")
     assert row["layers"] == "stem, block"
     assert (row["model"], row["target"], row["method"]) == (
-        MODEL,
+        APP_MODEL,
         "predicted",
         "gradcam",
     )
