@@ -263,19 +263,27 @@ def _plain(value: Any) -> Any:
     return value  # json.dumps names what cannot be sent
 
 
-def shard_operations(dataset, token: str) -> dict[int, list]:
+def shard_operations(dataset, token: str, record: dict | None = None) -> dict:
     """The delegated operations of each shard of one queueing, oldest first
-    (a rerun adds a new operation for the same shard)."""
+    (a rerun adds a new operation for the same shard). With the queueing's
+    ``record`` (``record_call``), only operations for its recorded call count:
+    anyone can queue an operation that quotes a token."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
+    match = {"context.request_params.params.token": token}
+    call = (record or {}).get("call")
+    if call:
+        match["context.request_params.params.function"] = call["function"]
+        match["context.request_params.params.run_key"] = call["kwargs"]["run_key"]
     ops = DelegatedOperationService().list_operations(
-        operator=SHARD_OPERATOR,
-        dataset_name=dataset.name,
-        **{"context.request_params.params.token": token},
+        operator=SHARD_OPERATOR, dataset_name=dataset.name, **match
     )
     by_shard: dict[int, list] = {}
     for op in sorted(ops, key=lambda op: (op.queued_at or _EPOCH, str(op.id))):
-        index = op.context.request_params["params"]["shard"]
+        params = op.context.request_params["params"]
+        if call and set(params) != SHARD_PARAMS:
+            continue  # not one the shard operator would run
+        index = params["shard"]
         if isinstance(index, dict):  # queued before shards named only their index
             index = index.get("index")
         by_shard.setdefault(index, []).append(op)
