@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from typing import Any
 
 import fiftyone as fo
@@ -66,8 +67,11 @@ MODEL_SOURCES_ENV = "CAM_AUDIT_MODEL_SOURCES"
 OUTPUT_ROOTS_ENV = "CAM_AUDIT_OUTPUT_ROOTS"
 _TRUE = {"1", "true", "yes", "on"}
 _ENTRY_POINT = re.compile(r"[A-Za-z_][\w.]*:[\w.]+")
-# admin source name -> spec, as registered by this process (idempotent reloads)
+# admin source name -> spec, as registered by this process (idempotent reloads;
+# the App server resolves forms in several threads at once)
 _ADMIN_SOURCES: dict[str, str] = {}
+_ADMIN_LOCK = threading.Lock()
+_CLASHES: set[tuple[str, str]] = set()  # warned once each
 
 
 class NotAllowedFromApp(ValueError):
@@ -123,21 +127,25 @@ def register_admin_sources() -> list[str]:
     model sources, so that App users pick them by name. Idempotent; a name
     already registered otherwise is left alone (logged). Returns the names."""
     names = []
-    for name, spec in _admin_source_specs().items():
-        if _ADMIN_SOURCES.get(name) == spec:
+    with _ADMIN_LOCK:
+        for name, spec in _admin_source_specs().items():
+            if _ADMIN_SOURCES.get(name) == spec:
+                names.append(name)
+                continue
+            if name in list_model_sources():
+                if (name, spec) in _CLASHES:
+                    continue
+                _CLASHES.add((name, spec))
+                logger.warning(
+                    "model_sources: %r is already a registered model source; the "
+                    "admin's %r is ignored",
+                    name,
+                    spec,
+                )
+                continue
+            register_model_source(name, _admin_loader(spec))
+            _ADMIN_SOURCES[name] = spec
             names.append(name)
-            continue
-        if name in list_model_sources():
-            logger.warning(
-                "model_sources: %r is already a registered model source; the "
-                "admin's %r is ignored",
-                name,
-                spec,
-            )
-            continue
-        register_model_source(name, _admin_loader(spec))
-        _ADMIN_SOURCES[name] = spec
-        names.append(name)
     return names
 
 
