@@ -284,10 +284,15 @@ def fields_notice(ctx, inputs: types.Object, run_key: str | None) -> None:
     if not run_key:
         return
     layers = ctx.params.get("layers") or ["<default layer>"]
-    heatmaps = [
-        ge.heatmap_field(run_key, x) if x[0] != "<" else f"{run_key}_<layer>"
-        for x in layers
-    ]
+    try:
+        heatmaps = [
+            ge.heatmap_field(run_key, x) if x[0] != "<" else f"{run_key}_<layer>"
+            for x in layers
+        ]
+    except ValueError as exc:  # e.g. a layer name past the length cap
+        prop = inputs.view("writes", types.Error(label="Layers", description=str(exc)))
+        prop.invalid = True
+        return
     names = [
         *heatmaps,
         *(f"{h}_strength" for h in heatmaps),

@@ -232,4 +232,7 @@ def test_run_keys_and_layer_slugs_are_bounded(dataset):
     assert cam_runs.validate_run_key(f"{key}_replacing_0123abcd")
     with pytest.raises(ValueError, match="at most 64"):
         ge.slug("blocks." * 20)
+    with pytest.raises(Exception, match="[Vv]alidation"):  # the form says so
+        run_app(dataset, "long_layer", layers=["blocks." * 20])
+    assert nothing_registered(dataset, "long_layer")
     assert ge.heatmap_field("gradcam", "layer4.1.conv2") == "gradcam_layer4_1_conv2"
