@@ -155,10 +155,12 @@ def test_sources_the_admin_names_and_zoo_names_work(dataset, monkeypatch, tmp_ro
     # the bundled and the demo's sources pass the check by name
     for source in ("efficientnet-lite0-imagenet", "demo-shortcut-cnn"):
         assert trust.app_model_error(source) is None
-    # a zoo name is allowed: it fails here only because weights need a network
+    # zoo names pass the App's check and reach FiftyOne's zoo (a name that no
+    # manifest lists: the same offline and online), which refuses it
+    assert trust.app_model_error("zoo:resnet18-imagenet-torch") is None
     monkeypatch.setattr(fo.config, "model_zoo_dir", str(tmp_root / "zoo"))
     with pytest.raises(Exception, match="Could not load FiftyOne zoo model"):
-        run_app(dataset, "zoo_run", model="zoo:resnet18-imagenet-torch", layers=None)
+        run_app(dataset, "zoo_run", model="zoo:cam-audit-no-such-model", layers=None)
     assert nothing_registered(dataset, "zoo_run")
 
 
