@@ -33,6 +33,7 @@ setting                environment variable             value
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -185,6 +186,9 @@ def app_model_error(spec: Any) -> str | None:
         "entry_point": "an entry point (code to import and call)",
         "file": "not a registered model source: a file path or an unknown name",
     }[kind]
+    close = difflib.get_close_matches(spec[:200], list_model_sources(), n=3)
+    if close:
+        what += f" (did you mean {', '.join(map(repr, close))}?)"
     return (
         f"model {_short(spec)} is {what}. From the App, model is one of the "
         f"registered model sources {list_model_sources()} or a FiftyOne zoo name "
