@@ -15,6 +15,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
 import torch
+from bson import ObjectId
 from fiftyone.operators.executor import ExecutionContext
 from test_operators import APP_MODEL, MODEL, PLUGIN, make_dataset, uri
 
@@ -238,3 +239,44 @@ def test_run_keys_and_layer_slugs_are_bounded(dataset):
         run_app(dataset, "long_layer", layers=["blocks." * 20])
     assert nothing_registered(dataset, "long_layer")
     assert ge.heatmap_field("gradcam", "layer4.1.conv2") == "gradcam_layer4_1_conv2"
+
+
+def test_a_shard_runs_only_what_its_run_recorded(dataset):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    from gradcam_engine.runs import shard_worker
+
+    queued = ge.compute_cams(
+        dataset.limit(3), MODEL, LAYERS, run_key="rec", delegate=True, shards=1
+    )
+    try:
+        token = queued.token
+        good = dict(function="compute_cams", run_key="rec", token=token, shard=0)
+        assert shard_worker.check_params(good) == ("compute_cams", "rec", token, 0)
+        bad = [
+            (dict(good, kwargs={}), "unexpected \\['kwargs'\\]"),
+            ({k: v for k, v in good.items() if k != "token"}, "missing \\['token'\\]"),
+            (dict(good, function="export_review"), "function must be one of"),
+            (dict(good, token="../x"), "token must be"),
+            (dict(good, shard=True), "shard must be a shard index"),
+            (dict(good, run_key="a" * 100), "at most 64"),
+        ]
+        for params, message in bad:
+            with pytest.raises((ValueError, TypeError), match=message):
+                shard_worker.check_params(params)
+        with pytest.raises(ValueError, match="does not match shards recorded"):
+            shard_worker.run_shard(dataset, "rec", "abc123", 0)
+        with pytest.raises(ValueError, match="shard 4 does not exist"):
+            shard_worker.run_shard(dataset, "rec", token, 4)
+        with pytest.raises(ValueError, match="belongs to compute_cams shards"):
+            shard_worker.run_shard(dataset, "rec", token, 0, function="score_cams")
+        # the view is the queued one, whatever view the operation names
+        shard = shard_worker.recorded_shard(dataset, "rec", token, 0)
+        assert shard.view.count() == 3 and shard.kwargs["model"] == MODEL
+        assert shard.kwargs["allow_pickle"] is False
+        shard_worker.run_shard(dataset, "rec", token, 0)
+        assert dataset.count("rec_block") == 3
+    finally:
+        service = DelegatedOperationService()
+        for op_id in queued.operation_ids:  # no later worker picks it up
+            service.delete_operation(ObjectId(op_id))

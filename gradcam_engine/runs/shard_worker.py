@@ -20,6 +20,7 @@ from typing import Any
 
 import fiftyone.core.collections as foc
 import fiftyone.core.view as fov
+from bson import json_util
 
 from . import cam_runs
 from .sharding import FUNCTIONS, SHARD_PARAMS
@@ -122,7 +123,7 @@ def recorded_shard(
             f"shard {index} does not exist: run {run_key!r} was queued in "
             f"{len(shards)} shard(s)"
         )
-    view = fov.DatasetView._build(dataset, call.get("view") or [])
+    view = fov.DatasetView._build(dataset, json_util.loads(call.get("view") or "[]"))
     return RecordedShard(name, run_key, dict(call["kwargs"]), view, shards[index])
 
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import fiftyone.core.collections as foc
-from bson import ObjectId
+from bson import ObjectId, json_util
 
 __all__ = [
     "PLUGIN_NAME",
@@ -201,7 +201,9 @@ def record_call(
     The caller stores it on the run before queueing (``queue_shards``)."""
     if function not in FUNCTIONS:
         raise ValueError(f"function must be one of {FUNCTIONS}, got {function!r}")
-    view = samples.view()._serialize()
+    # a JSON string: stored as dicts, the stages' "_cls" keys would be read
+    # back as document classes by the run config's loader
+    view = json_util.dumps(samples.view()._serialize())
     return dict(plan, call=dict(function=function, kwargs=kwargs, view=view))
 
 
