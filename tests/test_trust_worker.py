@@ -99,9 +99,17 @@ def test_hostile_operations_run_nothing_on_the_worker(
     dataset, tmp_root, worker, marker_module
 ):
     path, pickle_marker = evil_checkpoint(tmp_root / "evil_worker", "worker")
-    # the App's own path refuses code at queue time: nothing is queued
-    with pytest.raises(Exception, match="[Vv]alidation"):
-        _queue_app(dataset, "compute_cams", dict(model=f"{MARKER_MODULE}:build"))
+    outside = tmp_root / "worker_outside"
+    disk = dict(model=APP_MODEL, layers=["block"], storage="disk")
+    huge = "a" * 100_000
+    # the App's own path refuses them at queue time: nothing is queued
+    for params in (
+        dict(model=f"{MARKER_MODULE}:build"),
+        dict(disk, run_key="outside", output_dir=str(outside)),
+        dict(model=APP_MODEL, run_key=huge),
+    ):
+        with pytest.raises(Exception, match="[Vv]alidation"):
+            _queue_app(dataset, "compute_cams", params)
 
     # a legitimate sharded run, queued from the App with a hostile extra param
     foo.execute_operator(
@@ -126,6 +134,10 @@ def test_hostile_operations_run_nothing_on_the_worker(
     hostile = [
         _queue_raw(dataset, "compute_cams", dict(model=f"{MARKER_MODULE}:build")),
         _queue_raw(dataset, "compute_cams", dict(model="this:x", run_key="zen")),
+        _queue_raw(
+            dataset, "compute_cams", dict(disk, run_key="out", output_dir=str(outside))
+        ),
+        _queue_raw(dataset, "compute_cams", dict(model=APP_MODEL, run_key=huge)),
         # the old shard format: kwargs straight into compute_cams
         _queue_app(
             dataset,
@@ -152,13 +164,15 @@ def test_hostile_operations_run_nothing_on_the_worker(
         i: (op.run_state, str(op.result and op.result.error)) for i, op in ops.items()
     }
     assert all(state == "failed" for state, _ in states.values()), states
-    errors = [error for _, error in states.values()]
-    assert "unexpected ['kwargs']" in errors[2] and "unexpected ['kwargs']" in errors[3]
-    assert "does not match shards recorded" in errors[4]
-    assert "does not exist" in errors[5]
+    errors = [error for _, error in states.values()][4:]  # the shard operations
+    assert "unexpected ['kwargs']" in errors[0] and "unexpected ['kwargs']" in errors[1]
+    assert "does not match shards recorded" in errors[2]
+    assert "does not exist" in errors[3]
     assert not marker_module.exists() and not pickle_marker.exists()
+    assert not outside.exists()
+    assert not [key for key in dataset.list_runs() if len(key) > 64]
     assert "Beautiful is better than ugly" not in worker.read_text()
-    for key in ("ghost", "zen"):
+    for key in ("ghost", "zen", "out"):
         assert nothing_registered(dataset, key)
     # operations that quote the run's token are not its shards' operations
     status = ge.cam_run_status(dataset, "legit")
