@@ -10,6 +10,7 @@ import fiftyone.operators.types as types
 
 import gradcam_engine as ge
 from gradcam_engine.runs import cam_runs as runs
+from gradcam_engine.runs import trust
 
 from . import _forms
 from . import compute_form as form
@@ -47,8 +48,11 @@ class ComputeCams(foo.Operator):
     ):
         """Compute CAMs for ``sample_collection`` through the operator.
 
-        ``model``: a model source (``list_model_sources()``, ``"zoo:<name>"``,
-        ``"package.module:function"`` or a checkpoint path). ``shards`` >= 2:
+        ``model``: a registered model source (``list_model_sources()``) or
+        ``"zoo:<name>"``; an entry point or a file only when the admin allows
+        them, and ``output_dir`` under FiftyOne's dataset directory or an
+        admin's root (``gradcam_engine.runs.trust``: operators are the App's
+        path; Python callers call ``compute_cams``). ``shards`` >= 2:
         queue that many delegated shards and return their operation ids.
         ``score``: run ``score_cams`` against ``gt_field`` afterwards.
         """
@@ -116,8 +120,11 @@ class ComputeCams(foo.Operator):
         return types.Property(inputs, view=types.View(label="Compute CAMs"))
 
     def execute(self, ctx):
-        view = ctx.target_view()
         p = ctx.params
+        # the App's trust boundary, before anything is imported, read or
+        # registered (the form checks the same; a worker checks again)
+        model = trust.check_app_model(p.get("model"))
+        view = ctx.target_view()
         kwargs = dict(
             layers=p.get("layers") or None,
             method=p.get("method", "gradcam"),
@@ -130,11 +137,12 @@ class ComputeCams(foo.Operator):
             **form.target_kwargs(p),
         )
         if kwargs["storage"] == "disk":
-            kwargs["output_dir"] = p.get("output_dir") or _default_output_dir(ctx)
+            output_dir = p.get("output_dir") or _default_output_dir(ctx)
+            kwargs["output_dir"] = trust.check_app_output_dir(output_dir)
         shards = _forms.requested_shards(ctx)
         if shards > 1:  # queue them here; workers compute (see cam_run_status)
             queued = ge.compute_cams(
-                view, p["model"], delegate=True, shards=shards, **kwargs
+                view, model, delegate=True, shards=shards, **kwargs
             )
             yield ctx.ops.notify(str(queued))
             return
@@ -150,7 +158,7 @@ class ComputeCams(foo.Operator):
                 ctx,
                 "Computing CAMs",
                 lambda report: ge.compute_cams(
-                    view, p["model"], progress_callback=report, **kwargs
+                    view, model, progress_callback=report, **kwargs
                 ),
             )
         except Exception as exc:

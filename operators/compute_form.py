@@ -12,6 +12,7 @@ import fiftyone.operators.types as types
 
 import gradcam_engine as ge
 from gradcam_engine.runs import cam_runs as runs
+from gradcam_engine.runs import trust
 
 from . import _forms
 
@@ -95,15 +96,19 @@ def model_inputs(ctx, inputs: types.Object) -> None:
     model_view = types.AutocompleteView(
         label="Model",
         description=(
-            "A registered model source, `zoo:<name>`, `package.module:function` "
-            "or a checkpoint path. Checked when the run starts."
+            "A registered model source or `zoo:<name>` (entry points and files "
+            "only where the admin allows them). Loaded when the run starts."
         ),
     )
     for name in sources:
         model_view.add_choice(name, label=name)
     default_model = DEFAULT_SOURCE if DEFAULT_SOURCE in sources else None
     default_model = default_model or (sources[0] if sources else None)
-    inputs.str("model", default=default_model, required=True, view=model_view)
+    prop = inputs.str("model", default=default_model, required=True, view=model_view)
+    spec = ctx.params.get("model", default_model)
+    error = None if spec is None else trust.app_model_error(spec)
+    if error:  # judged by its text alone: nothing imported or read
+        prop.invalid, prop.error_message = True, error
 
     method_choices = _forms.dropdown(ge.list_methods())
     inputs.enum(
@@ -113,7 +118,6 @@ def model_inputs(ctx, inputs: types.Object) -> None:
         label="Method",
         view=method_choices,
     )
-    spec = ctx.params.get("model", default_model)
     layer_view = types.AutocompleteView(
         label="Layers",
         description="Dotted module names; empty: the model's default layer",
@@ -239,12 +243,19 @@ def storage_inputs(ctx, inputs: types.Object, default_dir: str) -> None:
     radio.add_choice("disk", label="Disk", description="PNG files + map_path")
     inputs.enum("storage", radio.values(), default="db", label="Storage", view=radio)
     if ctx.params.get("storage", "db") == "disk":
-        inputs.str(
+        prop = inputs.str(
             "output_dir",
             default=default_dir,
             label="Output directory",
-            description="Heatmap PNGs go to `<output_dir>/<run_key>-<run id>/`",
+            description=(
+                "Heatmap PNGs go to `<output_dir>/<run_key>-<run id>/`; under "
+                "FiftyOne's dataset directory or a root the admin allows"
+            ),
         )
+        try:
+            trust.check_app_output_dir(ctx.params.get("output_dir") or default_dir)
+        except ValueError as exc:
+            prop.invalid, prop.error_message = True, str(exc)
 
 
 def score_inputs(ctx, inputs: types.Object) -> None:
@@ -273,10 +284,15 @@ def fields_notice(ctx, inputs: types.Object, run_key: str | None) -> None:
     if not run_key:
         return
     layers = ctx.params.get("layers") or ["<default layer>"]
-    heatmaps = [
-        ge.heatmap_field(run_key, x) if x[0] != "<" else f"{run_key}_<layer>"
-        for x in layers
-    ]
+    try:
+        heatmaps = [
+            ge.heatmap_field(run_key, x) if x[0] != "<" else f"{run_key}_<layer>"
+            for x in layers
+        ]
+    except ValueError as exc:  # e.g. a layer name past the length cap
+        prop = inputs.view("writes", types.Error(label="Layers", description=str(exc)))
+        prop.invalid = True
+        return
     names = [
         *heatmaps,
         *(f"{h}_strength" for h in heatmaps),

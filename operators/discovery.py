@@ -15,6 +15,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import gradcam_engine as ge
+from gradcam_engine.runs import trust
 
 from . import _forms
 
@@ -75,12 +76,22 @@ class _Discovery(foo.Operator):
         return {}
 
 
-def _model_input(inputs: types.Object) -> None:
-    inputs.str(
+def _model_input(ctx, inputs: types.Object) -> None:
+    prop = inputs.str(
         "model",
         label="Model source",
         description="Default: the run's own model source",
     )
+    error = ctx.params.get("model") and trust.app_model_error(ctx.params["model"])
+    if error:  # judged by its text alone: nothing imported or read
+        prop.invalid, prop.error_message = True, error
+
+
+def _app_model(params: dict[str, Any]) -> str | None:
+    """The form's model, allowed from the App (``trust``), or None: the run's
+    own source, recorded by whoever computed the run."""
+    model = params.get("model") or None
+    return None if model is None else trust.check_app_model(model)
 
 
 class ClusterCams(_Discovery):
@@ -135,12 +146,12 @@ class BackgroundTest(_Discovery):
         inputs.enum(
             "fill", fills.values(), default="blur", label="Background", view=fills
         )
-        _model_input(inputs)
+        _model_input(ctx, inputs)
 
     def library_kwargs(self, params):
         return dict(
             gt_field=params["gt_field"],
-            model=params.get("model") or None,
+            model=_app_model(params),
             fill=params.get("fill", "blur"),
         )
 
@@ -155,7 +166,7 @@ class RoadCams(_Discovery):
     function = "road_cams"
 
     def add_inputs(self, ctx, inputs):
-        _model_input(inputs)
+        _model_input(ctx, inputs)
 
     def library_kwargs(self, params):
-        return dict(model=params.get("model") or None)
+        return dict(model=_app_model(params))

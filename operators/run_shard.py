@@ -1,19 +1,19 @@
 """``run_cam_shard``: the delegated operation that runs one shard of a CAM run.
 
 Queued by ``compute_cams`` / ``score_cams`` with ``delegate=True`` (never from a
-form: unlisted); a ``fiftyone delegated launch`` worker executes it.
+form: unlisted); a ``fiftyone delegated launch`` worker executes it. Anyone who
+can use the App can queue it with any parameters, so it takes only which shard
+of which run it is and runs what that run recorded
+(``gradcam_engine.runs.shard_worker``), verified before anything is loaded.
 """
 
 from __future__ import annotations
 
 import fiftyone.operators as foo
 
-import gradcam_engine as ge
+from gradcam_engine.runs import shard_worker
 
 from . import _forms
-
-# function name -> the keyword that takes a (done, total) progress callback
-_PROGRESS_KEYWORD = {"compute_cams": "progress_callback", "score_cams": "progress"}
 
 
 class RunCamShard(foo.Operator):
@@ -32,15 +32,12 @@ class RunCamShard(foo.Operator):
         return True
 
     def execute(self, ctx):
-        p = ctx.params
-        function, shard = p["function"], p["shard"]
-        if function not in _PROGRESS_KEYWORD:
-            raise ValueError(
-                f"function must be one of {sorted(_PROGRESS_KEYWORD)}, got {function!r}"
-            )
-        label = f"{function} {p['run_key']} shard {shard['index'] + 1}/{shard['count']}"
+        # refuses extra, missing or malformed params before anything else
+        function, run_key, token, index = shard_worker.check_params(ctx.params)
+        label = f"{function} {run_key} shard {index + 1}"
         # Not a generator: a delegated operation keeps execute's return value.
         report = _forms.delegated_progress(ctx, label)
-        progress = {_PROGRESS_KEYWORD[function]: report}
-        result = getattr(ge, function)(ctx.view, shard=shard, **progress, **p["kwargs"])
-        return {"shard": shard["index"], "summary": str(result)}
+        result = shard_worker.run_shard(
+            ctx.dataset, run_key, token, index, progress=report, function=function
+        )
+        return {"shard": index, "summary": str(result)}

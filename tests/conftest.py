@@ -72,6 +72,11 @@ os.environ.update(
     FIFTYONE_DO_NOT_TRACK="true",
     FIFTYONE_DATABASE_VALIDATION="false",
     FIFTYONE_SHOW_PROGRESS_BARS="false",
+    # where the App may write heatmap files (runs/trust.py), inside this session
+    FIFTYONE_DEFAULT_DATASET_DIR=str(_TMP / "fiftyone"),
+    # the deployment's model source the operator tests pick by name (the App
+    # refuses entry points); workers inherit it
+    CAM_AUDIT_MODEL_SOURCES="plugin-test-model=plugin_models:build_model",
 )
 
 ARTIFACTS = ROOT / "artifacts"

@@ -1,7 +1,8 @@
 """The plugin's operators through FiftyOne's real operator machinery.
 
 A real dataset of real photos (scikit-image, written as PNG), a small model
-loaded from the entry point ``plugin_models:build_model``, and
+loaded from the entry point ``plugin_models:build_model`` (named
+``plugin-test-model`` for the App by the deployment: see conftest.py), and
 ``foo.execute_operator`` / ``foo.get_operator(uri)(...)`` as a user would call
 them. Delegated execution is run by a real ``fiftyone delegated launch`` worker.
 """
@@ -27,6 +28,7 @@ if str(TESTS) not in sys.path:
 
 PLUGIN = "@cam-audit/cam-audit"
 MODEL = "plugin_models:build_model"
+APP_MODEL = "plugin-test-model"  # MODEL, as the admin registers it for the App
 LAYERS = ["stem", "block"]
 
 # (name, image, label, box [x, y, w, h] relative)
@@ -75,7 +77,7 @@ def dataset(tmp_root):
 
 def compute(ds, run_key, **kwargs):
     kwargs.setdefault("layers", LAYERS)
-    kwargs.setdefault("model", MODEL)
+    kwargs.setdefault("model", APP_MODEL)
     return foo.get_operator(uri("compute_cams"))(
         ds, run_key=run_key, batch_size=2, **kwargs
     )
@@ -115,7 +117,7 @@ def test_compute_cams_on_selected_samples_only(dataset):
             view=dataset.view(),
             selected=ids,
             params=dict(
-                model=MODEL,
+                model=APP_MODEL,
                 layers=["block"],
                 run_key="sel_run",
                 view_target="SELECTED_SAMPLES",
@@ -128,22 +130,24 @@ def test_compute_cams_on_selected_samples_only(dataset):
 
 
 def test_compute_form_offers_sources_and_never_loads_while_typing(dataset):
-    # an entry point the form must not import: it only names it
+    # an entry point the form must not import: the App refuses it by its text
     spec = "cam_audit_never_imported:build"
     form = resolve_form("compute_cams", dataset, dict(model=spec))
     props = form.type.properties
     assert "cam_audit_never_imported" not in sys.modules
-    assert not props["model"].invalid
-    assert "efficientnet-lite0-imagenet" in [
-        c.value for c in props["model"].view.choices
-    ]
+    assert (
+        props["model"].invalid and "allow_code_models" in props["model"].error_message
+    )
+    choices = [c.value for c in props["model"].view.choices]
+    assert {"efficientnet-lite0-imagenet", APP_MODEL} <= set(choices)
     assert "gradcam" in [c.value for c in props["method"].view.choices]
     assert "list_layers" not in props  # only registered sources can be listed
     assert "view_target" in props
-    # ...and the bad spec fails when the run starts, writing nothing
-    with pytest.raises(Exception, match="cam_audit_never_imported"):
+    # ...and the run is refused, writing nothing
+    with pytest.raises(Exception, match="[Vv]alidation"):
         compute(dataset, "never_run", model=spec)
     assert "never_run" not in dataset.list_runs()
+    assert "cam_audit_never_imported" not in sys.modules
 
 
 def test_compute_form_lists_a_sources_layers_on_request(dataset):
@@ -158,26 +162,26 @@ def test_compute_form_lists_a_sources_layers_on_request(dataset):
 
 def test_compute_form_defaults_say_what_it_writes(dataset):
     compute(dataset, "gradcam", layers=["block"])
-    form = resolve_form("compute_cams", dataset, dict(model=MODEL))
+    form = resolve_form("compute_cams", dataset, dict(model=APP_MODEL))
     props = form.type.properties
     key = props["run_key"].default
     assert key != "gradcam" and key.startswith("gradcam")
     assert not props["run_key"].invalid and not props["overwrite"].invalid
     form = resolve_form(
-        "compute_cams", dataset, dict(model=MODEL, run_key="x", layers=["block"])
+        "compute_cams", dataset, dict(model=APP_MODEL, run_key="x", layers=["block"])
     )
     writes = form.type.properties["writes"].view.description
     for name in ("x_block", "x_block_strength", "x_prediction", "x_error"):
         assert f"`{name}`" in writes
     desc = form.type.properties["run_key"].view.description
     assert "`_`" in desc and "'_'" not in desc  # no markdown italics
-    form = resolve_form("compute_cams", dataset, dict(model=MODEL, score=True))
+    form = resolve_form("compute_cams", dataset, dict(model=APP_MODEL, score=True))
     gt = form.type.properties["gt_field"]
     assert "ground_truth" in [c.value for c in gt.view.choices]
 
 
 def test_invalid_run_key_is_a_form_error(dataset):
-    form = resolve_form("compute_cams", dataset, dict(model=MODEL, run_key="9 bad"))
+    form = resolve_form("compute_cams", dataset, dict(model=APP_MODEL, run_key="9 bad"))
     prop = form.type.properties["run_key"]
     assert prop.invalid
     assert "'9 bad'" in prop.error_message and "field-name prefix" in prop.error_message
@@ -187,7 +191,7 @@ def test_invalid_run_key_is_a_form_error(dataset):
 
 def test_existing_run_key_resumes_or_needs_overwrite(dataset):
     compute(dataset, "dup_run", layers=["block"])
-    same = dict(model=MODEL, run_key="dup_run", layers=["block"])
+    same = dict(model=APP_MODEL, run_key="dup_run", layers=["block"])
     form = resolve_form("compute_cams", dataset, same)
     props = form.type.properties
     assert "resumes" in props and not props["overwrite"].invalid
@@ -241,7 +245,7 @@ def test_score_list_report_rename_delete(dataset):
     row = next(r for r in listed["runs"] if r["run_key"] == "life")
     assert row["layers"] == "stem, block"
     assert (row["model"], row["target"], row["method"]) == (
-        MODEL,
+        APP_MODEL,
         "predicted",
         "gradcam",
     )
@@ -281,8 +285,9 @@ def test_rename_to_invalid_key_is_a_form_error(dataset):
     assert prop.invalid and "bad-key" in prop.error_message
 
 
-def test_disk_storage_through_the_operator(dataset, tmp_root):
-    out = tmp_root / "cam_pngs"
+def test_disk_storage_through_the_operator(dataset):
+    # under FiftyOne's dataset directory: where the App may write
+    out = pathlib.Path(fo.config.default_dataset_dir) / "cam_pngs"
     compute(dataset, "disk_run", layers=["block"], storage="disk", output_dir=str(out))
     heatmap = dataset.first()["disk_run_block"]
     assert heatmap.map is None and heatmap.map_path

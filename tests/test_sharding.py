@@ -15,10 +15,10 @@ from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionContext
 from plugin_models import build_model
-from test_operators import MODEL, make_dataset, resolve_form, uri
+from test_operators import APP_MODEL, MODEL, make_dataset, resolve_form, uri
 
 import gradcam_engine as ge
-from gradcam_engine.runs import sharding
+from gradcam_engine.runs import shard_worker, sharding
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +133,14 @@ def test_queue_returns_ids_computes_nothing_and_shards_resume(dataset, service):
 
 
 def test_shard_refuses_a_run_it_did_not_find(dataset):
-    shard = sharding.plan_shards(dataset, 1)["shards"][0]
+    token = sharding.plan_shards(dataset, 1)["token"]
     with pytest.raises(ValueError, match="shard only resumes a run registered"):
-        ge.compute_cams(dataset, MODEL, layers=["block"], run_key="nope", shard=shard)
+        shard_worker.run_shard(dataset, "nope", token, 0)
 
 
 def test_sharded_score_cams_and_operators(dataset, service):
     foo.get_operator(uri("compute_cams"))(
-        dataset, model=MODEL, layers=["block"], run_key="opshard", shards=2
+        dataset, model=APP_MODEL, layers=["block"], run_key="opshard", shards=2
     ).raise_exceptions()
     status = foo.get_operator(uri("cam_run_status"))(dataset, run_key="opshard")
     assert [s["state"] for s in status["shards"]] == ["queued", "queued"]
@@ -198,7 +198,11 @@ def test_numpy_and_torch_arguments_reach_the_workers_as_plain_values(dataset, se
         delegate=True,
     )
     (op_id,) = queued.operation_ids
-    kwargs = service.get(ObjectId(op_id)).context.request_params["params"]["kwargs"]
+    params = service.get(ObjectId(op_id)).context.request_params["params"]
+    assert set(params) == {"function", "run_key", "token", "shard"}  # no call
+    record = ge.get_cam_run(dataset, "plain_args").config["sharding"]
+    assert record["token"] == params["token"]
+    kwargs = record["call"]["kwargs"]  # what the shard runs
     assert (kwargs["target"], kwargs["device"], kwargs["layers"]) == (
         1,
         "cpu",

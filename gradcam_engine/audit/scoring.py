@@ -28,6 +28,7 @@ Fields written, for each heatmap field ``F`` of run ``R`` (see
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +75,6 @@ def score_cams(
     delegate: bool = False,
     shards: int | None = None,
     delegation_target: str | None = None,
-    shard: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any] | sharding.QueuedRun:
     """Score the heatmaps of run ``run_key`` on ``samples`` (module docstring).
@@ -104,16 +104,34 @@ def score_cams(
     ``shards`` (default 1) delegated operations over disjoint parts of
     ``samples`` and return a ``QueuedRun`` at once (see ``compute_cams``).
     """
-    call = dict(locals())  # the arguments as given, for delegated workers
-    queue = sharding.check_delegation(delegate, shards)
+    return _score(dict(locals()), shard=None)
+
+
+def score_shard(samples, kwargs: dict, shard: dict, progress=None) -> dict[str, Any]:
+    """One queued shard (internal: ``shard_worker.run_shard`` calls it with the
+    call the run recorded): scores and writes ``shard``'s samples only."""
+    local = sorted(set(kwargs) & sharding.LOCAL_ONLY)
+    if local:
+        raise ValueError(f"a shard's recorded call cannot set {local}")
+    bound = inspect.signature(score_cams).bind(samples, **kwargs)
+    bound.apply_defaults()
+    return _score(dict(bound.arguments, progress=progress or False), shard)
+
+
+def _score(call: dict[str, Any], shard: dict[str, Any] | None):
+    """``score_cams`` with its arguments in ``call``; ``shard``: one shard of a
+    delegated scoring whose caller declared and recorded the fields."""
+    samples, run_key, gt_field = call["samples"], call["run_key"], call["gt_field"]
+    batch_size = call["batch_size"]
+    queue = sharding.check_delegation(call["delegate"], call["shards"])
     plan = _plan_scoring(
         samples,
         run_key,
         gt_field,
-        layers,
-        compare_run,
-        hit_tolerance,
-        label_classes,
+        call["layers"],
+        call["compare_run"],
+        call["hit_tolerance"],
+        call["label_classes"],
         batch_size,
     )
     replaced = []
@@ -123,23 +141,22 @@ def score_cams(
             samples,
             run_key,
             fields=plan.output_fields(),
-            overwrite=overwrite,
+            overwrite=call["overwrite"],
             writer="score_cams",
         )
     if queue:
         shard_plan = sharding.plan_shards(samples, queue)
         kwargs = sharding.worker_kwargs("score_cams", call, layers=plan.layers)
+        record = sharding.record_call(shard_plan, "score_cams", kwargs, samples)
         _declare_scores(samples._root_dataset, plan)
-        _record_scoring(samples._root_dataset, plan, shard_plan)
-        return sharding.queue_shards(
-            samples, "score_cams", kwargs, shard_plan, delegation_target
-        )
+        _record_scoring(samples._root_dataset, plan, record)
+        target = call["delegation_target"]
+        return sharding.queue_shards(samples, "score_cams", run_key, record, target)
     if shard is not None:  # the caller declared and recorded the fields
         samples = sharding.shard_view(samples, shard)
     ids = samples.values("id")
-    out = _score_chunks(
-        samples, plan, ids, batch_size, progress_reporter(progress, len(ids))
-    )
+    report = progress_reporter(call["progress"], len(ids))
+    out = _score_chunks(samples, plan, ids, batch_size, report)
     if shard is None:
         _finish_scoring(samples, plan, ids, out)
     else:

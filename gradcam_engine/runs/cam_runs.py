@@ -26,7 +26,7 @@ import fiftyone.core.runs as fors
 import fiftyone.core.view as fov
 from bson import json_util
 
-from .naming import heatmap_field
+from .naming import MAX_RUN_KEY_LENGTH, heatmap_field
 
 __all__ = [
     "CAM_RUN_KIND",
@@ -180,7 +180,20 @@ def root_dataset(samples: foc.SampleCollection) -> fo.Dataset:
 
 
 def validate_run_key(run_key: str) -> str:
-    """A run key must be usable as a field-name prefix: letters, digits, ``_``."""
+    """A run key must be usable as a field-name prefix: letters, digits, ``_``,
+    at most ``MAX_RUN_KEY_LENGTH`` characters (plus the suffix of a temporary
+    replacement, ``_replacing_<hex>``)."""
+    base = (
+        re.sub(r"_replacing_[0-9a-f]{8}$", "", run_key)
+        if isinstance(run_key, str)
+        else ""
+    )
+    if len(base) > MAX_RUN_KEY_LENGTH:
+        raise ValueError(
+            f"run_key {base[:40]!r}... has {len(base)} characters; at most "
+            f"{MAX_RUN_KEY_LENGTH}, so that the run's field names stay readable: "
+            "pick a shorter key (e.g. 'gradcam_v2')"
+        )
     if (
         not isinstance(run_key, str)
         or not run_key.isidentifier()

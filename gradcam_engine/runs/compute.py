@@ -9,6 +9,7 @@ config computes only the samples not yet done.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from ..engine.layers import default_layers
 from ..engine.methods import get_method
 from ..sources.geometry import TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
-from . import arguments, cam_runs, registration, sharding
+from . import arguments, cam_runs, registration, sharding, trust
 from .app_look import style_run
 from .batch_fields import FieldNames, field_names
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
@@ -64,7 +65,6 @@ def compute_cams(
     delegate: bool = False,
     shards: int | None = None,
     delegation_target: str | None = None,
-    shard: dict[str, Any] | None = None,
 ) -> CamRunSummary | sharding.QueuedRun:
     """Compute ``method`` maps for ``layers`` on every sample of ``samples``.
 
@@ -81,7 +81,8 @@ def compute_cams(
     FiftyOne delegated operations over disjoint parts of ``samples`` and return
     a ``QueuedRun`` with their ids at once, computing nothing here. ``model``
     must then be a model source name (workers rebuild the model). Follow with
-    ``cam_run_status``. ``shard`` is set by a queued shard's operation.
+    ``cam_run_status``. Each shard runs the call recorded on the run
+    (``shard_worker.run_shard``), nothing its operation's parameters say.
 
     ``num_workers``: DataLoader worker processes decoding images; by default
     up to 2 on the cores a CPU engine's torch threads leave free (none when
@@ -99,47 +100,64 @@ def compute_cams(
     Python code pickled in it (``torch.load(weights_only=False)``): only for
     files you trust.
     """
-    call = dict(locals())  # the arguments as given, for delegated workers
-    queue = sharding.check_delegation(delegate, shards)
+    return _compute(dict(locals()), shard=None)
+
+
+def compute_shard(
+    samples: foc.SampleCollection,
+    kwargs: dict[str, Any],
+    shard: dict[str, Any],
+    progress_callback: Callable[[int, int], Any] | None = None,
+) -> CamRunSummary:
+    """One queued shard (internal: ``shard_worker.run_shard`` calls it with the
+    call its run recorded): ``compute_cams(samples, **kwargs)`` on ``shard``'s
+    samples, joining the registered run; never registers or queues."""
+    local = sorted(set(kwargs) & sharding.LOCAL_ONLY)
+    if local:
+        raise ValueError(f"a shard's recorded call cannot set {local}")
+    bound = inspect.signature(compute_cams).bind(samples, **kwargs)
+    bound.apply_defaults()
+    call = dict(bound.arguments, progress=False, progress_callback=progress_callback)
+    return _compute(call, shard)
+
+
+_PLAN_OPTIONS = (
+    *("task", "target", "label_field", "classes", "transforms", "storage"),
+    *("output_dir", "max_size", "eigen_smooth", "aug_smooth", "reshape_transform"),
+    *("batch_size", "allow_pickle"),
+)
+
+
+def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
+    """``compute_cams`` with its arguments in ``call``; ``shard``: one shard of
+    a run its caller registered (``compute_shard``)."""
+    samples, model, run_key = call["samples"], call["model"], call["run_key"]
+    queue = sharding.check_delegation(call["delegate"], call["shards"])
     if queue or shard is not None:
         sharding.check_remote_args(
-            model, transforms=transforms, reshape_transform=reshape_transform
+            model,
+            transforms=call["transforms"],
+            reshape_transform=call["reshape_transform"],
         )
-    plan = _plan_run(
-        samples,
-        model,
-        layers,
-        method,
-        run_key,
-        task=task,
-        target=target,
-        label_field=label_field,
-        classes=classes,
-        transforms=transforms,
-        storage=storage,
-        output_dir=output_dir,
-        max_size=max_size,
-        eigen_smooth=eigen_smooth,
-        aug_smooth=aug_smooth,
-        reshape_transform=reshape_transform,
-        batch_size=batch_size,
-        allow_pickle=allow_pickle,
-    )
+    options = {name: call[name] for name in _PLAN_OPTIONS}
+    plan = _plan_run(samples, model, call["layers"], call["method"], run_key, **options)
     queued_samples = samples
+    overwrite = call["overwrite"]
     if shard is not None:  # one shard of a run its caller registered
         opened = _open_run(plan, overwrite=False, join=True)
         samples = sharding.shard_view(samples, shard)
     elif queue:
-        return _queue_run(plan, samples, call, overwrite, queue, delegation_target)
+        target = call["delegation_target"]
+        return _queue_run(plan, samples, call, overwrite, queue, target)
     else:
         opened = _open_run(plan, overwrite)
     options = StreamOptions(
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        progress=progress,
-        progress_callback=progress_callback,
-        retry_errors=retry_errors,
+        batch_size=call["batch_size"],
+        num_workers=call["num_workers"],
+        device=call["device"],
+        progress=call["progress"],
+        progress_callback=call["progress_callback"],
+        retry_errors=call["retry_errors"],
     )
     with registration.replacement(plan.dataset, opened):  # a failed one is removed
         summary = stream_run(plan, samples, options)
@@ -190,6 +208,8 @@ def _plan_run(
     cam_runs.validate_run_key(run_key)
     dataset = cam_runs.root_dataset(samples)
     arguments.check_args(task, target, label_field, storage, batch_size, max_size)
+    if storage == "disk" and output_dir is not None:  # a file: refused up front
+        trust.check_output_dir(output_dir)
     method_name = method.strip().lower() if isinstance(method, str) else method
     get_method(method_name)  # unknown method: raises listing close names
 
@@ -296,7 +316,6 @@ def _queue_run(plan, samples, call, overwrite, count, delegation_target):
     shard_plan = sharding.plan_shards(samples, count)  # checks before any write
     opened = _open_run(plan, overwrite)
     with registration.replacement(plan.dataset, opened):  # removed if queueing fails
-        cam_runs.update_run_config(plan.dataset, opened.run_key, sharding=shard_plan)
         kwargs = sharding.worker_kwargs(
             "compute_cams",
             call,
@@ -304,15 +323,17 @@ def _queue_run(plan, samples, call, overwrite, count, delegation_target):
             layers=plan.config["layers"],
             method=plan.config["method"],
             output_dir=plan.config["output_dir"],
-            progress=False,  # workers report through the operation instead
         )
+        # the shards run this record, never what their operations' params say
+        record = sharding.record_call(shard_plan, "compute_cams", kwargs, samples)
+        cam_runs.update_run_config(plan.dataset, opened.run_key, sharding=record)
         style_run(
             plan.dataset,
             opened.run_key,
             field_names(opened.run_key, plan.config["layers"]),
         )
         queued = sharding.queue_shards(
-            samples, "compute_cams", kwargs, shard_plan, delegation_target
+            samples, "compute_cams", opened.run_key, shard_plan, delegation_target
         )
     registration.hand_over(opened)  # its shards compute it and swap it in
     queued.replaces = None if opened.run_key == opened.final_key else opened.final_key

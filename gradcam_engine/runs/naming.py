@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["slug", "heatmap_field"]
+__all__ = ["MAX_RUN_KEY_LENGTH", "MAX_SLUG_LENGTH", "slug", "heatmap_field"]
 
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+# Field names are "<run key>_<layer slug>_<suffix>": the caps keep them
+# readable in the App's sidebar (and a 100 KB key out of the database).
+MAX_RUN_KEY_LENGTH = 64
+MAX_SLUG_LENGTH = 64
 
 
 def slug(name: str) -> str:
@@ -19,6 +23,13 @@ def slug(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     result = _NON_ALNUM.sub("_", name).strip("_")
+    if len(result) > MAX_SLUG_LENGTH:
+        shown = f"{name[:40]!r}... ({len(name)} characters)"
+        raise ValueError(
+            f"name {shown} makes a field-name part of {len(result)} characters; "
+            f"at most {MAX_SLUG_LENGTH}, so that field names stay readable. Pick "
+            "a shorter layer (module) name"
+        )
     if not result:
         raise ValueError(
             f"name {name!r} has no letters or digits to build a field name from"

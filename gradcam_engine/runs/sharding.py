@@ -1,8 +1,12 @@
 """Scale-out: one run split into shards, each a FiftyOne delegated operation.
 
-The caller plans and registers the run once, then queues one delegated
-operation per shard (operator ``run_cam_shard`` of this plugin) with FiftyOne's
-own ``DelegatedOperationService``. Any ``fiftyone delegated launch`` worker (or
+The caller plans and registers the run once, records on it the call its
+shards make (``record_call``: function, plain keyword arguments, view), then
+queues one delegated operation per shard (operator ``run_cam_shard`` of this
+plugin) with FiftyOne's own ``DelegatedOperationService``. An operation's
+parameters only say which shard of which recorded call it is
+(``SHARD_PARAMS``); ``shard_worker.run_shard`` verifies them against the run
+and rebuilds the call from the record. Any ``fiftyone delegated launch`` worker (or
 an Enterprise orchestrator) on the same database picks them up. A shard is the
 view's samples whose id lies in a half-open range of sorted ids fixed at queue
 time, so the shards cover the view exactly once and a rerun
@@ -19,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import fiftyone.core.collections as foc
-from bson import ObjectId
+from bson import ObjectId, json_util
 
 __all__ = [
     "PLUGIN_NAME",
@@ -28,6 +32,7 @@ __all__ = [
     "check_delegation",
     "check_remote_args",
     "plan_shards",
+    "record_call",
     "shard_view",
     "worker_kwargs",
     "queue_shards",
@@ -37,18 +42,21 @@ __all__ = [
 PLUGIN_NAME = "@cam-audit/cam-audit"
 SHARD_OPERATOR = f"{PLUGIN_NAME}/run_cam_shard"
 FUNCTIONS = ("compute_cams", "score_cams")
+# A queued shard operation's parameters: exactly these, nothing else.
+SHARD_PARAMS = frozenset({"function", "run_key", "token", "shard"})
 # Arguments that only concern the queueing process, never sent to workers.
-_LOCAL_ONLY = {
-    "samples",
-    "overwrite",
-    "progress",
-    "progress_callback",
-    "delegate",
-    "shards",
-    "delegation_target",
-    "shard",
-    "transforms",
-}
+LOCAL_ONLY = frozenset(
+    {
+        "samples",
+        "overwrite",
+        "progress",
+        "progress_callback",
+        "delegate",
+        "shards",
+        "delegation_target",
+        "transforms",
+    }
+)
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -170,7 +178,7 @@ def worker_kwargs(function: str, call: dict[str, Any], **resolved: Any) -> dict:
     (values the caller's plan fixed, e.g. the default layers it picked)."""
     if function not in FUNCTIONS:
         raise ValueError(f"function must be one of {FUNCTIONS}, got {function!r}")
-    kwargs = {k: _plain(v) for k, v in call.items() if k not in _LOCAL_ONLY}
+    kwargs = {k: _plain(v) for k, v in call.items() if k not in LOCAL_ONLY}
     kwargs.update(resolved)
     try:
         json.dumps(kwargs)
@@ -182,18 +190,35 @@ def worker_kwargs(function: str, call: dict[str, Any], **resolved: Any) -> dict:
     return kwargs
 
 
+def record_call(
+    plan: dict[str, Any],
+    function: str,
+    kwargs: dict[str, Any],
+    samples: foc.SampleCollection,
+) -> dict[str, Any]:
+    """``plan`` plus the call its shards make: ``function(view, **kwargs)``
+    (``kwargs`` from ``worker_kwargs``) over the serialized ``samples`` view.
+    The caller stores it on the run before queueing (``queue_shards``)."""
+    if function not in FUNCTIONS:
+        raise ValueError(f"function must be one of {FUNCTIONS}, got {function!r}")
+    # a JSON string: stored as dicts, the stages' "_cls" keys would be read
+    # back as document classes by the run config's loader
+    view = json_util.dumps(samples.view()._serialize())
+    return dict(plan, call=dict(function=function, kwargs=kwargs, view=view))
+
+
 def queue_shards(
     samples: foc.SampleCollection,
     function: str,
-    kwargs: dict[str, Any],
+    run_key: str,
     plan: dict[str, Any],
     delegation_target: str | None = None,
 ) -> QueuedRun:
-    """Queue one delegated ``run_cam_shard`` operation per shard of ``plan``;
-    each calls ``function(view, shard=..., **kwargs)`` (see ``worker_kwargs``)."""
+    """Queue one delegated ``run_cam_shard`` operation per shard of ``plan``,
+    whose call is already recorded on run ``run_key`` (``record_call``); an
+    operation's parameters only name its shard (``SHARD_PARAMS``)."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    run_key = kwargs["run_key"]
     dataset = samples._root_dataset
     view = samples.view()._serialize()
     service = DelegatedOperationService()
@@ -203,8 +228,7 @@ def queue_shards(
             function=function,
             run_key=run_key,
             token=plan["token"],
-            shard=shard,
-            kwargs=kwargs,
+            shard=shard["index"],
         )
         # Queued directly (not through foo.execute_operator): works inside a
         # running event loop (notebooks) and returns the ids at once.
@@ -241,18 +265,28 @@ def _plain(value: Any) -> Any:
     return value  # json.dumps names what cannot be sent
 
 
-def shard_operations(dataset, token: str) -> dict[int, list]:
+def shard_operations(dataset, token: str, record: dict | None = None) -> dict:
     """The delegated operations of each shard of one queueing, oldest first
-    (a rerun adds a new operation for the same shard)."""
+    (a rerun adds a new operation for the same shard). With the queueing's
+    ``record`` (``record_call``), only operations for its recorded call count:
+    anyone can queue an operation that quotes a token."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
+    match = {"context.request_params.params.token": token}
+    call = (record or {}).get("call")
+    if call:
+        match["context.request_params.params.function"] = call["function"]
+        match["context.request_params.params.run_key"] = call["kwargs"]["run_key"]
     ops = DelegatedOperationService().list_operations(
-        operator=SHARD_OPERATOR,
-        dataset_name=dataset.name,
-        **{"context.request_params.params.token": token},
+        operator=SHARD_OPERATOR, dataset_name=dataset.name, **match
     )
     by_shard: dict[int, list] = {}
     for op in sorted(ops, key=lambda op: (op.queued_at or _EPOCH, str(op.id))):
-        index = op.context.request_params["params"]["shard"]["index"]
+        params = op.context.request_params["params"]
+        if call and set(params) != SHARD_PARAMS:
+            continue  # not one the shard operator would run
+        index = params["shard"]
+        if isinstance(index, dict):  # queued before shards named only their index
+            index = index.get("index")
         by_shard.setdefault(index, []).append(op)
     return by_shard

@@ -64,7 +64,7 @@ def _shards(samples, info, sharding, counts) -> list[dict[str, Any]]:
     if not sharding:
         return []
     dataset = samples._root_dataset
-    by_shard = shard_operations(dataset, sharding["token"])
+    by_shard = shard_operations(dataset, sharding["token"], sharding)
     rows = []
     for shard in sharding["shards"]:
         ops = by_shard.get(shard["index"], [])
