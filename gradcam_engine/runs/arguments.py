@@ -14,6 +14,7 @@ from .storage import STORAGE_MODES
 __all__ = [
     "TASKS",
     "check_args",
+    "check_collection",
     "check_label_field",
     "describe_classes",
     "fixed_class",
@@ -38,6 +39,45 @@ def check_args(task, target, label_field, storage, batch_size, max_size) -> None
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(max_size, int) or max_size < 1:
         raise ValueError(f"max_size must be a positive int, got {max_size!r}")
+
+
+def check_collection(samples) -> None:
+    """Refuse a collection whose samples are not whole images that the run can
+    write back to by sample id: patches, frames and clips views (their samples
+    are generated: ids and filepaths are not the images the maps would cover),
+    and video or 3D collections."""
+    if getattr(samples, "_is_patches", False):
+        raise ValueError(
+            "samples is a patches view (to_patches / to_evaluation_patches): "
+            "compute_cams explains whole images and writes to their samples, not "
+            "to generated patch samples. Run it on the images the patches come "
+            "from (the view you called to_patches on), then score_cams(..., "
+            "gt_field=<the patches' field>) measures the heatmap inside each "
+            "object; to explain the crops themselves, export them as images first "
+            "(patches.export(..., dataset_type=fo.types.ImageDirectory))."
+        )
+    if getattr(samples, "_is_frames", False):
+        raise ValueError(
+            "samples is a frames view (to_frames): its samples are generated "
+            "from the videos' frames and are not written back. Make an image "
+            "dataset of the frames first, e.g. frames.clone() (a dataset of one "
+            "image sample per frame), and run compute_cams on that."
+        )
+    if getattr(samples, "_is_clips", False):
+        raise ValueError(
+            "samples is a clips view (to_clips): compute_cams explains images, "
+            "not video clips. Sample the clips' frames into images "
+            "(to_frames(sample_frames=True)), clone that view into an image "
+            "dataset, and run compute_cams on it."
+        )
+    media_type = getattr(samples, "media_type", "image")
+    if media_type not in ("image", "group"):
+        raise ValueError(
+            f"samples holds {media_type!r} media; compute_cams explains images "
+            "(media_type 'image'). For videos, sample their frames into images "
+            "(to_frames(sample_frames=True)) and clone that view into an image "
+            "dataset first."
+        )
 
 
 def fixed_class(target, class_names) -> int | None:

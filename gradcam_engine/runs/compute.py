@@ -29,7 +29,8 @@ from . import arguments, cam_runs, registration, sharding
 from .app_look import style_run
 from .batch_fields import FieldNames, field_names
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
-from .outcome import CamRunFailed, CamRunSummary, check_label_classes
+from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
+from .probe import probe_model
 from .stream import StreamOptions, stream_run
 
 __all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
@@ -188,6 +189,7 @@ def _plan_run(
     label_field, storage = options["label_field"], options["storage"]
     max_size, output_dir = options["max_size"], options["output_dir"]
     cam_runs.validate_run_key(run_key)
+    arguments.check_collection(samples)
     dataset = cam_runs.root_dataset(samples)
     arguments.check_args(task, target, label_field, storage, batch_size, max_size)
     method_name = method.strip().lower() if isinstance(method, str) else method
@@ -218,6 +220,20 @@ def _plan_run(
         check_label_classes(samples, label_field, class_names)
 
     names = field_names(run_key, layer_list)
+    # One forward on one sample: an unusable output or an out-of-range target
+    # is refused now, not by every sample of a registered run.
+    probe_model(
+        samples,
+        engine,
+        transforms,
+        geometry,
+        task=task,
+        target=target,
+        fixed_class=fixed_class,
+        class_names=class_names,
+        label_field=label_field,
+        prediction_field=names.prediction,
+    )
     if storage == "disk" and output_dir is None:
         output_dir = os.path.join(
             fo.config.default_dataset_dir, "cam_runs", dataset.name
@@ -226,7 +242,7 @@ def _plan_run(
         "model": loaded.description or type(module).__name__,
         # the name to load it again by (the App reruns and lists runs by it)
         "model_source": model if isinstance(model, str) else None,
-        "num_samples": len(samples),
+        "num_samples": exact_count(samples),
         "weights": weights_fingerprint(module),
         "layers": layer_list,
         "method": method_name,
@@ -326,7 +342,8 @@ def _finish_if_complete(plan, opened, queued_samples) -> None:
     if opened.run_key == opened.final_key:
         return
     done = queued_samples.count(plan.names.prediction)
-    pending = queued_samples.count() - done - queued_samples.count(plan.names.error)
+    errors = queued_samples.count(plan.names.error)
+    pending = exact_count(queued_samples) - done - errors
     if done and not pending:
         key = registration.finish_run(plan.dataset, opened)
         style_run(plan.dataset, key, field_names(key, plan.config["layers"]))
