@@ -8,6 +8,11 @@ the marked input, or whose output the run cannot use.
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import fiftyone as fo
@@ -239,3 +244,27 @@ def test_patches_frames_and_video_collections_are_refused_up_front(image_dir):
     assert video.list_runs() == []
     for ds in (images, video):
         ds.delete()
+
+
+def test_counts_are_exact_after_an_unclean_database_stop(image_dir, tmp_path):
+    """A child process with its own mongod: 2 of 7 samples computed, mongod
+    killed and restarted (``len(ds)`` then reads 0), the run resumed."""
+    script = pathlib.Path(__file__).with_name("unclean_stop.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "db"), *image_dir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(script.parents[1])},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    n = len(image_dir)
+    # the premise: MongoDB's fast count is wrong, the documents are all there
+    assert (result["fast_count"], result["exact_count"]) == (0, n)
+    outcome = result["summary"]
+    assert (outcome["computed"], outcome["reused"], outcome["failed"]) == (n - 2, 2, 0)
+    assert result["num_samples"] == n
+    assert f"(of {n} samples)" in outcome["headline"] and "-" not in outcome["headline"]
+    status = result["status"]
+    assert (status["total"], status["done"], status["pending"]) == (n, n, 0)
