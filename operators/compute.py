@@ -150,7 +150,7 @@ class ComputeCams(foo.Operator):
                 ctx,
                 "Computing CAMs",
                 lambda report: ge.compute_cams(
-                    view, p["model"], progress_callback=report, **kwargs
+                    view, p["model"], **{**kwargs, "progress": report}
                 ),
             )
         except Exception as exc:

@@ -13,7 +13,7 @@ import gradcam_engine as ge
 from . import _forms
 
 # function name -> the keyword that takes a (done, total) progress callback
-_PROGRESS_KEYWORD = {"compute_cams": "progress_callback", "score_cams": "progress"}
+_PROGRESS_KEYWORD = {"compute_cams": "progress", "score_cams": "progress"}
 
 
 class RunCamShard(foo.Operator):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import fiftyone as fo
 import numpy as np
@@ -18,7 +21,10 @@ __all__ = [
     "check_label_field",
     "describe_classes",
     "fixed_class",
+    "progress_args",
 ]
+
+ProgressCallback = Callable[[int, int], Any]
 
 TASKS = ("classification", "segmentation")
 
@@ -129,3 +135,42 @@ def describe_classes(class_names) -> list[str] | str | None:
         return list(class_names)
     digest = hashlib.sha1("\n".join(map(str, class_names)).encode()).hexdigest()[:12]
     return f"{len(class_names)} classes (sha1 {digest})"
+
+
+def progress_args(
+    progress: bool | ProgressCallback,
+    progress_callback: ProgressCallback | None = None,
+) -> tuple[bool, ProgressCallback | None]:
+    """The one ``progress`` argument of every public function -> ``(draw a
+    progress bar, callback)``: True draws FiftyOne's bar, False nothing, a
+    callable is called as ``progress(done, total)`` (and no bar is drawn).
+
+    ``progress_callback`` is ``compute_cams``'s former keyword for the
+    callable: still accepted, with a ``DeprecationWarning``.
+    """
+    if progress_callback is not None:
+        warnings.warn(
+            "progress_callback= is deprecated; pass the callable as "
+            "progress=<callable (done, total)>",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if not callable(progress_callback):
+            raise TypeError(
+                "progress_callback must be a callable (done, total), got "
+                f"{type(progress_callback).__name__}: {progress_callback!r}"
+            )
+        if callable(progress):
+            raise ValueError(
+                "progress and progress_callback are both callables; pass only "
+                "progress=<callable (done, total)>"
+            )
+        return False, progress_callback
+    if callable(progress):
+        return False, progress
+    if isinstance(progress, bool):
+        return progress, None
+    raise TypeError(
+        "progress must be True (a progress bar), False (nothing) or a callable "
+        f"(done, total), got {type(progress).__name__}: {progress!r}"
+    )

@@ -57,7 +57,7 @@ def compute_cams(
     overwrite: bool = False,
     retry_errors: bool = True,
     allow_pickle: bool = False,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], Any] = True,
     eigen_smooth: bool = False,
     aug_smooth: bool = False,
     reshape_transform: str | Callable | None = "auto",
@@ -84,6 +84,11 @@ def compute_cams(
     must then be a model source name (workers rebuild the model). Follow with
     ``cam_run_status``. ``shard`` is set by a queued shard's operation.
 
+    ``progress``: True draws a progress bar, False nothing, a callable is
+    called as ``progress(done, total)`` after each batch (the same argument as
+    ``score_cams``, ``cluster_cams``, ``background_test`` and ``road_cams``);
+    ``progress_callback=`` is its deprecated former name for the callable.
+
     ``num_workers``: DataLoader worker processes decoding images; by default
     up to 2 on the cores a CPU engine's torch threads leave free (none when
     torch uses every core), up to 2 for an engine on a GPU.
@@ -101,6 +106,7 @@ def compute_cams(
     files you trust.
     """
     call = dict(locals())  # the arguments as given, for delegated workers
+    progress, progress_callback = arguments.progress_args(progress, progress_callback)
     queue = sharding.check_delegation(delegate, shards)
     if queue or shard is not None:
         sharding.check_remote_args(
