@@ -41,6 +41,7 @@ class RunCamShard(foo.Operator):
         label = f"{function} {p['run_key']} shard {shard['index'] + 1}/{shard['count']}"
         # Not a generator: a delegated operation keeps execute's return value.
         report = _forms.delegated_progress(ctx, label)
-        progress = {_PROGRESS_KEYWORD[function]: report}
-        result = getattr(ge, function)(ctx.view, shard=shard, **progress, **p["kwargs"])
+        # the operation's progress replaces the queued call's (progress=False)
+        kwargs = {**p["kwargs"], _PROGRESS_KEYWORD[function]: report}
+        result = getattr(ge, function)(ctx.view, shard=shard, **kwargs)
         return {"shard": shard["index"], "summary": str(result)}
