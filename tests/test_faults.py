@@ -80,6 +80,22 @@ class Net(nn.Module):
         return logits
 
 
+def test_the_engine_reports_nonfinite_rows_and_keeps_the_others():
+    from gradcam_engine import CamEngine
+
+    x = torch.zeros(3, 3, 16, 16)
+    x[0] = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x[1, 0], x[1, 1] = 2.25, -2.04  # the marked input
+    x[2] = x[0].flip(-1)
+    with CamEngine(Net("nan"), [LAYER]) as engine:
+        result = engine.compute(x, [None, None, None])
+    assert result.nonfinite == [None, "logits", None]
+    with CamEngine(Net(), [LAYER]) as engine:
+        clean = engine.compute(x[[0, 2]], [None, None])
+    assert clean.nonfinite == [None, None]
+    assert torch.allclose(result.maps[[0, 2]], clean.maps, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("fault_images")
@@ -130,7 +146,10 @@ def test_a_model_that_raises_on_one_input_costs_that_sample_only(dataset):
     clean.add_samples([fo.Sample(filepath=s.filepath) for s in others])
     compute_cams(clean, Net(), batch_size=4, **COMMON)
     for mine, theirs in zip(others, clean, strict=True):
-        assert np.array_equal(mine[FIELD].map, theirs[FIELD].map)
+        # other batch compositions may differ in the last float bits: 1 level
+        diff = mine[FIELD].map.astype(int) - theirs[FIELD].map.astype(int)
+        assert mine[FIELD].map.shape == theirs[FIELD].map.shape
+        assert np.abs(diff).max() <= 1
         assert mine.cam_prediction.label == theirs.cam_prediction.label
     clean.delete()
 
