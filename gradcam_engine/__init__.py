@@ -42,6 +42,7 @@ _WORKFLOW = {
     "list_model_sources": ".sources.models",
     "register_model_source": ".sources.models",
     "score_cams": ".audit.scoring",
+    "ScoreSummary": ".audit.score_summary",
     "class_report": ".audit.report",
     "save_review_views": ".audit.report",
     "export_review": ".audit.export",

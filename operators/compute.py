@@ -157,9 +157,7 @@ class ComputeCams(foo.Operator):
             summary = yield from _forms.run_with_progress(
                 ctx,
                 "Computing CAMs",
-                lambda report: ge.compute_cams(
-                    view, model, progress_callback=report, **kwargs
-                ),
+                lambda report: ge.compute_cams(view, model, progress=report, **kwargs),
             )
         except Exception as exc:
             if not ctx.delegated:

@@ -273,7 +273,7 @@ def test_overwrite_that_fails_leaves_the_old_run_intact(image_dir, model):
         raise Killed
 
     with pytest.raises(Killed):
-        run(ds, model, method="hirescam", overwrite=True, progress_callback=kill)
+        run(ds, model, method="hirescam", overwrite=True, progress=kill)
     assert get_cam_run(ds, "cam").method == "gradcam"
     after = ds.values("cam_layer4.map")
     assert all(np.array_equal(a, b) for a, b in zip(maps, after, strict=True))

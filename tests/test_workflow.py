@@ -172,7 +172,7 @@ def test_killed_run_finishes_where_it_stopped(image_dir, model):
             raise Killed
 
     with pytest.raises(Killed):
-        run(ds, model, run_key="cam", batch_size=2, progress_callback=kill)
+        run(ds, model, run_key="cam", batch_size=2, progress=kill)
     done_before = maps_by_id(ds.exists("cam_layer4"), "cam_layer4")
     assert len(done_before) == 2
     calls = []
@@ -181,7 +181,7 @@ def test_killed_run_finishes_where_it_stopped(image_dir, model):
         model,
         run_key="cam",
         batch_size=2,
-        progress_callback=lambda d, t: calls.append((d, t)),
+        progress=lambda d, t: calls.append((d, t)),
     )
     assert (summary.num_computed, summary.num_skipped) == (4, 2)
     assert calls[-1] == (4, 4)

@@ -23,6 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..runs import cam_runs as runs
+from ..runs.arguments import progress_args
 from . import spray
 from .owned import claim_brain_key, claim_fields
 from .raw_reads import raw_heatmap
@@ -80,6 +81,7 @@ def cluster_cams(
     cluster dict has ``name``, ``group``, ``size``, ``class_mix`` (label ->
     count) and ``mean_map`` (``size x size`` nested list, peak-normalised).
     """
+    progress_args(progress)  # checked before any write
     info = runs.get_cam_run(samples, run_key)
     layers = run_layers(info, layer)
     fields = [info.fields[name] for name in layers]

@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from scipy import ndimage
 
 from ..runs import cam_runs as runs
+from ..runs.arguments import progress_args
 from ..runs.fingerprint import describe
 from ..sources.geometry import Geometry, TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
@@ -68,6 +69,7 @@ def background_test(
 
     Returns ``{"fields", "num_tested", "flip_rate", "mean_drop"}``.
     """
+    progress_args(progress)  # checked before any write
     info = runs.get_cam_run(samples, run_key)
     kind = gt_kind(samples, gt_field)
     if fill not in FILLS:
@@ -144,6 +146,7 @@ def road_cams(
 
     Returns ``{"fields", "mean_road": {layer: mean}}``.
     """
+    progress_args(progress)  # checked before any write
     info = runs.get_cam_run(samples, run_key)
     layers = run_layers(info, layer)
     _check_batch_size(batch_size)

@@ -40,13 +40,22 @@ import numpy as np
 from ..runs import cam_runs as runs
 from ..runs import sharding
 from ..runs.app_look import add_to_run_group
+from ..runs.arguments import progress_args
 from ..runs.ownership import claim
 from ..runs.storage import iter_chunks
 from .metrics import agreement, score_layer
 from .raw_reads import GT_TYPES, SegClasses, ground_truth, gt_kind, raw_heatmap
+from .score_summary import ScoreSummary
 from .writer_steps import progress_reporter, run_layers, write_columns
 
-__all__ = ["GT_TYPES", "score_cams", "focus_field", "hit_field", "spread_field"]
+__all__ = [
+    "GT_TYPES",
+    "ScoreSummary",
+    "score_cams",
+    "focus_field",
+    "hit_field",
+    "spread_field",
+]
 
 
 def focus_field(heatmap_field: str) -> str:
@@ -76,7 +85,7 @@ def score_cams(
     shards: int | None = None,
     delegation_target: str | None = None,
     overwrite: bool = False,
-) -> dict[str, Any] | sharding.QueuedRun:
+) -> ScoreSummary | sharding.QueuedRun:
     """Score the heatmaps of run ``run_key`` on ``samples`` (module docstring).
 
     gt_field: a ``fo.Detections`` (boxes), ``fo.Segmentation`` (mask pixels;
@@ -95,10 +104,12 @@ def score_cams(
     overwrite: replace fields of the score names that the run does not own
         (a user's, or another run's); without it they are refused by name.
 
-    Returns a summary: ``fields`` written, ``counts`` (non-None values per
-    field), ``mean_focus`` / ``hit_rate`` / ``mean_spread`` per layer,
+    Returns a :class:`ScoreSummary` (``as_dict()``, ``str()``): samples
+    scored and without maps, ``fields_written``, ``counts`` (non-None values
+    per field), ``mean_focus`` / ``hit_rate`` / ``mean_spread`` per layer,
     ``mean_layer_agreement`` and ``mean_agreement_vs`` per layer, and
-    ``replaced``: what ``overwrite=True`` replaced.
+    ``replaced``: what ``overwrite=True`` replaced. It reads like the dict
+    returned before (``summary["mean_focus"]``).
 
     ``delegate=True``: declare and record the score fields here, queue
     ``shards`` (default 1) delegated operations over disjoint parts of
@@ -107,7 +118,7 @@ def score_cams(
     return _score(dict(locals()), shard=None)
 
 
-def score_shard(samples, kwargs: dict, shard: dict, progress=None) -> dict[str, Any]:
+def score_shard(samples, kwargs: dict, shard: dict, progress=None) -> ScoreSummary:
     """One queued shard (internal: ``shard_worker.run_shard`` calls it with the
     call the run recorded): scores and writes ``shard``'s samples only."""
     local = sorted(set(kwargs) & sharding.LOCAL_ONLY)
@@ -123,6 +134,7 @@ def _score(call: dict[str, Any], shard: dict[str, Any] | None):
     delegated scoring whose caller declared and recorded the fields."""
     samples, run_key, gt_field = call["samples"], call["run_key"], call["gt_field"]
     batch_size = call["batch_size"]
+    progress_args(call["progress"])  # checked before any write
     queue = sharding.check_delegation(call["delegate"], call["shards"])
     plan = _plan_scoring(
         samples,
@@ -164,7 +176,7 @@ def _score(call: dict[str, Any], shard: dict[str, Any] | None):
     summary = _summary(
         run_key, gt_field, plan.layers, plan.info, out, plan.vs_fields, len(ids)
     )
-    summary["replaced"] = [str(c) for c in replaced]  # with overwrite=True
+    summary.replaced = [str(c) for c in replaced]  # with overwrite=True
     return summary
 
 
@@ -372,7 +384,7 @@ def _mean(values: list) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _summary(run_key, gt_field, layers, info, out, vs_fields, total) -> dict[str, Any]:
+def _summary(run_key, gt_field, layers, info, out, vs_fields, total) -> ScoreSummary:
     mean_focus, hit_rate, mean_spread = {}, {}, {}
     for layer in layers:
         f = info.fields[layer]
@@ -381,17 +393,19 @@ def _summary(run_key, gt_field, layers, info, out, vs_fields, total) -> dict[str
             mean_focus[layer] = _mean(out[focus_field(f)])
             hit_rate[layer] = _mean(out[hit_field(f)])
     agreement = out.get(f"{run_key}_layer_agreement")
-    return {
-        "run_key": run_key,
-        "gt_field": gt_field,
-        "num_samples": total,
-        "fields": list(out),
-        "counts": {
-            name: sum(v is not None for v in vals) for name, vals in out.items()
-        },
-        "mean_focus": mean_focus,
-        "hit_rate": hit_rate,
-        "mean_spread": mean_spread,
-        "mean_layer_agreement": _mean(agreement) if agreement is not None else None,
-        "mean_agreement_vs": {layer: _mean(out[f]) for layer, f in vs_fields.items()},
-    }
+    # every map gets a spread: a sample is scored when one of its layers has one
+    spreads = [out[spread_field(info.fields[layer])] for layer in layers]
+    scored = sum(any(v is not None for v in row) for row in zip(*spreads, strict=True))
+    return ScoreSummary(
+        run_key=run_key,
+        gt_field=gt_field,
+        num_samples=total,
+        num_scored=scored,
+        fields_written=list(out),
+        counts={name: sum(v is not None for v in vals) for name, vals in out.items()},
+        mean_focus=mean_focus,
+        hit_rate=hit_rate,
+        mean_spread=mean_spread,
+        mean_layer_agreement=_mean(agreement) if agreement is not None else None,
+        mean_agreement_vs={layer: _mean(out[f]) for layer, f in vs_fields.items()},
+    )

@@ -13,6 +13,7 @@ import fiftyone.core.collections as foc
 import fiftyone.core.utils as fou
 
 from ..runs import cam_runs as runs
+from ..runs.arguments import progress_args
 from ..runs.writes import set_fields
 
 __all__ = ["progress_reporter", "resolve_layer", "run_layers", "write_columns"]
@@ -61,9 +62,10 @@ def progress_reporter(
     """``progress`` as a writer takes it -> ``report(done)``: a callable
     ``progress(done, total)`` is called; True draws FiftyOne's progress bar
     (closed when ``done`` reaches ``total``); False does nothing."""
-    if callable(progress):
-        return lambda done: progress(done, total)
-    if progress:
+    bar, callback = progress_args(progress)  # checks its type
+    if callback is not None:
+        return lambda done: callback(done, total)
+    if bar:
         bar = fou.ProgressBar(total=total)
         bar.start()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from .targets import (
     select_output,
 )
 
-__all__ = ["CamEngine", "CamResult"]
+__all__ = ["CamEngine", "CamResult", "nonfinite_rows"]
 
 # Methods whose map does not depend on the target layer: computed once per batch.
 _LAYER_FREE = frozenset({"fullgrad"})
@@ -45,6 +45,9 @@ class CamResult:
     predicted: the top class (segmentation: the class covering most pixels).
     predicted_scores: the model's probability for the top class (segmentation:
         mean over its predicted region).
+    nonfinite: per image, None when its logits and maps are finite, else what
+        is not (``"logits"``, or ``"map of layer 'x'"``): such a row's maps,
+        classes and scores mean nothing (see :func:`nonfinite_rows`).
     """
 
     maps: torch.Tensor
@@ -53,6 +56,7 @@ class CamResult:
     target_scores: list[float | None]
     predicted: list[int]
     predicted_scores: list[float]
+    nonfinite: list[str | None] = field(default_factory=list)
 
 
 class CamEngine:
@@ -174,6 +178,7 @@ class CamEngine:
             predicted_scores=[
                 _class_probability(probs, i, c) for i, c in enumerate(predicted)
             ],
+            nonfinite=nonfinite_rows(outputs, maps, raw, self.layer_names),
         )
 
     # -- passes --------------------------------------------------------------
@@ -348,6 +353,35 @@ def _scale(
         maps.append(first / (1e-7 + first.amax(dim=(1, 2), keepdim=True)))
         raws.append(raw)
     return torch.stack(maps, dim=1), torch.stack(raws, dim=1)
+
+
+def nonfinite_rows(
+    outputs: torch.Tensor,
+    maps: torch.Tensor,
+    raw: torch.Tensor | None,
+    layer_names: Sequence[str],
+) -> list[str | None]:
+    """Per image: None when its logits ``outputs[i]`` and its maps are finite,
+    else what is not (``"logits"``, or ``"map of layer 'x'"``).
+
+    A NaN/Inf logit makes the softmax, the argmax and the gradients of that
+    image meaningless (its map comes out NaN, stored as all zeros): the caller
+    must not record such a row as a result. One reduction per tensor.
+    """
+    bad_logits = ~torch.isfinite(outputs.flatten(1)).all(dim=1)
+    bad_maps = ~torch.isfinite(maps.flatten(2)).all(dim=2)  # [B, L]
+    if raw is not None:
+        bad_maps |= ~torch.isfinite(raw.flatten(2)).all(dim=2)
+    rows: list[str | None] = []
+    for i in range(outputs.shape[0]):
+        if bad_logits[i]:
+            rows.append("logits")
+        elif bad_maps[i].any():
+            layer = layer_names[int(bad_maps[i].nonzero()[0])]
+            rows.append(f"map of layer {layer!r}")
+        else:
+            rows.append(None)
+    return rows
 
 
 def _predicted_classes(outputs: torch.Tensor) -> list[int]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import fiftyone as fo
 import numpy as np
@@ -14,10 +17,14 @@ from .storage import STORAGE_MODES
 __all__ = [
     "TASKS",
     "check_args",
+    "check_collection",
     "check_label_field",
     "describe_classes",
     "fixed_class",
+    "progress_args",
 ]
+
+ProgressCallback = Callable[[int, int], Any]
 
 TASKS = ("classification", "segmentation")
 
@@ -38,6 +45,45 @@ def check_args(task, target, label_field, storage, batch_size, max_size) -> None
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(max_size, int) or max_size < 1:
         raise ValueError(f"max_size must be a positive int, got {max_size!r}")
+
+
+def check_collection(samples) -> None:
+    """Refuse a collection whose samples are not whole images that the run can
+    write back to by sample id: patches, frames and clips views (their samples
+    are generated: ids and filepaths are not the images the maps would cover),
+    and video or 3D collections."""
+    if getattr(samples, "_is_patches", False):
+        raise ValueError(
+            "samples is a patches view (to_patches / to_evaluation_patches): "
+            "compute_cams explains whole images and writes to their samples, not "
+            "to generated patch samples. Run it on the images the patches come "
+            "from (the view you called to_patches on), then score_cams(..., "
+            "gt_field=<the patches' field>) measures the heatmap inside each "
+            "object; to explain the crops themselves, export them as images first "
+            "(patches.export(..., dataset_type=fo.types.ImageDirectory))."
+        )
+    if getattr(samples, "_is_frames", False):
+        raise ValueError(
+            "samples is a frames view (to_frames): its samples are generated "
+            "from the videos' frames and are not written back. Make an image "
+            "dataset of the frames first, e.g. frames.clone() (a dataset of one "
+            "image sample per frame), and run compute_cams on that."
+        )
+    if getattr(samples, "_is_clips", False):
+        raise ValueError(
+            "samples is a clips view (to_clips): compute_cams explains images, "
+            "not video clips. Sample the clips' frames into images "
+            "(to_frames(sample_frames=True)), clone that view into an image "
+            "dataset, and run compute_cams on it."
+        )
+    media_type = getattr(samples, "media_type", "image")
+    if media_type not in ("image", "group"):
+        raise ValueError(
+            f"samples holds {media_type!r} media; compute_cams explains images "
+            "(media_type 'image'). For videos, sample their frames into images "
+            "(to_frames(sample_frames=True)) and clone that view into an image "
+            "dataset first."
+        )
 
 
 def fixed_class(target, class_names) -> int | None:
@@ -89,3 +135,42 @@ def describe_classes(class_names) -> list[str] | str | None:
         return list(class_names)
     digest = hashlib.sha1("\n".join(map(str, class_names)).encode()).hexdigest()[:12]
     return f"{len(class_names)} classes (sha1 {digest})"
+
+
+def progress_args(
+    progress: bool | ProgressCallback,
+    progress_callback: ProgressCallback | None = None,
+) -> tuple[bool, ProgressCallback | None]:
+    """The one ``progress`` argument of every public function -> ``(draw a
+    progress bar, callback)``: True draws FiftyOne's bar, False nothing, a
+    callable is called as ``progress(done, total)`` (and no bar is drawn).
+
+    ``progress_callback`` is ``compute_cams``'s former keyword for the
+    callable: still accepted, with a ``DeprecationWarning``.
+    """
+    if progress_callback is not None:
+        warnings.warn(
+            "progress_callback= is deprecated; pass the callable as "
+            "progress=<callable (done, total)>",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if not callable(progress_callback):
+            raise TypeError(
+                "progress_callback must be a callable (done, total), got "
+                f"{type(progress_callback).__name__}: {progress_callback!r}"
+            )
+        if callable(progress):
+            raise ValueError(
+                "progress and progress_callback are both callables; pass only "
+                "progress=<callable (done, total)>"
+            )
+        return False, progress_callback
+    if callable(progress):
+        return False, progress
+    if isinstance(progress, bool):
+        return progress, None
+    raise TypeError(
+        "progress must be True (a progress bar), False (nothing) or a callable "
+        f"(done, total), got {type(progress).__name__}: {progress!r}"
+    )

@@ -188,16 +188,77 @@ def batch_field_values(ctx: BatchContext, batch, batch_ids, labels) -> dict[str,
         rows.append(i)
         targets[i] = target
     for group, x in _computable_groups(batch, rows):
-        # The engine enables gradients itself, also under a zoo model's no_grad.
-        result = ctx.engine.compute(x, [targets[i] for i in group])
-        maps = result.maps.numpy()
-        # one reduction per sub-batch, not one small torch call per map
-        strengths = None if result.raw is None else result.raw.amax(dim=(2, 3))
-        strengths = None if strengths is None else strengths.tolist()
-        for j, i in enumerate(group):
-            sample = _Row(batch_ids[i], batch.sizes[i], batch.geometries[i])
-            _sample_values(ctx, values, result, maps, strengths, j, sample)
+        for part, outcome in _isolate_faults(
+            ctx.engine, x, [targets[i] for i in group]
+        ):
+            if isinstance(outcome, str):  # the model raised on this one sample
+                values[names.error][batch_ids[group[part[0]]]] = outcome
+                continue
+            maps = outcome.maps.numpy()
+            # one reduction per sub-batch, not one small torch call per map
+            strengths = None if outcome.raw is None else outcome.raw.amax(dim=(2, 3))
+            strengths = None if strengths is None else strengths.tolist()
+            for j, k in enumerate(part):
+                i = group[k]
+                if outcome.nonfinite and outcome.nonfinite[j] is not None:
+                    values[names.error][batch_ids[i]] = _nonfinite_message(
+                        outcome.nonfinite[j]
+                    )
+                    continue
+                sample = _Row(batch_ids[i], batch.sizes[i], batch.geometries[i])
+                _sample_values(ctx, values, outcome, maps, strengths, j, sample)
     return values
+
+
+# An exception's message is stored on the sample; a few hundred characters say
+# what happened without storing a whole traceback-sized text per sample.
+_MAX_MESSAGE = 500
+
+
+def _isolate_faults(engine: CamEngine, x: torch.Tensor, targets: list):
+    """``(rows of x, CamResult)`` for the parts of ``x`` the engine computes,
+    and ``([row], message)`` for each single row on which it raises.
+
+    A sub-batch whose forward or backward raises is split in halves until the
+    failing rows stand alone (bisection: about ``2 log2(B)`` extra passes for
+    one bad row in ``B``), so that a model fault costs only the samples that
+    cause it and the run goes on. The engine restores hooks, flags and grads
+    when it raises, so a retry starts clean.
+    """
+    parts = [list(range(len(targets)))]
+    while parts:
+        part = parts.pop()
+        sub = x if len(part) == len(targets) else x[part]
+        try:
+            # The engine enables gradients itself, also under a zoo model's no_grad.
+            result = engine.compute(sub, [targets[k] for k in part])
+        except Exception as exc:  # any model fault: isolate it, never stop the run
+            if len(part) == 1:
+                yield part, _fault_message(exc)
+            else:
+                half = len(part) // 2
+                parts += [part[half:], part[:half]]  # the first half runs first
+            continue
+        yield part, result
+
+
+def _fault_message(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) > _MAX_MESSAGE:
+        text = text[: _MAX_MESSAGE - 3] + "..."
+    return f"the model failed on this sample: {text}"
+
+
+def _nonfinite_message(what: str) -> str:
+    if what == "logits":
+        return (
+            "the model returned NaN/Inf logits for this sample: no class, "
+            "probability or map can be derived from them"
+        )
+    return (
+        f"the model returned NaN/Inf activations or gradients for this sample: "
+        f"its {what} is not finite"
+    )
 
 
 @dataclass

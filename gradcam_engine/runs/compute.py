@@ -30,7 +30,8 @@ from . import arguments, cam_runs, registration, sharding, trust
 from .app_look import style_run
 from .batch_fields import FieldNames, field_names
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
-from .outcome import CamRunFailed, CamRunSummary, check_label_classes
+from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
+from .probe import probe_model
 from .stream import StreamOptions, stream_run
 
 __all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
@@ -57,7 +58,7 @@ def compute_cams(
     overwrite: bool = False,
     retry_errors: bool = True,
     allow_pickle: bool = False,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], Any] = True,
     eigen_smooth: bool = False,
     aug_smooth: bool = False,
     reshape_transform: str | Callable | None = "auto",
@@ -84,6 +85,11 @@ def compute_cams(
     ``cam_run_status``. Each shard runs the call recorded on the run
     (``shard_worker.run_shard``), nothing its operation's parameters say.
 
+    ``progress``: True draws a progress bar, False nothing, a callable is
+    called as ``progress(done, total)`` after each batch (the same argument as
+    ``score_cams``, ``cluster_cams``, ``background_test`` and ``road_cams``);
+    ``progress_callback=`` is its deprecated former name for the callable.
+
     ``num_workers``: DataLoader worker processes decoding images; by default
     up to 2 on the cores a CPU engine's torch threads leave free (none when
     torch uses every core), up to 2 for an engine on a GPU.
@@ -107,7 +113,7 @@ def compute_shard(
     samples: foc.SampleCollection,
     kwargs: dict[str, Any],
     shard: dict[str, Any],
-    progress_callback: Callable[[int, int], Any] | None = None,
+    progress: Callable[[int, int], Any] | None = None,
 ) -> CamRunSummary:
     """One queued shard (internal: ``shard_worker.run_shard`` calls it with the
     call its run recorded): ``compute_cams(samples, **kwargs)`` on ``shard``'s
@@ -117,7 +123,7 @@ def compute_shard(
         raise ValueError(f"a shard's recorded call cannot set {local}")
     bound = inspect.signature(compute_cams).bind(samples, **kwargs)
     bound.apply_defaults()
-    call = dict(bound.arguments, progress=False, progress_callback=progress_callback)
+    call = dict(bound.arguments, progress=progress or False, progress_callback=None)
     return _compute(call, shard)
 
 
@@ -132,6 +138,9 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
     """``compute_cams`` with its arguments in ``call``; ``shard``: one shard of
     a run its caller registered (``compute_shard``)."""
     samples, model, run_key = call["samples"], call["model"], call["run_key"]
+    call["progress"], call["progress_callback"] = arguments.progress_args(
+        call["progress"], call["progress_callback"]
+    )  # checked before any write
     queue = sharding.check_delegation(call["delegate"], call["shards"])
     if queue or shard is not None:
         sharding.check_remote_args(
@@ -206,6 +215,7 @@ def _plan_run(
     label_field, storage = options["label_field"], options["storage"]
     max_size, output_dir = options["max_size"], options["output_dir"]
     cam_runs.validate_run_key(run_key)
+    arguments.check_collection(samples)
     dataset = cam_runs.root_dataset(samples)
     arguments.check_args(task, target, label_field, storage, batch_size, max_size)
     if storage == "disk" and output_dir is not None:  # a file: refused up front
@@ -238,6 +248,20 @@ def _plan_run(
         check_label_classes(samples, label_field, class_names)
 
     names = field_names(run_key, layer_list)
+    # One forward on one sample: an unusable output or an out-of-range target
+    # is refused now, not by every sample of a registered run.
+    probe_model(
+        samples,
+        engine,
+        transforms,
+        geometry,
+        task=task,
+        target=target,
+        fixed_class=fixed_class,
+        class_names=class_names,
+        label_field=label_field,
+        prediction_field=names.prediction,
+    )
     if storage == "disk" and output_dir is None:
         output_dir = os.path.join(
             fo.config.default_dataset_dir, "cam_runs", dataset.name
@@ -246,7 +270,7 @@ def _plan_run(
         "model": loaded.description or type(module).__name__,
         # the name to load it again by (the App reruns and lists runs by it)
         "model_source": model if isinstance(model, str) else None,
-        "num_samples": len(samples),
+        "num_samples": exact_count(samples),
         "weights": weights_fingerprint(module),
         "layers": layer_list,
         "method": method_name,
@@ -347,7 +371,8 @@ def _finish_if_complete(plan, opened, queued_samples) -> None:
     if opened.run_key == opened.final_key:
         return
     done = queued_samples.count(plan.names.prediction)
-    pending = queued_samples.count() - done - queued_samples.count(plan.names.error)
+    errors = queued_samples.count(plan.names.error)
+    pending = exact_count(queued_samples) - done - errors
     if done and not pending:
         key = registration.finish_run(plan.dataset, opened)
         style_run(plan.dataset, key, field_names(key, plan.config["layers"]))

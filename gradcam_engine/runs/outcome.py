@@ -13,9 +13,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import fiftyone.core.aggregations as foa
 import fiftyone.core.collections as foc
 
-__all__ = ["CamRunFailed", "CamRunSummary", "check_label_classes"]
+__all__ = ["CamRunFailed", "CamRunSummary", "check_label_classes", "exact_count"]
 
 _TOP_ERRORS = 3
 # A quoted file path, so that "file not found: '/a/1.png'" and ".../2.png" count
@@ -97,6 +98,16 @@ class CamRunFailed(RuntimeError):
             f"{reasons or 'none recorded'}. The run's '{summary.run_key}_error' "
             "field holds each sample's message."
         )
+
+
+def exact_count(samples: foc.SampleCollection) -> int:
+    """The number of samples, counted.
+
+    ``len(dataset)`` / ``dataset.count()`` on a whole dataset return MongoDB's
+    fast count (collection metadata), which can read 0 after an unclean
+    database stop although every sample is there; an aggregation counts them.
+    """
+    return int(samples.aggregate(foa.Count()) or 0)
 
 
 def check_label_classes(

@@ -25,6 +25,8 @@ from typing import Any
 import fiftyone.core.collections as foc
 from bson import ObjectId, json_util
 
+from .outcome import exact_count
+
 __all__ = [
     "PLUGIN_NAME",
     "SHARD_OPERATOR",
@@ -127,7 +129,7 @@ def plan_shards(samples: foc.SampleCollection, count: int) -> dict[str, Any]:
     below and the last above, so the shards cover every sample of the view,
     also samples added later.
     """
-    total = samples.count()
+    total = exact_count(samples)  # not the fast count: see outcome.exact_count
     if total == 0:
         raise ValueError("samples is empty: there is nothing to shard")
     if count > total:

@@ -7,6 +7,7 @@ from typing import Any
 import fiftyone.core.collections as foc
 
 from . import cam_runs
+from .outcome import exact_count
 from .sharding import shard_operations, shard_view
 
 __all__ = ["cam_run_status"]
@@ -39,14 +40,14 @@ def cam_run_status(samples: foc.SampleCollection, run_key: str) -> dict[str, Any
 
 
 def _counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
-    total = samples.count()
+    total = exact_count(samples)
     done = samples.count(info.prediction_field)
     errors = samples.count(info.error_field)
     return {
         "total": total,
         "done": done,
         "errors": errors,
-        "pending": total - done - errors,
+        "pending": max(0, total - done - errors),
     }
 
 
@@ -54,8 +55,8 @@ def _scored_counts(scoring: dict[str, Any]):
     def counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
         # every scored sample with a map gets F_spread of the first scored layer
         first = info.fields[scoring["layers"][0]]
-        total, done = samples.count(), samples.count(f"{first}_spread")
-        return {"total": total, "done": done, "pending": total - done}
+        total, done = exact_count(samples), samples.count(f"{first}_spread")
+        return {"total": total, "done": done, "pending": max(0, total - done)}
 
     return counts
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..sources.images import ImageFiles, collate
 from .batch_fields import BatchContext, batch_field_values, label_reader
-from .outcome import CamRunSummary
+from .outcome import CamRunSummary, exact_count
 from .writes import set_fields
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,7 +73,7 @@ def stream_run(plan: _RunPlan, samples, options: StreamOptions) -> CamRunSummary
     pending = samples.match(~done_expr)
     ids, filepaths, old_errors = pending.values(["id", "filepath", names.error])
     retried = {sid for sid, err in zip(ids, old_errors, strict=True) if err}
-    summary = _empty_summary(plan, len(samples), len(ids))
+    summary = _empty_summary(plan, exact_count(samples), len(ids))
     with contextlib.ExitStack() as stack:
         if options.device is not None:
             device = torch.device(options.device)
@@ -105,6 +105,8 @@ def stream_run(plan: _RunPlan, samples, options: StreamOptions) -> CamRunSummary
 
 def _empty_summary(plan: _RunPlan, num_samples: int, pending: int) -> CamRunSummary:
     config, names = plan.config, plan.names
+    # samples added between the two reads are pending, never "-n reused"
+    num_samples = max(num_samples, pending)
     return CamRunSummary(
         run_key=plan.run_key,
         fields=dict(zip(config["layers"], names.heatmaps, strict=True)),

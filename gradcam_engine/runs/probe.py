@@ -1,0 +1,169 @@
+"""The model's output on one probe sample, checked before a run registers.
+
+``compute_cams`` decodes the first pending sample with the run's transforms
+and runs ONE forward pass: an output the run cannot use (a tuple, a Hugging
+Face style object, a wrong shape, a target class the model does not have)
+is refused here, naming what the model returned and how to fix it, before
+anything is registered, declared or written. A sample-specific fault (the
+model raises on that one image) is not a reason to refuse the run: the next
+samples are probed, and the run isolates the fault per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import fiftyone.core.collections as foc
+import torch
+
+from ..engine.cam_engine import CamEngine
+from ..engine.hooks import eval_mode
+from ..sources.images import ImageFiles
+
+__all__ = ["probe_model"]
+
+# Samples tried when the model raises on the first: a model that raises on
+# this many pending and as many first samples is taken as broken, not one
+# sample.
+_PROBES = 3
+
+
+def probe_model(
+    samples: foc.SampleCollection,
+    engine: CamEngine,
+    transforms,
+    geometry,
+    *,
+    task: str,
+    target: Any,
+    fixed_class: int | None,
+    class_names: Sequence[str] | None,
+    label_field: str | None,
+    prediction_field: str,
+) -> None:
+    """Run the model once on the first pending sample and check its output.
+
+    Raises ``TypeError`` for an output of the wrong kind, ``ValueError`` for a
+    wrong shape or a target class out of range, ``RuntimeError`` when the model
+    raises on each of the first ``_PROBES`` decodable samples. Does nothing
+    when no sample can be decoded (the run records those samples' errors).
+    """
+    paths = _candidates(samples, prediction_field)
+    first_fault: tuple[str, Exception] | None = None
+    for path in paths:
+        _, tensor, _, error, _ = ImageFiles([path], transforms, geometry)[0]
+        if error is not None:
+            continue  # a bad file is that sample's error, not the model's
+        try:
+            output = _forward(engine, tensor[None])
+        except Exception as exc:  # maybe this one sample: probe the next
+            first_fault = first_fault or (path, exc)
+            continue
+        num_classes = _check_output(output, task, path)
+        _check_classes(
+            samples, num_classes, target, fixed_class, class_names, label_field, task
+        )
+        return
+    if first_fault is not None:
+        path, exc = first_fault
+        raise RuntimeError(
+            f"model raised on each of the first samples probed (the first, "
+            f"{path!r}: {type(exc).__name__}: {exc}); nothing was registered. "
+            "Check that the model runs on the output of the transforms (input "
+            "size, channels, device)."
+        ) from exc
+
+
+def _candidates(samples, prediction_field: str) -> list[str]:
+    """Filepaths of the first pending samples, then of the first samples: a
+    resume whose only pending samples are ones the model raised on before
+    probes a sample it computed, and an overwrite recomputes done ones."""
+    paths = []
+    if prediction_field in samples.get_field_schema():
+        pending = samples.exists(prediction_field, False)
+        paths = pending.limit(_PROBES).values("filepath")
+    paths += samples.limit(_PROBES).values("filepath")
+    return list(dict.fromkeys(paths))
+
+
+def _forward(engine: CamEngine, x: torch.Tensor):
+    with torch.no_grad(), eval_mode(engine.model):
+        return engine.model(x.to(engine.device))
+
+
+def _check_output(output, task: str, path: str) -> int:
+    """The number of classes K of a usable output; raises otherwise."""
+    where = f"on a probe sample ({path!r})"
+    wrap = "Wrap the model in an nn.Module whose forward returns the logits tensor"
+    if isinstance(output, dict) and "out" in output:
+        output = output["out"]  # torchvision segmentation models
+    elif hasattr(output, "logits"):
+        raise TypeError(
+            f"model returned a {type(output).__name__} {where}, a Hugging Face "
+            f"style output; CAMs need the logits tensor. {wrap} "
+            "(forward: return model(x).logits)."
+        )
+    elif isinstance(output, tuple | list):
+        raise TypeError(
+            f"model returned a {type(output).__name__} of {len(output)} {where}; "
+            f"CAMs need one tensor of logits. {wrap} (e.g. forward: return "
+            "model(x)[0], if the logits come first)."
+        )
+    elif isinstance(output, dict):
+        raise TypeError(
+            f"model returned a dict without an 'out' entry {where} (keys: "
+            f"{sorted(map(str, output))}); {wrap}."
+        )
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"model returned {type(output).__name__} {where}; expected a tensor "
+            f"of logits. {wrap}."
+        )
+    shape = tuple(output.shape)
+    expected = {"classification": 2, "segmentation": 4}[task]
+    if output.ndim != expected or shape[0] != 1 or shape[1] < 1:
+        needs = "[B, K]" if task == "classification" else "[B, K, H, W]"
+        hint = ""
+        if output.ndim in (2, 4) and output.ndim != expected:
+            other = "segmentation" if output.ndim == 4 else "classification"
+            hint = f" For {other} logits pass task={other!r}."
+        raise ValueError(
+            f"model returned logits of shape {shape} for one image {where}; "
+            f"task={task!r} needs {needs} (one row per image, K classes).{hint} "
+            f"{wrap} in that shape."
+        )
+    return int(shape[1])
+
+
+def _check_classes(
+    samples, num_classes, target, fixed_class, class_names, label_field, task
+) -> None:
+    """Every class the run will explain must be an output of the model."""
+    if fixed_class is not None and not 0 <= fixed_class < num_classes:
+        which = (
+            f"class index {fixed_class} of classes"
+            if isinstance(target, str)
+            else "a class index"
+        )
+        raise ValueError(
+            f"target={target!r} is {which}, but the model has {num_classes} "
+            f"outputs (0..{num_classes - 1}); pass a class index in that range, "
+            "or classes=[...] matching the model's outputs."
+        )
+    if task != "classification" or target != "label":
+        return
+    indices = {}
+    for label in samples.distinct(f"{label_field}.label"):
+        if class_names and label in class_names:
+            indices[label] = list(class_names).index(label)
+        elif not class_names and str(label).isdigit():
+            indices[label] = int(label)
+    beyond = {k: v for k, v in indices.items() if v >= num_classes}
+    if beyond:
+        shown = ", ".join(f"{k!r} (index {v})" for k, v in list(beyond.items())[:5])
+        raise ValueError(
+            f"label_field {label_field!r} holds labels whose class index is not "
+            f"an output of the model ({num_classes} outputs): {shown}. Pass "
+            "classes=[...] listing exactly the model's outputs in order."
+        )
