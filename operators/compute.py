@@ -157,7 +157,9 @@ class ComputeCams(foo.Operator):
             summary = yield from _forms.run_with_progress(
                 ctx,
                 "Computing CAMs",
-                lambda report: ge.compute_cams(view, model, progress=report, **kwargs),
+                lambda report: ge.compute_cams(
+                    view, model, **{**kwargs, "progress": report}
+                ),
             )
         except Exception as exc:
             if not ctx.delegated:
