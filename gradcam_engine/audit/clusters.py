@@ -127,9 +127,12 @@ def cluster_cams(
         if visualization is not None:
             _visualize(samples, ids, vectors, brain_keys[f], visualization, seed)
     write_columns(samples, ids, out)
-    stored = dict(info.config.get("clusters") or {})
-    stored.update({f: {"by": by, "clusters": c} for f, c in summary.items()})
-    runs.update_run_config(samples._root_dataset, run_key, clusters=stored)
+    # one entry per heatmap field: other fields' clusters stay as stored
+    runs.set_run_entries(
+        samples._root_dataset,
+        run_key,
+        {f"clusters.{f}": {"by": by, "clusters": c} for f, c in summary.items()},
+    )
     return {
         "fields": list(out),
         "brain_keys": list(brain_keys.values()) if visualization else [],

@@ -38,6 +38,8 @@ class FieldNames:
     prediction: str
     error: str
     seen: str  # fo.Detection: the box of the original image the model saw
+    # the run instance that computed (or failed) the sample: its done marker
+    instance: str = ""
 
     @property
     def owned(self) -> list[str]:
@@ -48,6 +50,7 @@ class FieldNames:
             self.prediction,
             self.error,
             self.seen,
+            self.instance,
         ]
 
 
@@ -65,6 +68,7 @@ def field_names(run_key: str, layers: list[str]) -> FieldNames:
         prediction=f"{run_key}_prediction",
         error=f"{run_key}_error",
         seen=f"{run_key}_seen",
+        instance=f"{run_key}_instance",
     )
 
 

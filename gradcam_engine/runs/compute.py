@@ -30,6 +30,7 @@ from .app_look import style_run
 from .batch_fields import FieldNames, field_names
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes
+from .record import own_samples
 from .stream import StreamOptions, stream_run
 
 __all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
@@ -141,7 +142,8 @@ def compute_cams(
         progress_callback=progress_callback,
         retry_errors=retry_errors,
     )
-    with registration.replacement(plan.dataset, opened):  # a failed one is removed
+    # released when done; if it fails, a replacement's temporary run is removed
+    with registration.replacement(plan.dataset, opened):
         summary = stream_run(plan, samples, options)
         if shard is not None:  # reports through cam_run_status, not the run config
             # the run as a whole decides the swap, as in one process: a shard
@@ -150,6 +152,7 @@ def compute_cams(
             if summary.failed:
                 raise CamRunFailed(summary)
             return summary
+        opened.live.check()  # not deleted or renamed meanwhile
         # recorded on the run, so that listings and the App can tell how it went
         cam_runs.update_run_config(
             plan.dataset, opened.run_key, outcome=summary.as_dict()
@@ -178,6 +181,7 @@ class _RunPlan:
     fixed_class: int | None
     names: FieldNames
     config: dict[str, Any]
+    live: Any = None  # record.LiveRun once the run is opened: checked per batch
 
 
 def _plan_run(
@@ -274,7 +278,7 @@ def _open_run(
             "shard only resumes a run registered by compute_cams(delegate=True)"
         )
     opened = registration.open_run(plan.dataset, plan.run_key, plan.config, overwrite)
-    plan.names, plan.config = opened.names, opened.config
+    plan.names, plan.config, plan.live = opened.names, opened.config, opened.live
     return opened
 
 
@@ -320,13 +324,17 @@ def _queue_run(plan, samples, call, overwrite, count, delegation_target):
 
 
 def _finish_if_complete(plan, opened, queued_samples) -> None:
-    """After a shard: once no sample of the queued view is pending and one has
-    maps, swap a replacement in (the shards finish in any order; the swap
-    happens once, under the run's lock)."""
+    """After a shard: release the run; once no sample of the queued view is
+    pending and one has maps, swap a replacement in (the shards finish in any
+    order; the swap happens once, under the run's lock)."""
     if opened.run_key == opened.final_key:
+        registration.finish_run(plan.dataset, opened)
         return
-    done = queued_samples.count(plan.names.prediction)
-    pending = queued_samples.count() - done - queued_samples.count(plan.names.error)
+    own = own_samples(queued_samples, plan.names, opened.instance)
+    done = own.count(plan.names.prediction)
+    pending = queued_samples.count() - done - own.count(plan.names.error)
     if done and not pending:
         key = registration.finish_run(plan.dataset, opened)
         style_run(plan.dataset, key, field_names(key, plan.config["layers"]))
+    else:
+        registration.hand_over(opened)

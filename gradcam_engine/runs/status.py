@@ -7,6 +7,8 @@ from typing import Any
 import fiftyone.core.collections as foc
 
 from . import cam_runs
+from .batch_fields import field_names
+from .record import own_samples
 from .sharding import shard_operations, shard_view
 
 __all__ = ["cam_run_status"]
@@ -40,8 +42,10 @@ def cam_run_status(samples: foc.SampleCollection, run_key: str) -> dict[str, Any
 
 def _counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
     total = samples.count()
-    done = samples.count(info.prediction_field)
-    errors = samples.count(info.error_field)
+    # samples of this run instance only (not of a deleted run of the same key)
+    own = own_samples(samples, field_names(info.run_key, info.layers), info.instance)
+    done = own.count(info.prediction_field)
+    errors = own.count(info.error_field)
     return {
         "total": total,
         "done": done,
