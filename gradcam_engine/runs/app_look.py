@@ -49,6 +49,7 @@ def style_run(dataset: fo.Dataset, run_key: str, names: FieldNames) -> None:
 
     details = [*names.strengths, names.target, names.prediction, names.error]
     details.append(names.seen)  # the region the model saw (a Detection)
+    details.append(names.instance)  # the done marker: the run instance
     _set_groups(
         dataset,
         {run_key: (names.heatmaps, True), details_group(run_key): (details, False)},
