@@ -50,12 +50,12 @@ def ds(tmp_path):
 class Computing:
     """``live_compute.py`` computing run ``run_key`` on ``ds`` in another process."""
 
-    def __init__(self, ds, run_key, log: pathlib.Path, seed=0, **env) -> None:
+    def __init__(self, ds, run_key, log: pathlib.Path, seed=0, pause=1.0, **env):
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, str(TESTS / "live_compute.py"), ds.name, run_key]
-                + [str(seed), "1.0"],
+                + [str(seed), str(pause)],
                 env=worker_env(**env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -91,8 +91,9 @@ class Computing:
 def computing(tmp_path):
     started = []
 
-    def start(ds, run_key, seed=0, **env):
-        started.append(Computing(ds, run_key, tmp_path / f"{run_key}.log", seed, **env))
+    def start(ds, run_key, seed=0, pause=1.0, **env):
+        log = tmp_path / f"{run_key}.log"
+        started.append(Computing(ds, run_key, log, seed, pause, **env))
         return started[-1]
 
     yield start
@@ -139,11 +140,13 @@ def test_a_refused_overwrite_leaves_the_live_run_to_complete(ds, computing):
 
 
 def test_score_during_a_compute_keeps_its_fields_owned(ds, computing):
-    child = computing(ds, "live")
-    child.wait_for_batches(2)
+    child = computing(ds, "live", pause=2.0)
+    child.wait_for_batches(1)
     ds.reload()  # fields declared by the other process
     ge.score_cams(ds, "live", gt_field="gt")
+    assert child.proc.poll() is None, "the compute must still be running"
     assert child.result().startswith("ok "), child.text()
+    ds.reload()  # what is stored, as any other process sees it
     owned = ge.get_cam_run(ds, "live").owned_fields
     assert {"live_block_focus", "live_block_hit", "live_block_spread"} <= set(owned)
     ge.delete_cam_run(ds, "live")
