@@ -8,7 +8,7 @@ import fiftyone.core.collections as foc
 
 from . import cam_runs
 from .batch_fields import field_names
-from .record import own_samples
+from .record import live_holders, own_samples
 from .sharding import shard_operations, shard_view
 
 __all__ = ["cam_run_status"]
@@ -20,7 +20,9 @@ def cam_run_status(samples: foc.SampleCollection, run_key: str) -> dict[str, Any
     """Counts of the run ``run_key`` on ``samples`` and the state of its shards.
 
     Returns ``total``, ``done`` (samples with maps), ``errors`` (samples whose
-    ``{run_key}_error`` is set), ``pending`` (neither) and ``shards``: for a
+    ``{run_key}_error`` is set), ``pending`` (neither), ``live`` (the
+    processes computing the run now, e.g. ``["pid 12 on host"]``) and
+    ``shards``: for a
     delegated run, one dict per shard with its id range, the same counts within
     ``samples``, ``state`` and ``operation_id`` of its latest delegated
     operation, every ``operations`` entry (a rerun adds one) and ``recover``:
@@ -29,6 +31,7 @@ def cam_run_status(samples: foc.SampleCollection, run_key: str) -> dict[str, Any
     """
     info = cam_runs.get_cam_run(samples, run_key)
     status: dict[str, Any] = {"run_key": run_key, **_counts(samples, info)}
+    status["live"] = live_holders(info.config)  # processes computing it now
     status["shards"] = _shards(samples, info, info.config.get("sharding"), _counts)
     scoring = info.config.get("scoring") or {}
     if scoring.get("sharding"):
