@@ -111,6 +111,7 @@ def test_delete_rename_and_overwrite_of_a_live_run_are_refused_until_it_dies(
     child = computing(ds, "live", GRADCAM_ENGINE_LEASE_SECONDS="3")
     child.wait_for_batches(1)
     holder = f"pid {child.proc.pid} on "
+    ds.reload()  # the fields declared by the other process
     assert ge.cam_run_status(ds, "live")["live"][0].startswith(holder)
     with pytest.raises(RunIsLive, match=f"Cannot delete CAM run 'live'.*{holder}"):
         ge.delete_cam_run(ds, "live")
