@@ -23,6 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..runs import cam_runs as runs
+from ..runs.naming import cluster_field, clusters_brain_key
 from . import spray
 from .owned import claim_brain_key, claim_fields
 from .raw_reads import raw_heatmap
@@ -34,12 +35,7 @@ BY = ("predicted", "label", None)
 _VIZ_METHODS = ("auto", "tsne", "pca", "umap")
 
 
-def cluster_field(heatmap_field: str) -> str:
-    return f"{heatmap_field}_cluster"
-
-
-def visualization_key(heatmap_field: str) -> str:
-    return f"{heatmap_field}_clusters"
+visualization_key = clusters_brain_key
 
 
 def cluster_cams(

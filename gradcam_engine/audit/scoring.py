@@ -39,6 +39,13 @@ import numpy as np
 from ..runs import cam_runs as runs
 from ..runs import sharding
 from ..runs.app_look import add_to_run_group
+from ..runs.naming import (
+    LAYER_AGREEMENT,
+    focus_field,
+    hit_field,
+    run_field,
+    spread_field,
+)
 from ..runs.ownership import claim
 from ..runs.storage import iter_chunks
 from .metrics import agreement, score_layer
@@ -46,18 +53,6 @@ from .raw_reads import GT_TYPES, SegClasses, ground_truth, gt_kind, raw_heatmap
 from .writer_steps import progress_reporter, run_layers, write_columns
 
 __all__ = ["GT_TYPES", "score_cams", "focus_field", "hit_field", "spread_field"]
-
-
-def focus_field(heatmap_field: str) -> str:
-    return f"{heatmap_field}_focus"
-
-
-def hit_field(heatmap_field: str) -> str:
-    return f"{heatmap_field}_hit"
-
-
-def spread_field(heatmap_field: str) -> str:
-    return f"{heatmap_field}_spread"
 
 
 def score_cams(
@@ -245,7 +240,7 @@ def _plan_scoring(
             layer: f"{info.fields[layer]}_vs_{compare_run}" for layer in compare_layers
         },
         agreement_field=(
-            f"{run_key}_layer_agreement" if len(heat_fields) >= 2 else None
+            run_field(run_key, LAYER_AGREEMENT) if len(heat_fields) >= 2 else None
         ),
         target_path=target_path,
         seg_classes=(
@@ -363,7 +358,7 @@ def _summary(run_key, gt_field, layers, info, out, vs_fields, total) -> dict[str
         if focus_field(f) in out:
             mean_focus[layer] = _mean(out[focus_field(f)])
             hit_rate[layer] = _mean(out[hit_field(f)])
-    agreement = out.get(f"{run_key}_layer_agreement")
+    agreement = out.get(run_field(run_key, LAYER_AGREEMENT))
     return {
         "run_key": run_key,
         "gt_field": gt_field,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fiftyone as fo
 
-from .batch_fields import FieldNames
+from .naming import FOCUS, FieldNames
 
 __all__ = ["HEATMAP_COLORSCALE", "HEATMAP_OPACITY", "add_to_run_group", "style_run"]
 
@@ -66,8 +66,8 @@ def add_to_run_group(dataset: fo.Dataset, run_key: str, paths: list[str]) -> Non
     details = details_group(run_key)
     wanted = {}
     for name, expanded, chosen in (
-        (run_key, True, [p for p in paths if p.endswith("_focus")]),
-        (details, False, [p for p in paths if not p.endswith("_focus")]),
+        (run_key, True, [p for p in paths if p.endswith("_" + FOCUS)]),
+        (details, False, [p for p in paths if not p.endswith("_" + FOCUS)]),
     ):
         current = groups[name].paths if name in groups else []
         wanted[name] = (current + [p for p in chosen if p not in current], expanded)

@@ -22,9 +22,10 @@ import fiftyone.core.collections as foc
 import fiftyone.core.odm as foo
 import fiftyone.core.runs as fors
 
+from . import naming
 from . import record as _record
 from .locks import run_lock
-from .naming import heatmap_field
+from .naming import heatmap_field, run_field
 from .record import CONFIG_DEFAULTS, OWNED_LISTS, with_defaults
 from .run_parts import move_parts, remove_parts, rename_plan
 
@@ -150,20 +151,20 @@ class CamRunInfo:
 
     @property
     def error_field(self) -> str:
-        return f"{self.run_key}_error"
+        return run_field(self.run_key, naming.ERROR)
 
     @property
     def target_field(self) -> str:
-        return f"{self.run_key}_target"
+        return run_field(self.run_key, naming.TARGET)
 
     @property
     def prediction_field(self) -> str:
-        return f"{self.run_key}_prediction"
+        return run_field(self.run_key, naming.PREDICTION)
 
     @property
     def seen_field(self) -> str:
         """fo.Detection: the box of the original image the model saw."""
-        return f"{self.run_key}_seen"
+        return run_field(self.run_key, naming.SEEN)
 
 
 def root_dataset(samples: foc.SampleCollection) -> fo.Dataset:

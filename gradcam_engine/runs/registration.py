@@ -33,8 +33,8 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 
 from . import cam_runs, ownership, record
-from .batch_fields import FieldNames, field_names
 from .locks import run_lock
+from .naming import FieldNames, field_names
 from .run_parts import move_parts, remove_parts
 
 __all__ = [

@@ -7,7 +7,7 @@ from typing import Any
 import fiftyone.core.collections as foc
 
 from . import cam_runs
-from .batch_fields import field_names
+from .naming import field_names, spread_field
 from .record import live_holders, own_samples
 from .sharding import shard_operations, shard_view
 
@@ -61,7 +61,7 @@ def _scored_counts(scoring: dict[str, Any]):
     def counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
         # every scored sample with a map gets F_spread of the first scored layer
         first = info.fields[scoring["layers"][0]]
-        total, done = samples.count(), samples.count(f"{first}_spread")
+        total, done = samples.count(), samples.count(spread_field(first))
         return {"total": total, "done": done, "pending": total - done}
 
     return counts
