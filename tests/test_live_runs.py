@@ -179,6 +179,8 @@ def test_fiftyone_delete_during_a_compute_stops_it_and_a_new_model_reuses_nothin
     status = ge.cam_run_status(ds, "live")
     assert (status["done"], status["pending"]) == (NUM_SAMPLES, 0)
     assert reference.num_computed == NUM_SAMPLES
+    ge.delete_cam_run(ds, "live")
+    assert _fields(ds, "live_") == [] and _hidden(ds, ("live_",)) == []
 
 
 def test_fiftyone_rename_during_a_compute_is_carried_out_when_it_stops(ds, computing):
@@ -201,3 +203,38 @@ def test_fiftyone_rename_during_a_compute_is_carried_out_when_it_stops(ds, compu
     assert (resumed.num_reused, resumed.num_computed) == (done, NUM_SAMPLES - done)
     ds.delete_run("moved")
     assert _fields(ds, "moved_") == [] and _fields(ds, "live_") == []
+    assert _hidden(ds, ("live_", "moved_")) == []
+
+
+def _hidden(ds, prefixes) -> list[str]:
+    """Keys of the raw sample documents with these prefixes (data of fields
+    that are not declared is hidden from FiftyOne but still stored)."""
+    keys = {k for doc in ds._sample_collection.find({}) for k in doc}
+    return sorted(k for k in keys if k.startswith(prefixes))
+
+
+def test_a_run_stored_before_instances_resumes_and_gets_one(ds):
+    """A run stored by an older version (no instance, no done markers, fewer
+    config entries) loads, resumes reusing its maps, and then has an instance
+    that its samples' markers carry."""
+    model = slow_model(0, 0.0)
+    compute(ds, "old", model)
+    runs = ds._doc.runs["old"]._get_collection()
+    doc = runs.find_one({"_dataset_id": ds._doc.id, "key": "old"})
+    old_config = {
+        k: v
+        for k, v in doc["config"].items()
+        if k not in ("instance", "live", "removal", "brain_keys", "owned_paths")
+    }
+    old_config["owned_fields"].remove("old_instance")
+    runs.update_one({"_id": doc["_id"]}, {"$set": {"config": old_config}})
+    ds.delete_sample_field("old_instance")
+    assert ge.get_cam_run(ds, "old").instance is None
+
+    again = compute(ds, "old", model)
+    assert (again.num_reused, again.num_computed) == (NUM_SAMPLES, 0)
+    info = ge.get_cam_run(ds, "old")
+    assert info.instance and "old_instance" in info.owned_fields
+    assert ds.values("old_instance") == [info.instance] * NUM_SAMPLES
+    ge.delete_cam_run(ds, "old")
+    assert _fields(ds, "old_") == [] and _hidden(ds, ("old_",)) == []
