@@ -18,6 +18,7 @@ import time
 import uuid
 
 import fiftyone as fo
+import fiftyone.core.odm as fodb
 import numpy as np
 import pytest
 from live_compute import compute, slow_model
@@ -121,7 +122,14 @@ def test_delete_rename_and_overwrite_of_a_live_run_are_refused_until_it_dies(
         compute(ds, "live", slow_model(1, 0.0), overwrite=True)
     assert ge.list_cam_runs(ds) == ["live"]
 
-    child.stop()  # killed: it never releases its lease, which expires
+    child.stop()  # killed: it never releases its lease
+    # on this machine its process is known to be gone
+    assert live_holders(find_record(ds, "live").config) == []
+    # from another machine, its lease holds until it expires (3 s)
+    record = find_record(ds, "live")
+    elsewhere = {f"config.live.{t}.host": "elsewhere" for t in record.config["live"]}
+    fodb.get_db_conn()["runs"].update_one({"_id": record.id}, {"$set": elsewhere})
+    assert live_holders(find_record(ds, "live").config) != []
     time.sleep(3.5)
     assert live_holders(find_record(ds, "live").config) == []
     ge.delete_cam_run(ds, "live")

@@ -11,7 +11,7 @@ never a whole config written back from a copy that may be stale.
 A run being computed is **live**: each computing process holds a lease in the
 record (``config.live.<token> = {holder, expires}``, seconds since the epoch),
 renewed by a thread of :class:`LiveRun`; a process that dies stops renewing
-and its lease expires. ``config.instance`` names the run instance (a new one
+and its lease expires (or, on the same machine, counts as gone at once). ``config.instance`` names the run instance (a new one
 per registration): each sample's done marker (``{R}_instance``) carries it, so
 a run registered later under the same key never takes an earlier run's
 sample as done.
@@ -245,8 +245,24 @@ def live_holders(config: dict[str, Any], now: float | None = None) -> list[str]:
     return sorted(
         lease.get("holder", "?")
         for lease in leases.values()
-        if isinstance(lease, dict) and float(lease.get("expires", 0)) > now
+        if isinstance(lease, dict)
+        and float(lease.get("expires", 0)) > now
+        and not _died_here(lease)
     )
+
+
+def _died_here(lease: dict) -> bool:
+    """Whether the lease's process ran on this machine and is gone (then there
+    is no need to wait for its lease to expire)."""
+    if lease.get("host") != socket.gethostname() or not lease.get("pid"):
+        return False
+    try:
+        os.kill(int(lease["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. another user's process: alive
+        return False
+    return False
 
 
 def refuse_if_live(dataset, run_key: str, action: str, ignore: str | None = None):
@@ -296,7 +312,12 @@ class LiveRun:
         return not self._stop.is_set()
 
     def _renew_once(self) -> bool:
-        lease = {"holder": self.holder, "expires": time.time() + LEASE_SECONDS}
+        lease = {
+            "holder": self.holder,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "expires": time.time() + LEASE_SECONDS,
+        }
         done = _runs().update_one(
             {"_id": self.doc_id, "config.instance": self.instance},
             {"$set": {f"config.live.{self.token}": lease}},
