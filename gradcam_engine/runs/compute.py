@@ -142,8 +142,7 @@ def compute_cams(
         progress_callback=progress_callback,
         retry_errors=retry_errors,
     )
-    # released when done; if it fails, a replacement's temporary run is removed
-    with registration.replacement(plan.dataset, opened):
+    with registration.replacement(plan.dataset, opened):  # a failed one is removed
         summary = stream_run(plan, samples, options)
         if shard is not None:  # reports through cam_run_status, not the run config
             # the run as a whole decides the swap, as in one process: a shard
