@@ -26,7 +26,7 @@ from . import naming
 from . import record as _record
 from .locks import run_lock
 from .naming import heatmap_field, run_field
-from .record import CONFIG_DEFAULTS, OWNED_LISTS, with_defaults
+from .record import CONFIG_DEFAULTS, IDENTITY_KEYS, OWNED_LISTS, with_defaults
 from .run_parts import move_parts, remove_parts, rename_plan
 
 __all__ = [
@@ -54,25 +54,6 @@ __all__ = [
 
 # Stored in every config so that our runs can be told apart from other custom runs.
 CAM_RUN_KIND = "cam_audit"
-# Config keys that must match for a run to be resumed: what makes its maps.
-IDENTITY_KEYS = (
-    "model",
-    "weights",
-    "layers",
-    "method",
-    "task",
-    "target",
-    "label_field",
-    "classes",
-    "transforms",
-    "transforms_fingerprint",
-    "geometry",
-    "storage",
-    "output_dir",
-    "max_size",
-    "eigen_smooth",
-    "aug_smooth",
-)
 
 
 class CamRunConfig(fors.RunConfig):

@@ -35,6 +35,7 @@ from fiftyone import ViewField as VF
 
 __all__ = [
     "CONFIG_DEFAULTS",
+    "IDENTITY_KEYS",
     "OWNED_LISTS",
     "with_defaults",
     "RunGone",
@@ -68,6 +69,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "num_samples": None,
     "weights": None,
     "layers": [],
+    "method": None,  # stored by FiftyOne's RunConfig
     "task": "classification",
     "target": "predicted",
     "label_field": None,
@@ -101,6 +103,27 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "clusters": None,
     "sanity": None,
 }
+# Entries that must match for a run to be resumed: what makes its maps. A new
+# run option is an argument of compute_cams put in its config (compute.py), an
+# entry above and, if it changes the maps, a key here.
+IDENTITY_KEYS = (
+    "model",
+    "weights",
+    "layers",
+    "method",
+    "task",
+    "target",
+    "label_field",
+    "classes",
+    "transforms",
+    "transforms_fingerprint",
+    "geometry",
+    "storage",
+    "output_dir",
+    "max_size",
+    "eigen_smooth",
+    "aug_smooth",
+)
 # Lists of what a run owns (besides ``run_dir``).
 OWNED_LISTS = ("owned_fields", "saved_views", "owned_paths", "brain_keys")
 
