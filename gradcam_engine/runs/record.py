@@ -11,10 +11,10 @@ never a whole config written back from a copy that may be stale.
 A run being computed is **live**: each computing process holds a lease in the
 record (``config.live.<token> = {holder, expires}``, seconds since the epoch),
 renewed by a thread of :class:`LiveRun`; a process that dies stops renewing
-and its lease expires (or, on the same machine, counts as gone at once). ``config.instance`` names the run instance (a new one
-per registration): each sample's done marker (``{R}_instance``) carries it, so
-a run registered later under the same key never takes an earlier run's
-sample as done.
+and its lease expires (or, on the same machine, counts as gone at once).
+``config.instance`` names the run instance (a new one per registration):
+each sample's done marker (``{R}_instance``) carries it, so a run registered
+later under the same key never takes an earlier run's sample as done.
 """
 
 from __future__ import annotations
@@ -185,7 +185,10 @@ def find_record(dataset, run_key: str, kind: str = "cam_audit") -> RunRecord | N
 def require_record(dataset, run_key: str) -> RunRecord:
     record = find_record(dataset, run_key)
     if record is None:
-        raise ValueError(f"No CAM run {run_key!r} on dataset {dataset.name!r}")
+        raise ValueError(
+            f"No CAM run {run_key!r} on dataset {dataset.name!r} (it was deleted "
+            "or renamed?); list_cam_runs(dataset) lists the CAM runs"
+        )
     return record
 
 
