@@ -28,7 +28,7 @@ from workers import TESTS, worker_env
 import gradcam_engine as ge
 from gradcam_engine.runs.record import RunIsLive, find_record, live_holders
 
-NUM_SAMPLES = 16  # 8 batches of 2, ~1 s each in the computing process
+NUM_SAMPLES = 12  # 6 batches of 2, ~1 s each in the computing process
 
 
 @pytest.fixture()
