@@ -26,7 +26,8 @@ from PIL import Image
 from workers import TESTS, worker_env
 
 import gradcam_engine as ge
-from gradcam_engine.runs.record import RunIsLive, find_record, live_holders
+from gradcam_engine.runs.live import RunIsLive, live_holders
+from gradcam_engine.runs.record import find_record
 
 NUM_SAMPLES = 12  # 6 batches of 2, ~1 s each in the computing process
 

@@ -154,25 +154,25 @@ def test_a_lease_is_renewed_until_released(ds, model, monkeypatch):
     """A computing process's lease on its run outlives LEASE_SECONDS (renewed
     by a thread), as seen from another thread; once released, the run is no
     longer live."""
-    from gradcam_engine.runs import record
+    from gradcam_engine.runs import live, record
 
     run(ds, model)
-    monkeypatch.setattr(record, "LEASE_SECONDS", 1.0)  # renewed every 0.1 s
-    live = record.LiveRun(ds, record.find_record(ds, "cam"))
+    monkeypatch.setattr(live, "LEASE_SECONDS", 1.0)  # renewed every 0.1 s
+    lease = live.LiveRun(ds, record.find_record(ds, "cam"))
     seen = []
     try:
         time.sleep(1.5)  # longer than the lease
 
         def look():
-            seen.append(record.live_holders(record.find_record(ds, "cam").config))
+            seen.append(live.live_holders(record.find_record(ds, "cam").config))
 
         worker = threading.Thread(target=look)
         worker.start()
         worker.join()
-        with pytest.raises(record.RunIsLive, match=f"pid {os.getpid()}"):
+        with pytest.raises(live.RunIsLive, match=f"pid {os.getpid()}"):
             ge.delete_cam_run(ds, "cam")
     finally:
-        live.release()
-    assert seen == [[live.holder]]
-    assert record.live_holders(record.find_record(ds, "cam").config) == []
+        lease.release()
+    assert seen == [[lease.holder]]
+    assert live.live_holders(record.find_record(ds, "cam").config) == []
     ge.delete_cam_run(ds, "cam")

@@ -249,7 +249,8 @@ def test_a_queued_replacement_is_its_shards_not_a_dead_one(dataset, service):
     """The caller hands a delegated replacement over to its shards (it holds no
     lease on it), and a later overwrite of the key does not take it for a dead
     replacement (tests/test_replacement.py): only its shards swap it in."""
-    from gradcam_engine.runs.record import find_record, live_holders
+    from gradcam_engine.runs.live import live_holders
+    from gradcam_engine.runs.record import find_record
 
     ge.compute_cams(
         dataset, MODEL, layers=["block"], run_key="hand", num_workers=0, progress=False

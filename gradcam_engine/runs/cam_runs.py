@@ -22,7 +22,7 @@ import fiftyone.core.collections as foc
 import fiftyone.core.odm as foo
 import fiftyone.core.runs as fors
 
-from . import naming
+from . import live, naming
 from . import record as _record
 from .locks import run_lock
 from .naming import heatmap_field, run_field
@@ -97,10 +97,10 @@ class CamRun(fors.Run):
 
 
 def _defer_if_live(dataset, found: _record.RunRecord, removal: dict) -> None:
-    holders = _record.live_holders(found.config)
+    holders = live.live_holders(found.config)
     if holders:
         _record.set_by_id(found.id, {"removal": removal})
-        raise _record.RunIsLive(
+        raise live.RunIsLive(
             f"CAM run {found.key!r} is being computed by {', '.join(holders)}: "
             f"that process stops at its next batch and completes the "
             f"{removal['action']} itself"
@@ -290,7 +290,7 @@ def rename_cam_run(
             raise ValueError(
                 f"A run named {new_run_key!r} already exists on {dataset.name!r}"
             )
-        _record.refuse_if_live(dataset, run_key, "rename")
+        live.refuse_if_live(dataset, run_key, "rename")
         rename_plan(dataset, run_key, info.config, new_run_key)
         update_run_config(dataset, run_key)  # an older run gets the CamRun class
         dataset._doc.reload("runs")
@@ -308,7 +308,7 @@ def delete_cam_run(samples: foc.SampleCollection, run_key: str) -> None:
         found = _record.find_record(dataset, run_key)
         if found is None:
             get_cam_run(dataset, run_key)  # raises, listing the runs
-        _record.refuse_if_live(dataset, run_key, "delete")
+        live.refuse_if_live(dataset, run_key, "delete")
         remove_parts(dataset, found.config)
         dataset._doc.reload("runs")
         fors.Run.delete_run(dataset, run_key, cleanup=False)

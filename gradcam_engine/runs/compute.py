@@ -180,7 +180,7 @@ class _RunPlan:
     fixed_class: int | None
     names: FieldNames
     config: dict[str, Any]
-    live: Any = None  # record.LiveRun once the run is opened: checked per batch
+    live: Any = None  # live.LiveRun once the run is opened: checked per batch
 
 
 def _plan_run(

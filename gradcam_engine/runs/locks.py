@@ -8,7 +8,7 @@ the ``gradcam_engine_run_locks`` collection. Taking it is an insert (the unique
 ``_id`` is the precondition) or, when its holder died, an update conditioned on
 ``expires < now``. :func:`run_lock` holds it only for a few database calls,
 never while maps are computed: a computation holds its run *live* instead, by
-a lease on the run record (``record.LiveRun``).
+a lease on the run record (``live.LiveRun``).
 """
 
 from __future__ import annotations

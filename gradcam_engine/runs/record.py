@@ -8,23 +8,16 @@ here goes to the database and every write is one MongoDB update of the entries
 it changes (``$set`` of ``config.<entry>``, or an array union / difference),
 never a whole config written back from a copy that may be stale.
 
-A run being computed is **live**: each computing process holds a lease in the
-record (``config.live.<token> = {holder, expires}``, seconds since the epoch),
-renewed by a thread of :class:`LiveRun`; a process that dies stops renewing
-and its lease expires (or, on the same machine, counts as gone at once).
 ``config.instance`` names the run instance (a new one per registration):
 each sample's done marker (``{R}_instance``) carries it, so a run registered
-later under the same key never takes an earlier run's sample as done.
+later under the same key never takes an earlier run's sample as done. The
+leases of live runs (``config.live``) are ``live.py``'s.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,18 +31,14 @@ __all__ = [
     "IDENTITY_KEYS",
     "OWNED_LISTS",
     "with_defaults",
-    "RunGone",
-    "RunIsLive",
     "RunRecord",
-    "LiveRun",
     "find_record",
     "require_record",
     "set_entries",
     "set_by_id",
+    "runs_collection",
     "add_to_lists",
     "remove_from_lists",
-    "live_holders",
-    "refuse_if_live",
     "new_instance",
     "done_expression",
     "own_samples",
@@ -139,20 +128,6 @@ def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return filled
 
 
-# Seconds a lease lasts unless renewed; renewed every tenth of it. A process
-# that died frees its runs after this long. The environment variable exists so
-# that a test can kill a process and see its lease expire in seconds.
-LEASE_SECONDS = float(os.environ.get("GRADCAM_ENGINE_LEASE_SECONDS", "120"))
-
-
-class RunIsLive(RuntimeError):
-    """An action that would break a run another process is computing."""
-
-
-class RunGone(RuntimeError):
-    """The run instance this process computes was deleted or renamed meanwhile."""
-
-
 @dataclass
 class RunRecord:
     """A run document as stored now."""
@@ -166,13 +141,14 @@ class RunRecord:
         return self.config.get("instance")
 
 
-def _runs():
+def runs_collection():
+    """FiftyOne's ``runs`` collection (run documents of every kind)."""
     return foo.get_db_conn()["runs"]
 
 
 def find_record(dataset, run_key: str, kind: str = "cam_audit") -> RunRecord | None:
     """The stored run ``run_key`` of kind ``kind`` on ``dataset``, or None."""
-    doc = _runs().find_one(
+    doc = runs_collection().find_one(
         {"_dataset_id": dataset._doc.id, "key": run_key, "config.kind": kind},
         {"key": 1, "config": 1},
         sort=[("_id", -1)],
@@ -205,11 +181,11 @@ def set_by_id(doc_id, entries: dict[str, Any]) -> None:
     for path in entries:  # a sub-entry of a null entry cannot be $set
         parent = path.rpartition(".")[0]
         if parent:
-            _runs().update_one(
+            runs_collection().update_one(
                 {"_id": doc_id, f"config.{parent}": None},
                 {"$set": {f"config.{parent}": {}}},
             )
-    _runs().update_one(
+    runs_collection().update_one(
         {"_id": doc_id},
         {"$set": {f"config.{path}": value for path, value in entries.items()}},
     )
@@ -233,7 +209,7 @@ def add_to_lists(dataset, run_key: str, lists: dict[str, Iterable[str]]) -> None
         }
         stages[f"config.{name}"] = {"$concatArrays": [old, fresh]}
     if stages:
-        _runs().update_one({"_id": record.id}, [{"$set": stages}])
+        runs_collection().update_one({"_id": record.id}, [{"$set": stages}])
 
 
 def remove_from_lists(dataset, run_key: str, lists: dict[str, Iterable[str]]) -> None:
@@ -241,7 +217,7 @@ def remove_from_lists(dataset, run_key: str, lists: dict[str, Iterable[str]]) ->
     record = require_record(dataset, run_key)
     pulls = {f"config.{k}": list(v) for k, v in lists.items() if list(v)}
     if pulls:
-        _runs().update_one({"_id": record.id}, {"$pullAll": pulls})
+        runs_collection().update_one({"_id": record.id}, {"$pullAll": pulls})
 
 
 def new_instance() -> str:
@@ -262,144 +238,3 @@ def done_expression(names, instance: str | None, retry_errors: bool = True):
 def own_samples(samples, names, instance: str | None):
     """The samples of ``samples`` whose done marker is this run instance's."""
     return samples.match(VF(names.instance) == instance) if instance else samples
-
-
-def live_holders(config: dict[str, Any], now: float | None = None) -> list[str]:
-    """The processes whose lease on this run has not expired."""
-    now = time.time() if now is None else now
-    leases = config.get("live") or {}
-    return sorted(
-        lease.get("holder", "?")
-        for lease in leases.values()
-        if isinstance(lease, dict)
-        and float(lease.get("expires", 0)) > now
-        and not _died_here(lease)
-    )
-
-
-def _died_here(lease: dict) -> bool:
-    """Whether the lease's process ran on this machine and is gone (then there
-    is no need to wait for its lease to expire)."""
-    if lease.get("host") != socket.gethostname() or not lease.get("pid"):
-        return False
-    try:
-        os.kill(int(lease["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # e.g. another user's process: alive
-        return False
-    return False
-
-
-def refuse_if_live(dataset, run_key: str, action: str, ignore: str | None = None):
-    """Raise :class:`RunIsLive` naming the computing processes, if any (leases
-    other than ``ignore``, this process's own token)."""
-    record = find_record(dataset, run_key)
-    if record is None:
-        return
-    config = dict(record.config)
-    if ignore is not None:
-        config["live"] = {
-            t: v for t, v in (config.get("live") or {}).items() if t != ignore
-        }
-    holders = live_holders(config)
-    if holders:
-        raise RunIsLive(
-            f"Cannot {action} CAM run {run_key!r} on {dataset.name!r}: it is being "
-            f"computed by {', '.join(holders)}. Wait until it has finished (follow "
-            f"it with cam_run_status), or stop that process: a stopped process's "
-            f"lease expires within {LEASE_SECONDS:g} s."
-        )
-
-
-class LiveRun:
-    """This process's lease on a run it computes: taken on creation, renewed by
-    a daemon thread, released by :meth:`release`. :meth:`check` (before each
-    batch write) raises :class:`RunGone` if the run instance was deleted or
-    renamed by someone else meanwhile (FiftyOne's ``delete_run`` /
-    ``rename_run`` go ahead whatever ``cleanup`` / ``rename`` say: they mark
-    a live run ``config.removal`` first, see ``cam_runs.CamRun``)."""
-
-    def __init__(self, dataset, record: RunRecord) -> None:
-        self.dataset, self.doc_id, self.key = dataset, record.id, record.key
-        self.instance = record.instance
-        self.config = record.config  # as last seen: what to clean up if deleted
-        self.token = uuid.uuid4().hex[:16]
-        self.holder = f"pid {os.getpid()} on {socket.gethostname()}"
-        self._stop = threading.Event()
-        self._renew_once()
-        self._thread = threading.Thread(
-            target=self._renew, name=f"lease {record.key}", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def held(self) -> bool:
-        return not self._stop.is_set()
-
-    def _renew_once(self) -> bool:
-        lease = {
-            "holder": self.holder,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "expires": time.time() + LEASE_SECONDS,
-        }
-        done = _runs().update_one(
-            {"_id": self.doc_id, "config.instance": self.instance},
-            {"$set": {f"config.live.{self.token}": lease}},
-        )
-        return done.matched_count == 1
-
-    def _renew(self) -> None:
-        while not self._stop.wait(LEASE_SECONDS / 10):
-            try:
-                if not self._renew_once():
-                    return  # the run is gone; check() tells the computation
-            except Exception:  # the next tick tries again
-                logger.warning("Could not renew the lease on %r", self.key, exc_info=1)
-
-    def state(self) -> tuple[str, str | None]:
-        """``("live", None)``, ``("deleted", None)`` or ``("renamed", new key)``."""
-        doc = _runs().find_one({"_id": self.doc_id}, {"key": 1, "config": 1})
-        config = (doc or {}).get("config") or {}
-        if doc is None or config.get("instance") != self.instance:
-            return "deleted", None
-        self.config = config
-        removal = config.get("removal") or {}
-        if removal.get("action") == "delete":
-            return "deleted", None
-        new_key = removal.get("new_key") if removal.get("action") == "rename" else None
-        if doc["key"] != self.key or new_key:
-            return "renamed", new_key or doc["key"]
-        return "live", None
-
-    def check(self) -> None:
-        """Raise :class:`RunGone` if this run instance was deleted, or renamed
-        away from the key this process writes."""
-        state, new_key = self.state()
-        if state == "deleted":
-            raise RunGone(
-                f"CAM run {self.key!r} on {self.dataset.name!r} was deleted by "
-                "another process while this one computed it; stopped without "
-                "writing more"
-            )
-        if state == "renamed":
-            raise RunGone(
-                f"CAM run {self.key!r} on {self.dataset.name!r} was renamed to "
-                f"{new_key!r} by another process while this one computed it; "
-                f"stopped. Resume it with run_key={new_key!r}"
-            )
-
-    def release(self) -> tuple[str, str | None]:
-        """Stop renewing and drop this process's lease (idempotent). Returns
-        :meth:`state` as it was when the lease was dropped (call under the
-        run's lock, so that a delete or rename either saw the lease or comes
-        after)."""
-        if self._stop.is_set():
-            return "live", None
-        self._stop.set()
-        state = self.state()
-        _runs().update_one(
-            {"_id": self.doc_id}, {"$unset": {f"config.live.{self.token}": ""}}
-        )
-        return state

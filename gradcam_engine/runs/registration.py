@@ -6,7 +6,7 @@ each shard of a scale-out run): under the run's lock (``locks.run_lock``) it
 either registers a new run and claims its fields, or resumes the existing run
 when its identity (model, weights fingerprint, transforms, layers...) matches,
 or refuses. Either way this process then holds a lease on the run record
-(``record.LiveRun``) until :func:`finish_run` / :func:`abandon_run`: delete,
+(``live.LiveRun``) until :func:`finish_run` / :func:`abandon_run`: delete,
 rename and overwrite of the run are refused meanwhile, and a delete or rename
 done through FiftyOne anyway is carried out by this process when it stops.
 
@@ -32,7 +32,7 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.collections as foc
 
-from . import cam_runs, ownership, record
+from . import cam_runs, live, ownership, record
 from .locks import run_lock
 from .naming import FieldNames, field_names
 from .run_parts import move_parts, remove_parts
@@ -59,7 +59,7 @@ class OpenedRun:
     config: dict[str, Any]  # as stored
     resumed: bool
     # this process's lease on the run, released by finish_run / abandon_run
-    live: record.LiveRun | None = field(default=None, repr=False, compare=False)
+    live: live.LiveRun | None = field(default=None, repr=False, compare=False)
 
     @property
     def instance(self) -> str | None:
@@ -81,7 +81,7 @@ def open_run(
     the run's names that it does not own are refused the same way. With
     ``overwrite`` (and something to replace), a temporary run is registered
     instead; call :func:`finish_run` when it is complete. Overwriting a run
-    that another process computes raises ``record.RunIsLive``.
+    that another process computes raises ``live.RunIsLive``.
     """
     dataset = samples._root_dataset
     cam_runs.validate_run_key(run_key)
@@ -95,7 +95,7 @@ def open_run(
             )
         names = field_names(run_key, list(config["layers"]))
         if overwrite:
-            record.refuse_if_live(dataset, run_key, "overwrite")
+            live.refuse_if_live(dataset, run_key, "overwrite")
             _remove_dead_replacements(dataset, run_key)
         if exists and not overwrite:
             return _held(dataset, _resume(dataset, run_key, config, names))
@@ -114,9 +114,7 @@ def open_run(
 
 
 def _held(dataset: fo.Dataset, opened: OpenedRun) -> OpenedRun:
-    opened.live = record.LiveRun(
-        dataset, record.require_record(dataset, opened.run_key)
-    )
+    opened.live = live.LiveRun(dataset, record.require_record(dataset, opened.run_key))
     return opened
 
 
@@ -125,7 +123,7 @@ def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
     with its fields, files and views, and what else stood in the way, then
     rename the temporary run to the final key). The swap is a no-op when
     another shard of the run did it already. Returns the key. Raises
-    ``record.RunGone`` if the run was deleted or renamed meanwhile (the
+    ``live.RunGone`` if the run was deleted or renamed meanwhile (the
     delete or rename is then carried out here)."""
     dataset = samples._root_dataset
     final = opened.final_key
@@ -176,7 +174,7 @@ def abandon_run(samples: foc.SampleCollection, opened: OpenedRun) -> None:
     with run_lock(dataset, opened.run_key):
         try:
             _release(dataset, opened)
-        except record.RunGone:
+        except live.RunGone:
             return  # carried out what another process asked
         if opened.run_key == opened.final_key or opened.resumed:
             return
@@ -220,26 +218,26 @@ def hand_over(opened: OpenedRun) -> None:
 def _release(dataset: fo.Dataset, opened: OpenedRun) -> None:
     """Drop this process's lease (under the run's lock: a delete or rename
     either saw it, and was left to this process, or comes after). Carries out
-    a delete or rename asked meanwhile, then raises ``record.RunGone``."""
-    live = opened.live
-    if live is None or not live.held:
+    a delete or rename asked meanwhile, then raises ``live.RunGone``."""
+    lease = opened.live
+    if lease is None or not lease.held:
         return
-    state, new_key = live.release()
-    asked = live.config.get("removal") or {}
+    state, new_key = lease.release()
+    asked = lease.config.get("removal") or {}
     if state == "live" or (state, asked) == ("renamed", {}):
         return  # a replacement swapped in by another shard of it (_rekey)
     if state == "renamed":
         found = record.find_record(dataset, new_key) or record.find_record(
             dataset, opened.run_key
         )
-        if found is not None and found.instance == live.instance:
+        if found is not None and found.instance == lease.instance:
             move_parts(dataset, opened.run_key, new_key, found)
     elif state == "deleted":
         now = record.find_record(dataset, opened.run_key)
         # a run registered since under the same key owns the fields now
-        mine = now is None or now.instance == live.instance
-        remove_parts(dataset, live.config, fields=mine)
-    live.check()  # raises RunGone, saying what happened
+        mine = now is None or now.instance == lease.instance
+        remove_parts(dataset, lease.config, fields=mine)
+    lease.check()  # raises RunGone, saying what happened
 
 
 def _remove_dead_replacements(dataset: fo.Dataset, run_key: str) -> None:
@@ -255,7 +253,7 @@ def _remove_dead_replacements(dataset: fo.Dataset, run_key: str) -> None:
             continue  # a delegated replacement: its shards swap it in
         try:
             cam_runs.delete_cam_run(dataset, key)  # refuses a live one
-        except record.RunIsLive:
+        except live.RunIsLive:
             continue
         logger.warning(
             "Removed %r, a replacement of CAM run %r whose process died",

@@ -7,8 +7,9 @@ from typing import Any
 import fiftyone.core.collections as foc
 
 from . import cam_runs
+from .live import live_holders
 from .naming import field_names, spread_field
-from .record import live_holders, own_samples
+from .record import own_samples
 from .sharding import shard_operations, shard_view
 
 __all__ = ["cam_run_status"]
