@@ -38,6 +38,8 @@ _WORKFLOW = {
     "get_cam_run": ".runs.cam_runs",
     "rename_cam_run": ".runs.cam_runs",
     "delete_cam_run": ".runs.cam_runs",
+    "RunIsLive": ".runs.live",
+    "RunGone": ".runs.live",
     "load_model": ".sources.models",
     "list_model_sources": ".sources.models",
     "register_model_source": ".sources.models",

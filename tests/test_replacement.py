@@ -1,5 +1,6 @@
 """An overwrite that fails cleans up after itself, and the next overwrite
-removes replacements whose process died (but never a live one).
+removes replacements whose process died (but never a live one, whose lease
+on its run record is renewed).
 
 Real datasets of real photos and a real (small, untrained) ResNet-18.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from datetime import datetime, timedelta, timezone
+import time
 
 import fiftyone as fo
 import fiftyone.core.odm as foodm
@@ -19,6 +20,7 @@ import torch
 import torchvision
 from test_runs import write_photos
 
+import gradcam_engine as ge
 from gradcam_engine import CamRunFailed, compute_cams, get_cam_run, list_cam_runs
 from gradcam_engine.runs import registration
 from gradcam_engine.runs.locks import LOCK_COLLECTION
@@ -113,18 +115,14 @@ def _open_replacement(ds) -> registration.OpenedRun:
 def test_the_next_overwrite_removes_dead_replacements_only(ds, model):
     run(ds, model)
     # Three replacements, all registered while alive; then one still computing
-    # (its lock held and renewed), one whose lock is gone, one whose lock expired
-    # (its process stopped renewing it).
+    # (its lease held and renewed), one that released its lease, one whose lease
+    # expired (its process stopped renewing it).
     live, gone, expired = (_open_replacement(ds) for _ in range(3))
-    gone.lease.release()
-    expired.lease.release()  # as its process left it: a lock doc, expired
-    foodm.get_db_conn()[LOCK_COLLECTION].insert_one(
-        {
-            "_id": f"{ds._doc.id}:{expired.run_key}",
-            "owner": "dead",
-            "holder": "pid 0 on nowhere",
-            "expires": datetime.now(timezone.utc) - timedelta(seconds=1),
-        }
+    gone.live.release()
+    expired.live._stop.set()  # as its process left it: a lease, expired
+    foodm.get_db_conn()["runs"].update_one(
+        {"_id": expired.live.doc_id},
+        {"$set": {f"config.live.{expired.live.token}.expires": time.time() - 1}},
     )
     ds.set_values(live.names.heatmaps[0], [fo.Heatmap(map=np.ones((4, 4)))] * len(ds))
     assert len(list_cam_runs(ds)) == 4
@@ -149,31 +147,32 @@ def test_the_next_overwrite_removes_dead_replacements_only(ds, model):
     # The live one finishing (or failing) later is its own business.
     registration.abandon_run(ds, live)
     assert list_cam_runs(ds) == ["cam"] and _leftovers(ds) == []
-    assert not live.lease.held
+    assert not live.live.held
 
 
-def test_a_held_lock_is_renewed_until_released(ds, monkeypatch):
-    """hold_lock keeps the lock alive past its lease (renewed by a thread), as
-    seen from another thread; once released it is free."""
-    import time
+def test_a_lease_is_renewed_until_released(ds, model, monkeypatch):
+    """A computing process's lease on its run outlives LEASE_SECONDS (renewed
+    by a thread), as seen from another thread; once released, the run is no
+    longer live."""
+    from gradcam_engine.runs import live, record
 
-    from gradcam_engine.runs import locks
-
-    monkeypatch.setattr(locks, "_LEASE", timedelta(seconds=1))  # renewed every 0.1 s
-    lease = locks.hold_lock(ds, "cam_replacing_00000000")
+    run(ds, model)
+    monkeypatch.setattr(live, "LEASE_SECONDS", 1.0)  # renewed every 0.1 s
+    lease = live.LiveRun(ds, record.find_record(ds, "cam"))
     seen = []
     try:
         time.sleep(1.5)  # longer than the lease
 
         def look():
-            seen.append(locks.is_locked(ds, "cam_replacing_00000000"))
+            seen.append(live.live_holders(record.find_record(ds, "cam").config))
 
         worker = threading.Thread(target=look)
         worker.start()
         worker.join()
+        with pytest.raises(live.RunIsLive, match=f"pid {os.getpid()}"):
+            ge.delete_cam_run(ds, "cam")
     finally:
         lease.release()
-    assert seen == [True]
-    assert not locks.is_locked(ds, "cam_replacing_00000000")
-    with locks.run_lock(ds, "cam_replacing_00000000", timeout=0):
-        pass
+    assert seen == [[lease.holder]]
+    assert live.live_holders(record.find_record(ds, "cam").config) == []
+    ge.delete_cam_run(ds, "cam")

@@ -256,7 +256,8 @@ def test_9_fields_are_declared_in_one_schema_update(image_dir, model, monkeypatc
     monkeypatch.setattr(fo.Dataset, "add_sample_field", one_by_one)
     run(ds, model, layers=["layer3", "layer4"])
     score_cams(ds, "cam", gt_field="gt")
-    assert len(calls) == 2 and len(calls[0]) == 8  # 2 maps, 2 strengths, 4 labels
+    # 2 maps, 2 strengths, 4 labels, the done marker (the run instance)
+    assert len(calls) == 2 and len(calls[0]) == 9
     assert isinstance(ds.first().cam_layer3, fo.Heatmap)
     ds.delete()
 

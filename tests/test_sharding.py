@@ -251,16 +251,17 @@ def test_delegated_overwrite_replaces_the_run_only_when_every_shard_completed(
 
 def test_a_queued_replacement_is_its_shards_not_a_dead_one(dataset, service):
     """The caller hands a delegated replacement over to its shards (it holds no
-    lock on it), and a later overwrite of the key does not take it for a dead
+    lease on it), and a later overwrite of the key does not take it for a dead
     replacement (tests/test_replacement.py): only its shards swap it in."""
-    from gradcam_engine.runs.locks import is_locked
+    from gradcam_engine.runs.live import live_holders
+    from gradcam_engine.runs.record import find_record
 
     ge.compute_cams(
         dataset, MODEL, layers=["block"], run_key="hand", num_workers=0, progress=False
     )
     queued = queue(dataset, "hand", 2, method="hirescam", overwrite=True)
     temp = queued.run_key
-    assert not is_locked(dataset, temp)
+    assert live_holders(find_record(dataset, temp).config) == []
     ge.compute_cams(
         dataset,
         MODEL,

@@ -99,6 +99,7 @@ def test_fields_summary_and_run_config(image_dir, model):
         "cam_prediction",
         "cam_error",
         "cam_seen",
+        "cam_instance",
     }
     ds.delete()
 

@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from ..runs import cam_runs as runs
 from ..runs.arguments import progress_args
+from ..runs.naming import cluster_field, clusters_brain_key
 from . import spray
 from .owned import claim_brain_key, claim_fields
 from .raw_reads import raw_heatmap
@@ -35,12 +36,7 @@ BY = ("predicted", "label", None)
 _VIZ_METHODS = ("auto", "tsne", "pca", "umap")
 
 
-def cluster_field(heatmap_field: str) -> str:
-    return f"{heatmap_field}_cluster"
-
-
-def visualization_key(heatmap_field: str) -> str:
-    return f"{heatmap_field}_clusters"
+visualization_key = clusters_brain_key
 
 
 def cluster_cams(
@@ -129,9 +125,12 @@ def cluster_cams(
         if visualization is not None:
             _visualize(samples, ids, vectors, brain_keys[f], visualization, seed)
     write_columns(samples, ids, out)
-    stored = dict(info.config.get("clusters") or {})
-    stored.update({f: {"by": by, "clusters": c} for f, c in summary.items()})
-    runs.update_run_config(samples._root_dataset, run_key, clusters=stored)
+    # one entry per heatmap field: other fields' clusters stay as stored
+    runs.set_run_entries(
+        samples._root_dataset,
+        run_key,
+        {f"clusters.{f}": {"by": by, "clusters": c} for f, c in summary.items()},
+    )
     return {
         "fields": list(out),
         "brain_keys": list(brain_keys.values()) if visualization else [],

@@ -32,6 +32,7 @@ from scipy import ndimage
 from ..runs import cam_runs as runs
 from ..runs.arguments import progress_args
 from ..runs.fingerprint import describe
+from ..runs.naming import BG_DROP, BG_FLIP, road_field, run_field
 from ..sources.geometry import Geometry, TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
 from .counterfactual import FILLS, prediction_change, replace_background, road_scores
@@ -40,10 +41,6 @@ from .raw_reads import SegClasses, ground_truth, gt_kind, raw_heatmap
 from .writer_steps import progress_reporter, run_layers, write_columns
 
 __all__ = ["background_test", "map_to_input", "road_cams", "road_field"]
-
-
-def road_field(heatmap_field: str) -> str:
-    return f"{heatmap_field}_road"
 
 
 def background_test(
@@ -76,7 +73,7 @@ def background_test(
         raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     _check_batch_size(batch_size)
     module, tf, classes = _model_for_run(info, model, transforms)
-    flip, drop = f"{run_key}_bg_flip", f"{run_key}_bg_drop"
+    flip, drop = run_field(run_key, BG_FLIP), run_field(run_key, BG_DROP)
     claim_fields(
         samples, run_key, {flip: fo.BooleanField, drop: fo.FloatField}, overwrite
     )

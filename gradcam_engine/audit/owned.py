@@ -68,4 +68,4 @@ def claim_brain_key(
             f"{dataset.name!r}; pick another brain_key"
         )
     if brain_key not in ours:
-        cam_runs.update_run_config(dataset, run_key, brain_keys=[*ours, brain_key])
+        cam_runs.add_to_run_lists(dataset, run_key, brain_keys=[brain_key])

@@ -21,6 +21,7 @@ import pandas as pd
 from fiftyone import ViewField as F
 
 from ..runs import cam_runs as runs
+from ..runs.naming import BG_DROP, BG_FLIP, cluster_field, run_field
 from ..runs.ownership import claim
 from .scoring import focus_field
 from .writer_steps import resolve_layer
@@ -185,9 +186,9 @@ def _discovery_paths(
     schema = samples.get_field_schema()
     heat = info.fields[layer]
     paths = {
-        "cluster": f"{heat}_cluster",
-        "bg_flip": f"{info.run_key}_bg_flip",
-        "bg_drop": f"{info.run_key}_bg_drop",
+        "cluster": cluster_field(heat),
+        "bg_flip": run_field(info.run_key, BG_FLIP),
+        "bg_drop": run_field(info.run_key, BG_DROP),
     }
     return {name: path for name, path in paths.items() if path in schema}
 

@@ -41,6 +41,13 @@ from ..runs import cam_runs as runs
 from ..runs import sharding
 from ..runs.app_look import add_to_run_group
 from ..runs.arguments import progress_args
+from ..runs.naming import (
+    LAYER_AGREEMENT,
+    focus_field,
+    hit_field,
+    run_field,
+    spread_field,
+)
 from ..runs.ownership import claim
 from ..runs.storage import iter_chunks
 from .metrics import agreement, score_layer
@@ -56,18 +63,6 @@ __all__ = [
     "hit_field",
     "spread_field",
 ]
-
-
-def focus_field(heatmap_field: str) -> str:
-    return f"{heatmap_field}_focus"
-
-
-def hit_field(heatmap_field: str) -> str:
-    return f"{heatmap_field}_hit"
-
-
-def spread_field(heatmap_field: str) -> str:
-    return f"{heatmap_field}_spread"
 
 
 def score_cams(
@@ -274,7 +269,7 @@ def _plan_scoring(
             layer: f"{info.fields[layer]}_vs_{compare_run}" for layer in compare_layers
         },
         agreement_field=(
-            f"{run_key}_layer_agreement" if len(heat_fields) >= 2 else None
+            run_field(run_key, LAYER_AGREEMENT) if len(heat_fields) >= 2 else None
         ),
         target_path=target_path,
         seg_classes=(
@@ -392,7 +387,7 @@ def _summary(run_key, gt_field, layers, info, out, vs_fields, total) -> ScoreSum
         if focus_field(f) in out:
             mean_focus[layer] = _mean(out[focus_field(f)])
             hit_rate[layer] = _mean(out[hit_field(f)])
-    agreement = out.get(f"{run_key}_layer_agreement")
+    agreement = out.get(run_field(run_key, LAYER_AGREEMENT))
     # every map gets a spread: a sample is scored when one of its layers has one
     spreads = [out[spread_field(info.fields[layer])] for layer in layers]
     scored = sum(any(v is not None for v in row) for row in zip(*spreads, strict=True))

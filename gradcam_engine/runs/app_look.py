@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fiftyone as fo
 
-from .batch_fields import FieldNames
+from .naming import FOCUS, FieldNames
 
 __all__ = ["HEATMAP_COLORSCALE", "HEATMAP_OPACITY", "add_to_run_group", "style_run"]
 
@@ -49,6 +49,7 @@ def style_run(dataset: fo.Dataset, run_key: str, names: FieldNames) -> None:
 
     details = [*names.strengths, names.target, names.prediction, names.error]
     details.append(names.seen)  # the region the model saw (a Detection)
+    details.append(names.instance)  # the done marker: the run instance
     _set_groups(
         dataset,
         {run_key: (names.heatmaps, True), details_group(run_key): (details, False)},
@@ -65,8 +66,8 @@ def add_to_run_group(dataset: fo.Dataset, run_key: str, paths: list[str]) -> Non
     details = details_group(run_key)
     wanted = {}
     for name, expanded, chosen in (
-        (run_key, True, [p for p in paths if p.endswith("_focus")]),
-        (details, False, [p for p in paths if not p.endswith("_focus")]),
+        (run_key, True, [p for p in paths if p.endswith("_" + FOCUS)]),
+        (details, False, [p for p in paths if not p.endswith("_" + FOCUS)]),
     ):
         current = groups[name].paths if name in groups else []
         wanted[name] = (current + [p for p in chosen if p not in current], expanded)

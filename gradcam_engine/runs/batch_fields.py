@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..engine.cam_engine import CamEngine
 from ..engine.targets import MaskSumTarget
-from .naming import heatmap_field, slug
+from .naming import FieldNames, field_names, slug  # re-exported
 from .storage import make_heatmap, to_uint8_map
 
 __all__ = [
@@ -28,44 +28,6 @@ __all__ = [
     "field_names",
     "label_reader",
 ]
-
-
-@dataclass
-class FieldNames:
-    heatmaps: list[str]
-    strengths: list[str]
-    target: str
-    prediction: str
-    error: str
-    seen: str  # fo.Detection: the box of the original image the model saw
-
-    @property
-    def owned(self) -> list[str]:
-        return [
-            *self.heatmaps,
-            *self.strengths,
-            self.target,
-            self.prediction,
-            self.error,
-            self.seen,
-        ]
-
-
-def field_names(run_key: str, layers: list[str]) -> FieldNames:
-    heatmaps = [heatmap_field(run_key, layer) for layer in layers]
-    if len(set(heatmaps)) != len(heatmaps):
-        raise ValueError(
-            f"layers {layers} give clashing field names {heatmaps}; pick layers "
-            "whose names differ in letters or digits"
-        )
-    return FieldNames(
-        heatmaps=heatmaps,
-        strengths=[f"{name}_strength" for name in heatmaps],
-        target=f"{run_key}_target",
-        prediction=f"{run_key}_prediction",
-        error=f"{run_key}_error",
-        seen=f"{run_key}_seen",
-    )
 
 
 @dataclass

@@ -13,20 +13,22 @@ never a user's field that merely shares the run's prefix.
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
+import fiftyone.core.odm as foo
 import fiftyone.core.runs as fors
-import fiftyone.core.view as fov
-from bson import json_util
 
-from .naming import MAX_RUN_KEY_LENGTH, heatmap_field
+from . import live, naming
+from . import record as _record
+from .locks import run_lock
+from .naming import MAX_RUN_KEY_LENGTH, heatmap_field, run_field
+from .record import CONFIG_DEFAULTS, IDENTITY_KEYS, OWNED_LISTS, with_defaults
+from .run_parts import move_parts, remove_parts, rename_plan
 
 __all__ = [
     "CAM_RUN_KIND",
@@ -34,12 +36,17 @@ __all__ = [
     "CamRun",
     "CamRunConfig",
     "CamRunInfo",
+    "CONFIG_DEFAULTS",
+    "OWNED_LISTS",
     "list_cam_runs",
     "get_cam_run",
     "root_dataset",
     "register_cam_run",
     "update_run_config",
     "add_owned_fields",
+    "add_to_run_lists",
+    "remove_from_run_lists",
+    "set_run_entries",
     "rename_cam_run",
     "delete_cam_run",
     "validate_run_key",
@@ -48,91 +55,57 @@ __all__ = [
 
 # Stored in every config so that our runs can be told apart from other custom runs.
 CAM_RUN_KIND = "cam_audit"
-# Config keys that must match for a run to be resumed: what makes its maps.
-IDENTITY_KEYS = (
-    "model",
-    "weights",
-    "layers",
-    "method",
-    "task",
-    "target",
-    "label_field",
-    "classes",
-    "transforms",
-    "transforms_fingerprint",
-    "geometry",
-    "storage",
-    "output_dir",
-    "max_size",
-    "eigen_smooth",
-    "aug_smooth",
-)
 
 
 class CamRunConfig(fors.RunConfig):
-    """The config of a CAM run; FiftyOne builds a :class:`CamRun` from it."""
+    """The config of a CAM run: the entries of :data:`record.CONFIG_DEFAULTS`
+    (declared there with their defaults, in the style of fiftyone-brain's
+    configs) plus any entry a newer version stored. FiftyOne builds a
+    :class:`CamRun` from it."""
 
     def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("kind", CAM_RUN_KIND)
-        super().__init__(**kwargs)
+        super().__init__(**with_defaults(kwargs))
+
+
+_CONFIG_CLS = f"{CamRunConfig.__module__}.{CamRunConfig.__qualname__}"
 
 
 class CamRun(fors.Run):
-    """What FiftyOne calls when a user renames or deletes a CAM run."""
+    """What FiftyOne calls when a user renames or deletes a CAM run. A run that
+    a process is computing (live) cannot be changed under it: the request is
+    recorded on the run and the computing process carries it out when it stops
+    (FiftyOne goes ahead with its part whatever these raise)."""
 
     def get_fields(self, samples: foc.SampleCollection, key: str) -> list[str]:
-        return list(getattr(self.config, "owned_fields", None) or [])
+        found = _record.find_record(root_dataset(samples), key)
+        config = found.config if found else self.config.serialize()
+        return list(config.get("owned_fields") or [])
 
     def rename(self, samples: foc.SampleCollection, key: str, new_key: str) -> None:
         dataset = root_dataset(samples)
-        info = get_cam_run(dataset, key)
-        plan = _rename_plan(dataset, info, new_key)
-        existing = set(dataset.get_field_schema())
-        present = {o: n for o, n in plan.fields.items() if o in existing}
-        if present:
-            dataset.rename_sample_fields(present)
-        for old, new in plan.views.items():
-            if dataset.has_saved_view(old):
-                _move_saved_view(dataset, old, new, plan.fields)
-        for old, new in plan.brain_keys.items():  # cluster_cams' plots
-            if dataset.has_brain_run(old):
-                dataset.rename_brain_run(old, new)
-        moved = {**plan.fields, **plan.views, **plan.brain_keys}
-        # FiftyOne moves the run document to new_key after this returns.
-        changes: dict[str, Any] = dict(
-            owned_fields=[moved.get(f, f) for f in info.owned_fields],
-            fields={layer: moved.get(f, f) for layer, f in info.fields.items()},
-            saved_views=[moved.get(v, v) for v in info.saved_views],
-        )
-        if info.config.get("brain_keys"):
-            changes["brain_keys"] = [moved.get(k, k) for k in info.config["brain_keys"]]
-        if info.config.get("clusters"):  # keyed by heatmap field
-            changes["clusters"] = {
-                moved.get(f, f): c for f, c in info.config["clusters"].items()
-            }
-        update_run_config(dataset, key, **changes)
+        with run_lock(dataset, key):
+            found = _record.require_record(dataset, key)
+            _defer_if_live(dataset, found, {"action": "rename", "new_key": new_key})
+            move_parts(dataset, key, new_key, found)
 
     def cleanup(self, samples: foc.SampleCollection, key: str) -> None:
         dataset = root_dataset(samples)
-        info = get_cam_run(dataset, key)
-        existing = set(dataset.get_field_schema())
-        owned = [f for f in info.owned_fields if f in existing]
-        if owned:
-            dataset.delete_sample_fields(owned)
-        for name in info.saved_views:
-            if dataset.has_saved_view(name):
-                dataset.delete_saved_view(name)
-        for brain_key in info.config.get("brain_keys") or []:  # cluster_cams' plots
-            if dataset.has_brain_run(brain_key):
-                dataset.delete_brain_run(brain_key)
-        paths = list(info.config.get("owned_paths") or [])
-        if info.storage == "disk" and info.config.get("run_dir"):
-            paths.append(info.config["run_dir"])
-        for path in paths:
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
+        with run_lock(dataset, key):
+            found = _record.find_record(dataset, key)
+            if found is not None:
+                _defer_if_live(dataset, found, {"action": "delete"})
+                remove_parts(dataset, found.config)
+
+
+def _defer_if_live(dataset, found: _record.RunRecord, removal: dict) -> None:
+    holders = live.live_holders(found.config)
+    if holders:
+        _record.set_by_id(found.id, {"removal": removal})
+        raise live.RunIsLive(
+            f"CAM run {found.key!r} is being computed by {', '.join(holders)}: "
+            f"that process stops at its next batch and completes the "
+            f"{removal['action']} itself"
+        )
 
 
 @dataclass
@@ -153,21 +126,27 @@ class CamRunInfo:
         return list(self.config.get("saved_views") or [])
 
     @property
+    def instance(self) -> str | None:
+        """The run instance (new at each registration) its samples' done
+        markers carry; None for a run stored by an older version."""
+        return self.config.get("instance")
+
+    @property
     def error_field(self) -> str:
-        return f"{self.run_key}_error"
+        return run_field(self.run_key, naming.ERROR)
 
     @property
     def target_field(self) -> str:
-        return f"{self.run_key}_target"
+        return run_field(self.run_key, naming.TARGET)
 
     @property
     def prediction_field(self) -> str:
-        return f"{self.run_key}_prediction"
+        return run_field(self.run_key, naming.PREDICTION)
 
     @property
     def seen_field(self) -> str:
         """fo.Detection: the box of the original image the model saw."""
-        return f"{self.run_key}_seen"
+        return run_field(self.run_key, naming.SEEN)
 
 
 def root_dataset(samples: foc.SampleCollection) -> fo.Dataset:
@@ -207,33 +186,23 @@ def validate_run_key(run_key: str) -> str:
 
 
 def list_cam_runs(samples: foc.SampleCollection) -> list[str]:
-    """Keys of the CAM runs on the dataset, sorted."""
+    """Keys of the CAM runs on the dataset, sorted (as stored now, also by
+    other processes)."""
     dataset = root_dataset(samples)
-    return sorted(dataset.list_runs(kind=CAM_RUN_KIND))
-
-
-def _config_dict(dataset: fo.Dataset, run_key: str) -> dict[str, Any]:
-    info = dataset.get_run_info(run_key)
-    config = info.config.serialize()
-    config["method"] = info.config.method
-    return config
-
-
-def get_cam_run(samples: foc.SampleCollection, run_key: str) -> CamRunInfo:
-    """The CAM run ``run_key``; a miss lists the runs that exist."""
-    dataset = root_dataset(samples)
-    runs = list_cam_runs(dataset)
-    if run_key not in runs:
-        close = difflib.get_close_matches(str(run_key), runs, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"No CAM run {run_key!r} on dataset {dataset.name!r}.{hint} "
-            f"Existing CAM runs: {runs or 'none (run compute_cams first)'}"
+    return sorted(
+        foo.get_db_conn()["runs"].distinct(
+            "key", {"_dataset_id": dataset._doc.id, "config.kind": CAM_RUN_KIND}
         )
-    config = _config_dict(dataset, run_key)
+    )
+
+
+def _info(run_key: str, stored: dict[str, Any]) -> CamRunInfo:
+    config = with_defaults(stored)
+    config.pop("cls", None)
+    config.pop("type", None)
     return CamRunInfo(
         run_key=run_key,
-        method=config["method"],
+        method=config.get("method"),
         layers=list(config["layers"]),
         fields=dict(config["fields"]),
         storage=config["storage"],
@@ -243,16 +212,36 @@ def get_cam_run(samples: foc.SampleCollection, run_key: str) -> CamRunInfo:
     )
 
 
+def get_cam_run(samples: foc.SampleCollection, run_key: str) -> CamRunInfo:
+    """The CAM run ``run_key`` as stored now; a miss lists the runs that exist."""
+    dataset = root_dataset(samples)
+    found = _record.find_record(dataset, run_key)
+    if found is None:
+        runs = list_cam_runs(dataset)
+        close = difflib.get_close_matches(str(run_key), runs, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"No CAM run {run_key!r} on dataset {dataset.name!r}.{hint} "
+            f"Existing CAM runs: {runs or 'none (run compute_cams first)'}"
+        )
+    return _info(run_key, found.config)
+
+
 def register_cam_run(
     samples: foc.SampleCollection, run_key: str, **config: Any
 ) -> CamRunInfo:
     """Register (or replace, without cleanup) the run's config. ``config`` must
     hold ``method``, ``layers``, ``storage`` and ``owned_fields``; ``fields``
-    is derived. ``registration.open_run`` is the atomic, checked way in."""
+    is derived, ``instance`` new. ``registration.open_run`` is the atomic,
+    checked way in."""
     dataset = root_dataset(samples)
     validate_run_key(run_key)
     layers = list(config["layers"])
     config["fields"] = {layer: heatmap_field(run_key, layer) for layer in layers}
+    config["instance"] = _record.new_instance()
+    config.pop("live", None)  # leases are taken by the computing processes
+    config.pop("removal", None)
+    dataset._doc.reload("runs")  # FiftyOne replaces by the runs it has loaded
     dataset.register_run(run_key, CamRunConfig(**config), overwrite=True, cleanup=False)
     return get_cam_run(dataset, run_key)
 
@@ -260,14 +249,35 @@ def register_cam_run(
 def update_run_config(
     samples: foc.SampleCollection, run_key: str, **changes: Any
 ) -> None:
-    """Change entries of the stored config, keeping every other entry. Also
-    upgrades a run stored by an older version to :class:`CamRunConfig`."""
+    """Set entries of the stored config, each in one atomic update of that entry
+    only (other writers' entries are never written back from a stale copy).
+    Also upgrades a run stored by an older version to :class:`CamRunConfig`."""
     dataset = root_dataset(samples)
-    config = _config_dict(dataset, run_key)
-    config.pop("cls", None)
-    config.pop("type", None)
-    config.update(changes)
-    dataset.update_run_config(run_key, CamRunConfig(**config))
+    changes = dict(changes, cls=_CONFIG_CLS, kind=CAM_RUN_KIND)
+    _record.set_entries(dataset, run_key, changes)
+
+
+def set_run_entries(
+    samples: foc.SampleCollection, run_key: str, entries: dict[str, Any]
+) -> None:
+    """Like :func:`update_run_config` for dotted paths within entries, e.g.
+    ``{"clusters.cam_layer4": {...}}`` sets one field's clusters only."""
+    _record.set_entries(root_dataset(samples), run_key, entries)
+
+
+def add_to_run_lists(
+    samples: foc.SampleCollection, run_key: str, **lists: Iterable[str]
+) -> None:
+    """Append to list entries (``owned_fields``, ``saved_views``,
+    ``owned_paths``, ``brain_keys``) what they lack, in one atomic update."""
+    _record.add_to_lists(root_dataset(samples), run_key, lists)
+
+
+def remove_from_run_lists(
+    samples: foc.SampleCollection, run_key: str, **lists: Iterable[str]
+) -> None:
+    """Remove values from list entries, in one atomic update."""
+    _record.remove_from_lists(root_dataset(samples), run_key, lists)
 
 
 def add_owned_fields(
@@ -275,39 +285,47 @@ def add_owned_fields(
 ) -> None:
     """Record fields written on behalf of the run (``ownership.claim`` checks
     and records in one step), so that rename and delete take them along."""
-    info = get_cam_run(samples, run_key)
-    owned = info.owned_fields + [f for f in fields if f not in info.owned_fields]
-    update_run_config(samples, run_key, owned_fields=owned)
+    add_to_run_lists(samples, run_key, owned_fields=fields)
 
 
 def rename_cam_run(
     samples: foc.SampleCollection, run_key: str, new_run_key: str
 ) -> CamRunInfo:
     """``dataset.rename_run`` after checking that nothing is in the way (FiftyOne
-    itself only logs a failed rename): moves every field and saved view the run
-    owns from the ``{run_key}`` prefix to ``{new_run_key}``."""
+    itself only logs a failed rename) and that no process computes the run
+    (``RunIsLive`` names it): moves every field and saved view the run owns
+    from the ``{run_key}`` prefix to ``{new_run_key}``."""
     dataset = root_dataset(samples)
-    info = get_cam_run(dataset, run_key)
     validate_run_key(new_run_key)
-    if new_run_key in dataset.list_runs():
-        raise ValueError(
-            f"A run named {new_run_key!r} already exists on {dataset.name!r}"
-        )
-    _rename_plan(dataset, info, new_run_key)
-    update_run_config(dataset, run_key)  # an older run gets the CamRun class
-    dataset.rename_run(run_key, new_run_key)
+    with run_lock(dataset, run_key):
+        info = get_cam_run(dataset, run_key)
+        dataset._doc.reload("runs")
+        if new_run_key in dataset.list_runs():
+            raise ValueError(
+                f"A run named {new_run_key!r} already exists on {dataset.name!r}"
+            )
+        live.refuse_if_live(dataset, run_key, "rename")
+        rename_plan(dataset, run_key, info.config, new_run_key)
+        update_run_config(dataset, run_key)  # an older run gets the CamRun class
+        dataset._doc.reload("runs")
+        dataset.rename_run(run_key, new_run_key)
     return get_cam_run(dataset, new_run_key)
 
 
 def delete_cam_run(samples: foc.SampleCollection, run_key: str) -> None:
     """``dataset.delete_run``: the run, its fields, saved views and files. Unlike
     FiftyOne, which logs a failed cleanup and deletes the run anyway, this
-    raises and keeps the run (so that nothing it owns is left untracked)."""
+    raises and keeps the run (so that nothing it owns is left untracked);
+    a run that a process computes is refused (``RunIsLive`` names it)."""
     dataset = root_dataset(samples)
-    get_cam_run(dataset, run_key)
-    update_run_config(dataset, run_key)  # an older run gets the CamRun class
-    dataset.get_run_info(run_key).config.build().cleanup(dataset, run_key)
-    fors.Run.delete_run(dataset, run_key, cleanup=False)
+    with run_lock(dataset, run_key):
+        found = _record.find_record(dataset, run_key)
+        if found is None:
+            get_cam_run(dataset, run_key)  # raises, listing the runs
+        live.refuse_if_live(dataset, run_key, "delete")
+        remove_parts(dataset, found.config)
+        dataset._doc.reload("runs")
+        fors.Run.delete_run(dataset, run_key, cleanup=False)
 
 
 def config_differences(
@@ -330,65 +348,3 @@ def _normalise(value):
     if isinstance(value, tuple | list):
         return [_normalise(v) for v in value]
     return value
-
-
-# -- rename internals ------------------------------------------------------------
-
-
-def _renamed(name: str, run_key: str, new_key: str, sep: str) -> str:
-    prefix = run_key + sep
-    return new_key + sep + name[len(prefix) :] if name.startswith(prefix) else name
-
-
-@dataclass
-class _RenamePlan:
-    """What moves when a run is renamed: old name -> new name, changed ones only."""
-
-    fields: dict[str, str]
-    views: dict[str, str]
-    brain_keys: dict[str, str]
-
-
-def _rename_plan(dataset: fo.Dataset, info: CamRunInfo, new_key: str) -> _RenamePlan:
-    """Field, saved-view and brain-run renames for ``info`` -> ``new_key``;
-    raises, before anything moves, if a new name is taken by something the run
-    does not own. Brain keys without the run's prefix (a ``brain_key`` the
-    user chose) keep their name."""
-    key = info.run_key
-    existing = set(dataset.get_field_schema())
-    fields = {f: _renamed(f, key, new_key, "_") for f in info.owned_fields}
-    views = {v: _renamed(v, key, new_key, "-") for v in info.saved_views}
-    brain = {
-        k: _renamed(k, key, new_key, "_") for k in info.config.get("brain_keys") or []
-    }
-    taken = {*dataset.list_brain_runs(), *dataset.list_runs()}
-    taken |= set(dataset.list_evaluations())
-    clashes = [n for o, n in fields.items() if n != o and n in existing]
-    clashes += [n for o, n in views.items() if n != o and dataset.has_saved_view(n)]
-    clashes += [n for o, n in brain.items() if n != o and n in taken]
-    if clashes:
-        raise ValueError(
-            f"Cannot rename run {key!r} to {new_key!r}: {clashes} already "
-            "exist on the dataset and do not belong to the run"
-        )
-    return _RenamePlan(
-        fields={o: n for o, n in fields.items() if o != n},
-        views={o: n for o, n in views.items() if o != n},
-        brain_keys={o: n for o, n in brain.items() if o != n},
-    )
-
-
-def _move_saved_view(
-    dataset: fo.Dataset, name: str, new_name: str, field_renames: dict[str, str]
-) -> None:
-    """Save view ``name`` as ``new_name`` with its field references renamed."""
-    doc = dataset._get_saved_view_doc(name)
-    stages = list(doc.view_stages)
-    for old, new in field_renames.items():
-        # whole field names only: "cam_layer4" must not hit "cam_layer4_focus"
-        pattern = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(old)}(?![A-Za-z0-9_])")
-        stages = [pattern.sub(new, s) for s in stages]
-    view = fov.DatasetView._build(dataset, [json_util.loads(s) for s in stages])
-    description, color = doc.description, doc.color
-    dataset.delete_saved_view(name)
-    dataset.save_view(new_name, view, description=description, color=color)

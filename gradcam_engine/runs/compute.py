@@ -32,6 +32,7 @@ from .batch_fields import FieldNames, field_names
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
 from .probe import probe_model
+from .record import own_samples
 from .stream import StreamOptions, stream_run
 
 __all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
@@ -177,6 +178,7 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
             if summary.failed:
                 raise CamRunFailed(summary)
             return summary
+        opened.live.check()  # not deleted or renamed meanwhile
         # recorded on the run, so that listings and the App can tell how it went
         cam_runs.update_run_config(
             plan.dataset, opened.run_key, outcome=summary.as_dict()
@@ -205,6 +207,7 @@ class _RunPlan:
     fixed_class: int | None
     names: FieldNames
     config: dict[str, Any]
+    live: Any = None  # live.LiveRun once the run is opened: checked per batch
 
 
 def _plan_run(
@@ -318,7 +321,7 @@ def _open_run(
             "shard only resumes a run registered by compute_cams(delegate=True)"
         )
     opened = registration.open_run(plan.dataset, plan.run_key, plan.config, overwrite)
-    plan.names, plan.config = opened.names, opened.config
+    plan.names, plan.config, plan.live = opened.names, opened.config, opened.live
     return opened
 
 
@@ -365,14 +368,18 @@ def _queue_run(plan, samples, call, overwrite, count, delegation_target):
 
 
 def _finish_if_complete(plan, opened, queued_samples) -> None:
-    """After a shard: once no sample of the queued view is pending and one has
-    maps, swap a replacement in (the shards finish in any order; the swap
-    happens once, under the run's lock)."""
+    """After a shard: release the run; once no sample of the queued view is
+    pending and one has maps, swap a replacement in (the shards finish in any
+    order; the swap happens once, under the run's lock)."""
     if opened.run_key == opened.final_key:
+        registration.finish_run(plan.dataset, opened)
         return
-    done = queued_samples.count(plan.names.prediction)
-    errors = queued_samples.count(plan.names.error)
+    own = own_samples(queued_samples, plan.names, opened.instance)
+    done = own.count(plan.names.prediction)
+    errors = own.count(plan.names.error)
     pending = exact_count(queued_samples) - done - errors
     if done and not pending:
         key = registration.finish_run(plan.dataset, opened)
         style_run(plan.dataset, key, field_names(key, plan.config["layers"]))
+    else:
+        registration.hand_over(opened)

@@ -1,16 +1,57 @@
-"""Field-name helpers shared by every module that names a FiftyOne field."""
+"""Field names: the one place where the fields a CAM run writes are named (no
+fiftyone here). A run ``R`` writes per layer a heatmap field ``F =
+heatmap_field(R, layer)`` and fields named after ``F`` (its strength, scores,
+cluster...), plus fields named after ``R`` (target, prediction, error...).
+A new per-run or per-map field gets its name here, by one of the two helpers.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-__all__ = ["MAX_RUN_KEY_LENGTH", "MAX_SLUG_LENGTH", "slug", "heatmap_field"]
+__all__ = [
+    "MAX_RUN_KEY_LENGTH",
+    "MAX_SLUG_LENGTH",
+    "slug",
+    "heatmap_field",
+    "map_field",
+    "run_field",
+    "strength_field",
+    "focus_field",
+    "hit_field",
+    "spread_field",
+    "cluster_field",
+    "clusters_brain_key",
+    "road_field",
+    "FOCUS",
+    "FieldNames",
+    "field_names",
+]
 
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
 # Field names are "<run key>_<layer slug>_<suffix>": the caps keep them
 # readable in the App's sidebar (and a 100 KB key out of the database).
 MAX_RUN_KEY_LENGTH = 64
 MAX_SLUG_LENGTH = 64
+
+# Suffixes of the fields named after a heatmap field F (F + "_" + suffix).
+STRENGTH, FOCUS, HIT, SPREAD = "strength", "focus", "hit", "spread"
+CLUSTER, CLUSTERS, ROAD = "cluster", "clusters", "road"
+# Suffixes of the fields named after a run key R (R + "_" + suffix).
+TARGET, PREDICTION, ERROR, SEEN, INSTANCE = (
+    "target",
+    "prediction",
+    "error",
+    "seen",
+    "instance",
+)
+LAYER_AGREEMENT, BG_FLIP, BG_DROP, BG_FLIP_RATE = (
+    "layer_agreement",
+    "bg_flip",
+    "bg_drop",
+    "bg_flip_rate",
+)
 
 
 def slug(name: str) -> str:
@@ -40,3 +81,92 @@ def slug(name: str) -> str:
 def heatmap_field(run_key: str, layer: str) -> str:
     """The ``fo.Heatmap`` field that holds ``layer``'s maps for run ``run_key``."""
     return f"{run_key}_{slug(layer)}"
+
+
+def map_field(heatmap: str, suffix: str) -> str:
+    """A field about each map of heatmap field ``heatmap``, e.g. its focus."""
+    return f"{heatmap}_{suffix}"
+
+
+def run_field(run_key: str, suffix: str) -> str:
+    """A field about each sample of run ``run_key``, e.g. its prediction."""
+    return f"{run_key}_{suffix}"
+
+
+def strength_field(heatmap: str) -> str:
+    """float: the max of the raw (unnormalised) map."""
+    return map_field(heatmap, STRENGTH)
+
+
+def focus_field(heatmap: str) -> str:
+    """float: share of the map's energy inside the ground-truth objects."""
+    return map_field(heatmap, FOCUS)
+
+
+def hit_field(heatmap: str) -> str:
+    """bool: the map's peak lies inside an object."""
+    return map_field(heatmap, HIT)
+
+
+def spread_field(heatmap: str) -> str:
+    """float: how spread out the map is."""
+    return map_field(heatmap, SPREAD)
+
+
+def cluster_field(heatmap: str) -> str:
+    """str: the map's cluster, ``"<group>/<k>"`` (``cluster_cams``)."""
+    return map_field(heatmap, CLUSTER)
+
+
+def clusters_brain_key(heatmap: str) -> str:
+    """The fiftyone-brain visualization of the maps' clusters."""
+    return map_field(heatmap, CLUSTERS)
+
+
+def road_field(heatmap: str) -> str:
+    """float: ROAD faithfulness of the map (``road_cams``)."""
+    return map_field(heatmap, ROAD)
+
+
+@dataclass
+class FieldNames:
+    """The fields ``compute_cams`` writes for one run."""
+
+    heatmaps: list[str]
+    strengths: list[str]
+    target: str
+    prediction: str
+    error: str
+    seen: str  # fo.Detection: the box of the original image the model saw
+    # the run instance that computed (or failed) the sample: its done marker
+    instance: str = ""
+
+    @property
+    def owned(self) -> list[str]:
+        return [
+            *self.heatmaps,
+            *self.strengths,
+            self.target,
+            self.prediction,
+            self.error,
+            self.seen,
+            self.instance,
+        ]
+
+
+def field_names(run_key: str, layers: list[str]) -> FieldNames:
+    heatmaps = [heatmap_field(run_key, layer) for layer in layers]
+    if len(set(heatmaps)) != len(heatmaps):
+        raise ValueError(
+            f"layers {layers} give clashing field names {heatmaps}; pick layers "
+            "whose names differ in letters or digits"
+        )
+    return FieldNames(
+        heatmaps=heatmaps,
+        strengths=[strength_field(name) for name in heatmaps],
+        target=run_field(run_key, TARGET),
+        prediction=run_field(run_key, PREDICTION),
+        error=run_field(run_key, ERROR),
+        seen=run_field(run_key, SEEN),
+        instance=run_field(run_key, INSTANCE),
+    )

@@ -91,15 +91,9 @@ def remove_conflicts(samples: foc.SampleCollection, conflicts: list[Conflict]) -
         elif c.kind == "file":
             shutil.rmtree(c.name) if os.path.isdir(c.name) else os.remove(c.name)
     for owner in {c.owner for c in conflicts if c.owner}:
-        gone = {c.name for c in conflicts if c.owner == owner}
-        config = cam_runs.get_cam_run(dataset, owner).config
-        cam_runs.update_run_config(
-            dataset,
-            owner,
-            **{
-                key: [n for n in config.get(key) or [] if n not in gone]
-                for key in ("owned_fields", "saved_views", "owned_paths")
-            },
+        gone = [c.name for c in conflicts if c.owner == owner]
+        cam_runs.remove_from_run_lists(
+            dataset, owner, owned_fields=gone, saved_views=gone, owned_paths=gone
         )
     if conflicts:
         logger.warning("Replaced %s", ", ".join(map(str, conflicts)))
@@ -123,8 +117,7 @@ def claim(
     dataset = samples._root_dataset
     fields, saved_views, paths = list(fields), list(saved_views), list(paths)
     with run_lock(dataset, run_key):
-        dataset._doc.reload("runs")  # see claims made by other processes
-        info = cam_runs.get_cam_run(dataset, run_key)
+        cam_runs.get_cam_run(dataset, run_key)  # raises if there is no such run
         conflicts = find_conflicts(
             dataset, run_key, fields=fields, saved_views=saved_views, paths=paths
         )
@@ -135,19 +128,15 @@ def claim(
                 "them, or rename or delete them first."
             )
         remove_conflicts(dataset, conflicts)
-        owned_paths = list(info.config.get("owned_paths") or [])
-        cam_runs.update_run_config(
+        # one atomic update: claims by other writers meanwhile are kept
+        cam_runs.add_to_run_lists(
             dataset,
             run_key,
-            owned_fields=_union(info.owned_fields, fields),
-            saved_views=_union(info.saved_views, saved_views),
-            owned_paths=_union(owned_paths, map(os.path.abspath, paths)),
+            owned_fields=fields,
+            saved_views=saved_views,
+            owned_paths=[os.path.abspath(p) for p in paths],
         )
     return conflicts
-
-
-def _union(old: list[str], new: Iterable[str]) -> list[str]:
-    return old + [n for n in dict.fromkeys(new) if n not in old]
 
 
 def _owned(dataset: fo.Dataset, run_key: str) -> dict[str, set[str]]:

@@ -7,7 +7,10 @@ from typing import Any
 import fiftyone.core.collections as foc
 
 from . import cam_runs
+from .live import live_holders
+from .naming import field_names, spread_field
 from .outcome import exact_count
+from .record import own_samples
 from .sharding import shard_operations, shard_view
 
 __all__ = ["cam_run_status"]
@@ -19,7 +22,9 @@ def cam_run_status(samples: foc.SampleCollection, run_key: str) -> dict[str, Any
     """Counts of the run ``run_key`` on ``samples`` and the state of its shards.
 
     Returns ``total``, ``done`` (samples with maps), ``errors`` (samples whose
-    ``{run_key}_error`` is set), ``pending`` (neither) and ``shards``: for a
+    ``{run_key}_error`` is set), ``pending`` (neither), ``live`` (the
+    processes computing the run now, e.g. ``["pid 12 on host"]``) and
+    ``shards``: for a
     delegated run, one dict per shard with its id range, the same counts within
     ``samples``, ``state`` and ``operation_id`` of its latest delegated
     operation, every ``operations`` entry (a rerun adds one) and ``recover``:
@@ -28,6 +33,7 @@ def cam_run_status(samples: foc.SampleCollection, run_key: str) -> dict[str, Any
     """
     info = cam_runs.get_cam_run(samples, run_key)
     status: dict[str, Any] = {"run_key": run_key, **_counts(samples, info)}
+    status["live"] = live_holders(info.config)  # processes computing it now
     status["shards"] = _shards(samples, info, info.config.get("sharding"), _counts)
     scoring = info.config.get("scoring") or {}
     if scoring.get("sharding"):
@@ -41,8 +47,10 @@ def cam_run_status(samples: foc.SampleCollection, run_key: str) -> dict[str, Any
 
 def _counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
     total = exact_count(samples)
-    done = samples.count(info.prediction_field)
-    errors = samples.count(info.error_field)
+    # samples of this run instance only (not of a deleted run of the same key)
+    own = own_samples(samples, field_names(info.run_key, info.layers), info.instance)
+    done = own.count(info.prediction_field)
+    errors = own.count(info.error_field)
     return {
         "total": total,
         "done": done,
@@ -55,7 +63,7 @@ def _scored_counts(scoring: dict[str, Any]):
     def counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
         # every scored sample with a map gets F_spread of the first scored layer
         first = info.fields[scoring["layers"][0]]
-        total, done = exact_count(samples), samples.count(f"{first}_spread")
+        total, done = exact_count(samples), samples.count(spread_field(first))
         return {"total": total, "done": done, "pending": max(0, total - done)}
 
     return counts

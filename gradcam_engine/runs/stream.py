@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import fiftyone.core.utils as fou
 import torch
-from fiftyone import ViewField as VF
 from torch import nn
 
 from ..sources.images import ImageFiles, collate
 from .batch_fields import BatchContext, batch_field_values, label_reader
 from .outcome import CamRunSummary, exact_count
+from .record import done_expression
 from .writes import set_fields
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,10 +67,8 @@ def stream_run(plan: _RunPlan, samples, options: StreamOptions) -> CamRunSummary
     """Compute the samples not done yet (and, with ``retry_errors``, the failed
     ones), batch by batch, writing each batch in bulk."""
     names = plan.names
-    done_expr = VF(names.prediction).exists()
-    if not options.retry_errors:
-        done_expr = done_expr | VF(names.error).exists()
-    pending = samples.match(~done_expr)
+    instance = plan.config.get("instance")
+    pending = samples.match(~done_expression(names, instance, options.retry_errors))
     ids, filepaths, old_errors = pending.values(["id", "filepath", names.error])
     retried = {sid for sid, err in zip(ids, old_errors, strict=True) if err}
     summary = _empty_summary(plan, exact_count(samples), len(ids))
@@ -95,6 +93,9 @@ def stream_run(plan: _RunPlan, samples, options: StreamOptions) -> CamRunSummary
             batch_ids = ids[batch.indices[0] : batch.indices[-1] + 1]
             values = batch_field_values(context, batch, batch_ids, labels)
             _record(summary, values[names.error], batch_ids, retried)
+            if plan.live is not None:  # deleted or renamed meanwhile: stop
+                plan.live.check()
+            values[names.instance] = {sid: instance for sid in batch_ids}
             _write(plan.dataset, values)
             done += len(batch_ids)
             bar.update(len(batch_ids))
