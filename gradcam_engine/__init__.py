@@ -48,6 +48,7 @@ _WORKFLOW = {
     "cluster_cams": ".audit.clusters",
     "background_test": ".audit.model_checks",
     "road_cams": ".audit.model_checks",
+    "sanity_check": ".audit.sanity",
 }
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from .compute import ComputeCams
 from .discovery import BackgroundTest, ClusterCams, RoadCams
+from .proof import SanityCheck
 from .review_panel import CamReviewPanel
 from .run_management import DeleteCamRun, ListCamRuns, RenameCamRun
 from .run_shard import RunCamShard
@@ -18,6 +19,7 @@ OPERATORS: list = [
     ClusterCams,
     BackgroundTest,
     RoadCams,
+    SanityCheck,
     CamRunStatus,
     RunCamShard,
 ]

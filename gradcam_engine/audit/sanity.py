@@ -39,6 +39,7 @@ from skimage.metrics import structural_similarity
 from ..engine.cam_engine import CamEngine
 from ..runs import cam_runs as runs
 from .model_checks import _by_shape, _class_index, _eval, _load_rgb, _model_for_run
+from .writer_steps import progress_reporter
 
 __all__ = ["map_similarity", "randomisation_cascade", "sanity_check"]
 
@@ -54,6 +55,7 @@ def sanity_check(
     num_samples: int = 16,
     max_similarity: float = DEFAULT_MAX_SIMILARITY,
     seed: int = 0,
+    progress: bool | Callable[[int, int], Any] = False,
 ) -> dict[str, Any]:
     """Cascading model-parameter randomisation test of run ``run_key``.
 
@@ -64,6 +66,8 @@ def sanity_check(
         changed: the cascade randomises a deep copy.
     max_similarity: a layer passes when both its mean Spearman rank
         correlation and its mean SSIM are below this.
+    progress: True (a progress bar), a callable ``(done, total)`` over the
+        explanations (the trained model's, then one per cascade step), or False.
 
     Returns (and stores on the run under ``"sanity"``)::
 
@@ -98,6 +102,10 @@ def sanity_check(
     x_all = [tf(Image.fromarray(_load_rgb(p))) for p in paths]
     targets = [_class_index(label, classes) for label in labels]
 
+    cascade = randomisation_cascade(module)
+    steps = _steps_for_layers(module, cascade, info.layers)
+    wanted = sorted({0, *steps.values()})
+    report = progress_reporter(progress, 1 + len(wanted))
     with _eval(module):
         original = _explain(module, info, x_all, targets)
         # Targets fixed to the trained model's classes (Quantus: same y_batch).
@@ -105,9 +113,7 @@ def sanity_check(
             t if t is not None else int(p)
             for t, p in zip(targets, original[1], strict=True)
         ]
-    cascade = randomisation_cascade(module)
-    steps = _steps_for_layers(module, cascade, info.layers)
-    wanted = sorted({0, *steps.values()})
+    report(1)
     results: dict[int, dict[str, dict[str, float]]] = {}
     randomised = copy.deepcopy(module)
     by_name = dict(randomised.named_modules())
@@ -124,6 +130,7 @@ def sanity_check(
                 layer: map_similarity(original[0][:, j], maps[:, j])
                 for j, layer in enumerate(info.layers)
             }
+            report(2 + wanted.index(step))
     max_similarity = float(max_similarity)
     layers = {}
     for layer in info.layers:
