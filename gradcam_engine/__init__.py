@@ -49,6 +49,7 @@ _WORKFLOW = {
     "background_test": ".audit.model_checks",
     "road_cams": ".audit.model_checks",
     "sanity_check": ".audit.sanity",
+    "deletion_insertion_cams": ".audit.faithfulness",
 }
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from .compute import ComputeCams
 from .discovery import BackgroundTest, ClusterCams, RoadCams
-from .proof import SanityCheck
+from .proof import DeletionInsertion, SanityCheck
 from .review_panel import CamReviewPanel
 from .run_management import DeleteCamRun, ListCamRuns, RenameCamRun
 from .run_shard import RunCamShard
@@ -20,6 +20,7 @@ OPERATORS: list = [
     BackgroundTest,
     RoadCams,
     SanityCheck,
+    DeletionInsertion,
     CamRunStatus,
     RunCamShard,
 ]

@@ -1,6 +1,7 @@
-"""Proof that the explanations depend on the model: ``sanity_check`` (the
+"""Proof that the explanations mean something: ``sanity_check`` (the
 cascading model-parameter randomisation test of a run, stored on the run and
-shown by ``list_cam_runs``, the review panel and the HTML review)."""
+shown by ``list_cam_runs`` and the HTML review) and
+``deletion_insertion_cams`` (per-map faithfulness curves)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,22 @@ class SanityCheck(_Discovery):
         return dict(
             model=_app_model(params), num_samples=int(params.get("num_samples") or 16)
         )
+
+
+class DeletionInsertion(_Discovery):
+    name = "deletion_insertion_cams"
+    label = "CAM faithfulness (deletion / insertion)"
+    description = (
+        "Remove / restore the most relevant pixels first: how fast does the "
+        "score follow? Areas per map"
+    )
+    action = "Measure"
+    with_layer = True
+    progress_label = "Deletion / insertion"
+    function = "deletion_insertion_cams"
+
+    def add_inputs(self, ctx, inputs: types.Object) -> None:
+        _model_input(ctx, inputs)
+
+    def library_kwargs(self, params):
+        return dict(model=_app_model(params))

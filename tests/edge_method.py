@@ -1,11 +1,13 @@
 """A CAM "method" that ignores the model: the edge map (Sobel magnitude) of
-the input image. It must fail the model-parameter randomisation test."""
+the input image. It must fail the model-parameter randomisation test. Also
+a shuffled Grad-CAM (unfaithful by construction)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 
 from gradcam_engine.engine.methods import METHODS, register_method
@@ -37,3 +39,23 @@ def register_edge_method() -> str:
     if EDGE_METHOD not in METHODS:
         register_method(EDGE_METHOD, EdgeMap)
     return EDGE_METHOD
+
+
+SHUFFLED_METHOD = "shuffled-gradcam-test"
+
+
+class ShuffledGradCAM(GradCAM):
+    """Grad-CAM with its pixels in a fixed random order: as unfaithful a map
+    as one with the same values can be."""
+
+    def get_cam_image(self, *args, **kwargs):
+        cam = super().get_cam_image(*args, **kwargs)
+        flat = cam.reshape(cam.shape[0], -1)
+        order = np.random.default_rng(0).permutation(flat.shape[1])
+        return flat[:, order].reshape(cam.shape)
+
+
+def register_shuffled_method() -> str:
+    if SHUFFLED_METHOD not in METHODS:
+        register_method(SHUFFLED_METHOD, ShuffledGradCAM)
+    return SHUFFLED_METHOD
