@@ -2,6 +2,7 @@
 
 from .compute import ComputeCams
 from .discovery import BackgroundTest, ClusterCams, RoadCams
+from .eval_metrics import CamBgFlipRate, CamLowFocusShare, CamMeanFocus
 from .proof import DeletionInsertion, SanityCheck
 from .review_panel import CamReviewPanel
 from .run_management import DeleteCamRun, ListCamRuns, RenameCamRun
@@ -23,6 +24,9 @@ OPERATORS: list = [
     DeletionInsertion,
     CamRunStatus,
     RunCamShard,
+    CamMeanFocus,
+    CamLowFocusShare,
+    CamBgFlipRate,
 ]
 PANELS: list = [CamReviewPanel]
 

@@ -4,6 +4,8 @@
   randomisation test; a registered method that returns the input's edge map
   (it ignores the model) fails it; the verdict is stored on the run and shown
   by the list_cam_runs operator and the HTML review.
+- deletion/insertion rank a known-evidence model's exact map above the same
+  map shuffled; the CAM figures are custom metrics of an evaluation.
 - background_test with its default fills agrees with the counterfactual truth
   (the prediction changes when the same image is drawn without the mark) on
   two differently drawn shortcut sets: marked_data (gradients, a white square
@@ -24,6 +26,7 @@ from marked_run import marked_run
 from PIL import Image
 
 from gradcam_engine.audit.backgrounds import DEFAULT_MIN_FLIP_RATE
+from gradcam_engine.audit.eval_metrics import CAM_METRICS
 from gradcam_engine.audit.export import export_review
 from gradcam_engine.audit.faithfulness import deletion_insertion_cams
 from gradcam_engine.audit.model_checks import background_test
@@ -218,3 +221,36 @@ def test_deletion_insertion_rank_the_faithful_map_above_a_shuffled_one(marked):
     assert (ins["known"] > ins["shuffled"]).mean() >= 0.9
     assert dele["known"].mean() + 0.05 < dele["shuffled"].mean()
     assert ins["known"].mean() > ins["shuffled"].mean() + 0.05
+
+
+def test_cam_figures_are_custom_metrics_of_an_evaluation(marked):
+    ds, model, _ = marked
+    score_cams(ds, "hans", "objects")
+    background_test(ds, "hans", "objects", model, transforms=sm.transforms())
+    uris = {f"{PLUGIN}/cam_{m}": m for m in CAM_METRICS}
+    results = ds.evaluate_classifications(
+        "hans_prediction",
+        gt_field="ground_truth",
+        eval_key="proof_eval",
+        custom_metrics={uri: {"run_key": "hans"} for uri in uris},
+    )
+    try:
+        focus = np.array(ds.values("hans_block4_focus"), dtype=float)
+        flips = np.array(ds.values("hans_bg_flip"), dtype=float)
+        expected = {
+            "mean_focus": focus.mean(),
+            "low_focus_share": (focus < 0.3).mean(),
+            "bg_flip_rate": flips.mean(),
+        }
+        got = results.custom_metrics
+        for uri, name in uris.items():
+            assert got[uri]["value"] == pytest.approx(expected[name]), name
+            assert got[uri]["label"] == CAM_METRICS[name][0]
+            assert got[uri]["lower_is_better"] is CAM_METRICS[name][1]
+        # Stored with the evaluation, as the Model Evaluation panel loads it.
+        again = ds.load_evaluation_results("proof_eval").custom_metrics
+        assert {k: v["value"] for k, v in again.items()} == {
+            k: v["value"] for k, v in got.items()
+        }
+    finally:
+        ds.delete_evaluation("proof_eval")
