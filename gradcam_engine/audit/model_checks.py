@@ -7,10 +7,13 @@ bulk through the run's ownership rules (:mod:`.owned`).
 
 Fields, for run ``R`` and each heatmap field ``F``:
 
-- ``R_bg_flip`` (bool): the predicted class changes when everything outside
-  the objects of ``gt_field`` is replaced (``fill``).
+- ``R_bg_flip_rate`` (float in [0, 1]): the share of the fills (``fill``,
+  several by default: :mod:`.backgrounds`) under which the predicted class
+  changes when everything outside the objects of ``gt_field`` is replaced.
+- ``R_bg_flip`` (bool): ``R_bg_flip_rate >= min_flip_rate`` (a consistent flip).
 - ``R_bg_drop`` (float in [-1, 1]): how much the probability of the run's
-  target class falls (negative: rises) when the background is replaced.
+  target class falls (negative: rises) when the background is replaced,
+  averaged over the fills.
 - ``F_road`` (float in [-1, 1]): ROAD of the map (pytorch-grad-cam's
   ``ROADCombined``); near 0 or negative: the map does not point at what the
   model needs, so its focus score says little.
