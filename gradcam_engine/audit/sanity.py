@@ -88,6 +88,12 @@ def sanity_check(
     if not 0.0 < float(max_similarity) <= 1.0:
         raise ValueError(f"max_similarity must be in (0, 1], got {max_similarity!r}")
     info = runs.get_cam_run(samples, run_key)
+    task = info.config.get("task") or "classification"
+    if task != "classification":
+        raise ValueError(
+            f"run_key: run {run_key!r} is a {task!r} run; sanity_check explains "
+            "classifications only (one class per image)"
+        )
     module, tf, classes = _model_for_run(info, model, transforms)
     ids = samples.exists(info.prediction_field).values("id")
     if not ids:
