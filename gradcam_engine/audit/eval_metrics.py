@@ -13,6 +13,13 @@ custom evaluation metrics (``fiftyone.operators.EvaluationMetric``), so that
 stores them on the evaluation and the panel lists them beside accuracy. The
 panel of FiftyOne 1.22 shows a custom metric as one value (no per-class
 breakdown): ``class_report`` has the per-class figures.
+
+FiftyOne 1.22 keeps custom metrics when it reloads binary classification
+(``method="binary"``), detection and regression results, but not "simple"
+(multiclass) or top-k classification results:
+``BaseClassificationResults._from_dict`` (``fiftyone/utils/eval/base.py``)
+drops ``custom_metrics``, and the panel always reloads. The values are still
+on the results object that ``evaluate_classifications`` returns.
 """
 
 from __future__ import annotations
