@@ -43,6 +43,7 @@ from gradcam_engine.sources.models import (
     list_model_sources,
     register_model_source,
 )
+from operators import review_data
 
 PLUGIN = "@cam-audit/cam-audit"
 N_TEST = 120
@@ -124,6 +125,8 @@ def test_sanity_check_passes_gradcam_and_fails_an_edge_map(marked, tmp_path):
     score_cams(ds, "edges", "objects")
     with open(export_review(ds, "edges", tmp_path / "r.html"), encoding="utf-8") as f:
         assert "sanity check FAILED at block3, block4" in f.read()
+    # The review panel's run summary line carries the same verdict.
+    assert review_data.sources(ds)["edges/block4"]["sanity"].startswith("FAILED")
 
 
 def test_sanity_check_operator_stores_the_verdict(marked):
