@@ -94,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--p-cue", type=float, default=0.9)
+    parser.add_argument("--control", action="store_true")
     parser.add_argument("--methods", nargs="+", default=["gradcam", "layercam"])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -106,6 +107,13 @@ def main() -> None:
         train_imgs.append(draw(img, cue, rng)[0])
         train_y.append(int(y))
     model = train(np.stack(train_imgs), np.array(train_y), args.epochs)
+    control = None
+    if args.control:
+        plain = [
+            draw(img, None, np.random.default_rng(i))[0]
+            for i, img in enumerate(digits.images[:n_train])
+        ]
+        control = train(np.stack(plain), np.array(train_y), args.epochs, seed=1)
     test = [
         draw(img, int(rng.integers(10)), rng) + (int(y),)
         for img, y in zip(digits.images[n_train:], digits.target[n_train:], strict=True)
@@ -137,6 +145,23 @@ def main() -> None:
             ).numpy()
         scores = {layer: focus(maps[:, j], boxes) for j, layer in enumerate(layers)}
         scores["block3+block4 (mean)"] = (scores["block3"] + scores["block4"]) / 2
+        if control is not None:  # agreement with a model that never saw the cue
+            with CamEngine(control, layers=layers, method=method) as engine:
+                ref = torch.cat(
+                    [
+                        engine(
+                            preprocess(images[i : i + 64]),
+                            [int(p) for p in pred[i : i + 64]],
+                        )
+                        for i in range(0, len(images), 64)
+                    ]
+                ).numpy()
+            for j, layer in enumerate(layers):
+                a = maps[:, j].reshape(len(maps), -1)
+                b = ref[:, j].reshape(len(ref), -1)
+                a = a / np.maximum(a.sum(1, keepdims=True), 1e-9)
+                b = b / np.maximum(b.sum(1, keepdims=True), 1e-9)
+                scores[f"{layer} overlap with control"] = np.minimum(a, b).sum(1)
         for name, score in scores.items():
             auroc = roc_auc_score(digit_reliant, score)
             print(f"{method} {name}: AUROC of focus for digit-reliant {auroc:.3f}")
