@@ -51,6 +51,8 @@ _WORKFLOW = {
     "cluster_cams": ".audit.clusters",
     "background_test": ".audit.model_checks",
     "road_cams": ".audit.model_checks",
+    "sanity_check": ".audit.sanity",
+    "deletion_insertion_cams": ".audit.faithfulness",
 }
 
 __all__ = [

@@ -2,6 +2,8 @@
 
 from .compute import ComputeCams
 from .discovery import BackgroundTest, ClusterCams, RoadCams
+from .eval_metrics import CamBgFlipRate, CamLowFocusShare, CamMeanFocus
+from .proof import DeletionInsertion, SanityCheck
 from .review_panel import CamReviewPanel
 from .run_management import DeleteCamRun, ListCamRuns, RenameCamRun
 from .run_shard import RunCamShard
@@ -18,8 +20,13 @@ OPERATORS: list = [
     ClusterCams,
     BackgroundTest,
     RoadCams,
+    SanityCheck,
+    DeletionInsertion,
     CamRunStatus,
     RunCamShard,
+    CamMeanFocus,
+    CamLowFocusShare,
+    CamBgFlipRate,
 ]
 PANELS: list = [CamReviewPanel]
 

@@ -20,7 +20,9 @@ from gradcam_engine.runs import trust
 from . import _forms
 
 BY_CHOICES = {"predicted": "Predicted class", "label": "Label field", "none": "All"}
-FILLS = ("blur", "mean", "gray", "noise")  # gradcam_engine.audit.counterfactual
+# gradcam_engine.audit.backgrounds (not imported here: it imports torch);
+# "several" leaves the library's measured default set of fills.
+FILLS = ("several", "blur", "mean", "gray", "noise", "swap")
 
 
 class _Discovery(foo.Operator):
@@ -144,15 +146,16 @@ class BackgroundTest(_Discovery):
         )
         fills = _forms.dropdown(FILLS)
         inputs.enum(
-            "fill", fills.values(), default="blur", label="Background", view=fills
+            "fill", fills.values(), default="several", label="Background", view=fills
         )
         _model_input(ctx, inputs)
 
     def library_kwargs(self, params):
+        fill = params.get("fill") or "several"
         return dict(
             gt_field=params["gt_field"],
             model=_app_model(params),
-            fill=params.get("fill", "blur"),
+            **({} if fill == "several" else {"fill": fill}),
         )
 
 

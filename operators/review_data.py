@@ -13,6 +13,7 @@ import fiftyone as fo
 import numpy as np
 from fiftyone import ViewField as F
 
+from gradcam_engine.audit.sanity_line import sanity_line
 from gradcam_engine.runs import cam_runs as runs
 
 ALL_CLASSES = "(all classes)"
@@ -61,6 +62,7 @@ def sources(dataset) -> dict[str, dict]:
                 predicted=(
                     info.prediction_field if info.prediction_field in schema else None
                 ),
+                sanity=sanity_line(info.config.get("sanity")),
             )
     return out
 

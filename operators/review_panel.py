@@ -186,7 +186,7 @@ class CamReviewPanel(foo.Panel):
             f"samples, mean focus {values['mean']:.3f}"
             if values["total"]
             else f"**{src['run_key']}** / `{src['layer']}`: no scored samples"
-        )
+        ) + (f"; sanity check {src['sanity']}" if src.get("sanity") else "")
         state.ranked_ids = ids
         state.rank_tick = max(1, math.ceil(len(ids) / 10))
         state.table = data.table_rows(values)

@@ -5,11 +5,21 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from gradcam_engine.audit.sanity_line import sanity_line
 from gradcam_engine.runs import cam_runs as runs
 
 from . import _forms
 
-COLUMNS = ("run_key", "model", "target", "method", "layers", "status", "fields")
+COLUMNS = (
+    "run_key",
+    "model",
+    "target",
+    "method",
+    "layers",
+    "status",
+    "sanity",
+    "fields",
+)
 
 
 def _run_summary(dataset, key: str) -> dict:
@@ -30,6 +40,7 @@ def _run_summary(dataset, key: str) -> dict:
         "method": info.method,
         "layers": ", ".join(info.layers),
         "status": status,
+        "sanity": sanity_line(config.get("sanity")),
         "fields": ", ".join(info.fields.values()),
         "storage": info.storage,
     }

@@ -26,6 +26,7 @@ from ..runs import cam_runs as runs
 from ..runs.storage import heatmap_to_float
 from ..sources.images import load_rgb
 from .report import ALL_CLASSES, class_report, class_rows
+from .sanity_line import sanity_line
 from .scoring import hit_field, spread_field
 from .writer_steps import resolve_layer
 
@@ -161,6 +162,7 @@ def _subtitle(samples, info, layer, label_field, low_focus, top_k) -> str:
         f"classes from {label_field or info.target_field}",
         f"low focus < {low_focus}",
         f"top {top_k} suspects per class",
+        f"sanity check {sanity_line(info.config.get('sanity'))}",
     ]
     model = info.config.get("model")
     if model:

@@ -7,10 +7,13 @@ bulk through the run's ownership rules (:mod:`.owned`).
 
 Fields, for run ``R`` and each heatmap field ``F``:
 
-- ``R_bg_flip`` (bool): the predicted class changes when everything outside
-  the objects of ``gt_field`` is replaced (``fill``).
+- ``R_bg_flip_rate`` (float in [0, 1]): the share of the fills (``fill``,
+  several by default: :mod:`.backgrounds`) under which the predicted class
+  changes when everything outside the objects of ``gt_field`` is replaced.
+- ``R_bg_flip`` (bool): ``R_bg_flip_rate >= min_flip_rate`` (a consistent flip).
 - ``R_bg_drop`` (float in [-1, 1]): how much the probability of the run's
-  target class falls (negative: rises) when the background is replaced.
+  target class falls (negative: rises) when the background is replaced,
+  averaged over the fills.
 - ``F_road`` (float in [-1, 1]): ROAD of the map (pytorch-grad-cam's
   ``ROADCombined``); near 0 or negative: the map does not point at what the
   model needs, so its focus score says little.
@@ -32,10 +35,16 @@ from scipy import ndimage
 from ..runs import cam_runs as runs
 from ..runs.arguments import progress_args
 from ..runs.fingerprint import describe
-from ..runs.naming import BG_DROP, BG_FLIP, road_field, run_field
+from ..runs.naming import BG_DROP, BG_FLIP, BG_FLIP_RATE, road_field, run_field
 from ..sources.geometry import Geometry, TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
-from .counterfactual import FILLS, prediction_change, replace_background, road_scores
+from .backgrounds import (
+    DEFAULT_FILLS,
+    DEFAULT_MIN_FLIP_RATE,
+    background_flips,
+    check_fills,
+)
+from .counterfactual import road_scores
 from .owned import claim_fields
 from .raw_reads import SegClasses, ground_truth, gt_kind, raw_heatmap
 from .writer_steps import progress_reporter, run_layers, write_columns
@@ -49,7 +58,9 @@ def background_test(
     gt_field: str,
     model: Any = None,
     *,
-    fill: str = "blur",
+    fill: str | Sequence[str] = DEFAULT_FILLS,
+    min_flip_rate: float = DEFAULT_MIN_FLIP_RATE,
+    seed: int = 0,
     transforms: Callable[[Image.Image], torch.Tensor] | None = None,
     label_classes: Sequence[str] | None = None,
     overwrite: bool = False,
@@ -61,21 +72,35 @@ def background_test(
     gt_field: ``fo.Detections`` (boxes), ``fo.Segmentation`` or
         ``fo.Polylines``; samples without objects get None.
     model: anything ``load_model`` accepts; default: the run's model source.
-    fill: see :func:`replace_background` (``FILLS``).
+    fill: one fill or several (``backgrounds.ALL_FILLS``; ``"swap"`` pastes
+        the objects on another sample's background, ImageNet-9 "mixed-rand").
+    min_flip_rate: a sample is flagged (``R_bg_flip``) when its prediction
+        flips under at least this share of the fills (``R_bg_flip_rate``);
+        defaults measured in BENCHMARKS.md ("Background test").
+    seed: the noise fill's and the swap donors' seed.
     transforms: default: the model source's (must match the run's).
 
-    Returns ``{"fields", "num_tested", "flip_rate", "mean_drop"}``.
+    Returns ``{"fields", "num_tested", "flip_rate", "mean_drop", "fills",
+    "fill_flip_rates"}``.
     """
     progress_args(progress)  # checked before any write
     info = runs.get_cam_run(samples, run_key)
     kind = gt_kind(samples, gt_field)
-    if fill not in FILLS:
-        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+    fills = check_fills(fill)
+    if not 0.0 < float(min_flip_rate) <= 1.0:
+        raise ValueError(
+            f"min_flip_rate must be in (0, 1] (a share of the fills), got "
+            f"{min_flip_rate!r}"
+        )
     _check_batch_size(batch_size)
     module, tf, classes = _model_for_run(info, model, transforms)
     flip, drop = run_field(run_key, BG_FLIP), run_field(run_key, BG_DROP)
+    rate = run_field(run_key, BG_FLIP_RATE)
     claim_fields(
-        samples, run_key, {flip: fo.BooleanField, drop: fo.FloatField}, overwrite
+        samples,
+        run_key,
+        {flip: fo.BooleanField, drop: fo.FloatField, rate: fo.FloatField},
+        overwrite,
     )
     label_classes = [label_classes] if isinstance(label_classes, str) else label_classes
     seg = (
@@ -85,7 +110,8 @@ def background_test(
     )
     paths = _gt_paths(kind, gt_field) + [f"{info.target_field}.label"]
     ids = samples.values("id")
-    out: dict[str, list] = {flip: [None] * len(ids), drop: [None] * len(ids)}
+    out: dict[str, list] = {name: [None] * len(ids) for name in (flip, drop, rate)}
+    per_fill: list[np.ndarray] = []
     report = progress_reporter(progress, len(ids))
 
     def keep_mask(columns, i, image) -> np.ndarray | None:
@@ -95,30 +121,44 @@ def background_test(
 
     with _eval(module):
         for start, columns, images in _batches(samples, ids, paths, batch_size, report):
-            rows, before, after, targets = [], [], [], []
+            rows, kept, keeps, targets = [], [], [], []
             for i, image in enumerate(images):
                 keep = keep_mask(columns, i, image)
                 if keep is None:  # no object: nothing to keep, no test
                     continue
                 rows.append(start + i)
-                before.append(tf(Image.fromarray(image)))
-                after.append(tf(Image.fromarray(replace_background(image, keep, fill))))
+                kept.append(image)
+                keeps.append(keep)
                 targets.append(_class_index(columns[paths[-1]][i], classes))
             if not rows:
                 continue
-            logits = _forward(module, before + after)
-            flips, drops = prediction_change(
-                logits[: len(rows)], logits[len(rows) :], targets
+            flips, drops = background_flips(
+                lambda xs: _forward(module, xs),
+                tf,
+                kept,
+                keeps,
+                targets,
+                fills,
+                seed + start,
             )
+            per_fill.append(flips)
             for j, row in enumerate(rows):
-                out[flip][row], out[drop][row] = flips[j], drops[j]
+                share = float(np.nanmean(flips[j]))
+                out[rate][row], out[drop][row] = share, float(np.nanmean(drops[j]))
+                out[flip][row] = share >= min_flip_rate
     write_columns(samples, ids, out)
     tested = [v for v in out[flip] if v is not None]
+    by_fill = np.concatenate(per_fill) if per_fill else np.empty((0, len(fills)))
     return {
-        "fields": [flip, drop],
+        "fields": [flip, drop, rate],
         "num_tested": len(tested),
         "flip_rate": _mean(tested),
         "mean_drop": _mean(out[drop]),
+        "fills": fills,
+        "fill_flip_rates": {
+            f: (float(np.nanmean(by_fill[:, j])) if len(by_fill) else None)
+            for j, f in enumerate(fills)
+        },
     }
 
 

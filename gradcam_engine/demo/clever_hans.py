@@ -6,8 +6,8 @@ watermark in the corner (:mod:`gradcam_engine.demo.marked_data`). The model
 
 1. Grad-CAM, then ``cluster_cams`` WITHOUT any boxes: one cluster of each
    predicted class has a mean map that sits in the corner, not on the object.
-2. ``background_test`` keeps the object boxes, blurs the rest, reruns the
-   model: the samples of that cluster flip; checked here against the truth
+2. ``background_test`` keeps the object boxes, replaces the rest (several
+   fills by default), reruns the model: the samples of that cluster flip; checked here against the truth
    (each image drawn again without the mark).
 3. The class report and the HTML review show flip rates and clusters; in the
    App, the Embeddings panel plots brain key ``clever_gradcam_block4_clusters``
@@ -134,7 +134,7 @@ def run_clever_hans(fresh: bool = False, say=print) -> fo.Dataset:
             f"peak at row {row / mean.shape[0]:.2f}, col {col / mean.shape[1]:.2f}"
             + ("  <- off the objects, in the corner" if corner else "")
         )
-    # 2. Proof: objects kept, background blurred, model (the run's source) rerun.
+    # 2. Proof: objects kept, background replaced, model (the run's source) rerun.
     proof = background_test(dataset, RUN_KEY, "objects")
     say(f"Background test: {proof['flip_rate']:.0%} of predictions flip overall")
     names, flips, paths = dataset.values(

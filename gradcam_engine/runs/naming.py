@@ -24,6 +24,8 @@ __all__ = [
     "cluster_field",
     "clusters_brain_key",
     "road_field",
+    "deletion_field",
+    "insertion_field",
     "FOCUS",
     "FieldNames",
     "field_names",
@@ -38,6 +40,7 @@ MAX_SLUG_LENGTH = 64
 # Suffixes of the fields named after a heatmap field F (F + "_" + suffix).
 STRENGTH, FOCUS, HIT, SPREAD = "strength", "focus", "hit", "spread"
 CLUSTER, CLUSTERS, ROAD = "cluster", "clusters", "road"
+DELETION, INSERTION = "deletion", "insertion"
 # Suffixes of the fields named after a run key R (R + "_" + suffix).
 TARGET, PREDICTION, ERROR, SEEN, INSTANCE = (
     "target",
@@ -126,6 +129,16 @@ def clusters_brain_key(heatmap: str) -> str:
 def road_field(heatmap: str) -> str:
     """float: ROAD faithfulness of the map (``road_cams``)."""
     return map_field(heatmap, ROAD)
+
+
+def deletion_field(heatmap: str) -> str:
+    """float: area under the deletion curve (``deletion_insertion_cams``)."""
+    return map_field(heatmap, DELETION)
+
+
+def insertion_field(heatmap: str) -> str:
+    """float: area under the insertion curve (``deletion_insertion_cams``)."""
+    return map_field(heatmap, INSERTION)
 
 
 @dataclass
