@@ -129,7 +129,7 @@ def cluster_cams(
     write_columns(samples, ids, out)
     stored = dict(info.config.get("clusters") or {})
     stored.update({f: {"by": by, "clusters": c} for f, c in summary.items()})
-    runs.update_run_config(samples._root_dataset, run_key, clusters=stored)
+    runs.update_run_config(runs.root_dataset(samples), run_key, clusters=stored)
     return {
         "fields": list(out),
         "brain_keys": list(brain_keys.values()) if visualization else [],

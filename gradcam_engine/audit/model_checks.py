@@ -81,7 +81,7 @@ def background_test(
     )
     label_classes = [label_classes] if isinstance(label_classes, str) else label_classes
     seg = (
-        SegClasses(samples._root_dataset, gt_field, label_classes)
+        SegClasses(runs.root_dataset(samples), gt_field, label_classes)
         if kind == "segmentation"
         else None
     )

@@ -129,8 +129,8 @@ def score_cams(
     if queue:
         shard_plan = sharding.plan_shards(samples, queue)
         kwargs = sharding.worker_kwargs("score_cams", call, layers=plan.layers)
-        _declare_scores(samples._root_dataset, plan)
-        _record_scoring(samples._root_dataset, plan, shard_plan)
+        _declare_scores(runs.root_dataset(samples), plan)
+        _record_scoring(runs.root_dataset(samples), plan, shard_plan)
         return sharding.queue_shards(
             samples, "score_cams", kwargs, shard_plan, delegation_target
         )
@@ -196,7 +196,7 @@ def _plan_scoring(
     batch_size,
 ) -> _ScorePlan:
     info = runs.get_cam_run(samples, run_key)
-    dataset = samples._root_dataset
+    dataset = runs.root_dataset(samples)
     layers = run_layers(info, layers)
     kind = gt_kind(samples, gt_field)
     if isinstance(hit_tolerance, bool) or not isinstance(hit_tolerance, (int, float)):
@@ -310,7 +310,7 @@ def _score_chunks(
 
 def _finish_scoring(samples, plan: _ScorePlan, ids, out: dict[str, list]) -> None:
     """Declare and write the score fields; record them and the settings on the run."""
-    dataset = samples._root_dataset
+    dataset = runs.root_dataset(samples)
     _declare_scores(dataset, plan)
     write_columns(samples, ids, out)
     _record_scoring(dataset, plan)

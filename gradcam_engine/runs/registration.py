@@ -75,7 +75,7 @@ def open_run(
     ``overwrite`` (and something to replace), a temporary run is registered
     instead; call :func:`finish_run` when it is complete.
     """
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     cam_runs.validate_run_key(run_key)
     with run_lock(dataset, run_key):
         dataset._doc.reload("runs")  # registrations by other processes
@@ -119,7 +119,7 @@ def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
     swapped in (by another shard of it). Returns the key."""
     if opened.run_key == opened.final_key:
         return opened.final_key
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     final = opened.final_key
     try:
         with run_lock(dataset, final), run_lock(dataset, opened.run_key):
@@ -148,7 +148,7 @@ def abandon_run(samples: foc.SampleCollection, opened: OpenedRun) -> None:
     :func:`hand_over`."""
     if opened.lease is None or not opened.lease.held:
         return
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     try:
         with run_lock(dataset, opened.run_key):
             dataset._doc.reload("runs")

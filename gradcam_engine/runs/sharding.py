@@ -21,6 +21,8 @@ from typing import Any
 import fiftyone.core.collections as foc
 from bson import ObjectId
 
+from .cam_runs import root_dataset
+
 __all__ = [
     "PLUGIN_NAME",
     "SHARD_OPERATOR",
@@ -194,7 +196,7 @@ def queue_shards(
     from fiftyone.operators.delegated import DelegatedOperationService
 
     run_key = kwargs["run_key"]
-    dataset = samples._root_dataset
+    dataset = root_dataset(samples)
     view = samples.view()._serialize()
     service = DelegatedOperationService()
     ids = []
