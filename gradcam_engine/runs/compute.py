@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import fiftyone as fo
@@ -27,9 +26,10 @@ from ..sources.geometry import TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
 from . import arguments, cam_runs, registration, sharding
 from .app_look import style_run
-from .batch_fields import FieldNames, field_names
+from .batch_fields import field_names
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes
+from .plan import RunPlan as _RunPlan
 from .stream import StreamOptions, stream_run
 
 __all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
@@ -163,21 +163,6 @@ def compute_cams(
 
 
 # -- the steps: plan (no writes), open (register), stream (stream.py), finish --
-
-
-@dataclass
-class _RunPlan:
-    """Everything a run needs, checked before anything is written."""
-
-    dataset: fo.Dataset
-    run_key: str
-    engine: CamEngine
-    transforms: Callable[[Image.Image], torch.Tensor]
-    geometry: TransformGeometry
-    class_names: list[str] | None
-    fixed_class: int | None
-    names: FieldNames
-    config: dict[str, Any]
 
 
 def _plan_run(
