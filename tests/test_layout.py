@@ -133,3 +133,103 @@ def test_plugin_entry_point_imports_outside_a_package_without_fiftyone():
         cwd=ROOT.parent,
     )
     assert out.split() == ["True", "False"]
+
+
+# Lower layers first: a module imports its own layer and the ones before it.
+_LAYERS = ["engine", "sources", "runs", "audit", "demo"]
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the gradcam_engine modules it imports anywhere in its source
+    (also inside functions and ``if TYPE_CHECKING:``), read from the files."""
+    package = ROOT / "gradcam_engine"
+    modules = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts): path
+        for path in package.rglob("*.py")
+    }
+    imports: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        parts = name.split(".")
+        base = parts if path.name == "__init__.py" else parts[:-1]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    stem = base[: len(base) - node.level + 1]
+                    target = ".".join(stem + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                found |= {f"{target}.{a.name}" for a in node.names} | {target}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        imports[name.removesuffix(".__init__")] = {
+            m.removesuffix(".__init__")
+            for m in found
+            if m in modules or f"{m}.__init__" in modules
+        }
+    return imports
+
+
+def test_imports_never_go_up_the_layers():
+    offenders = []
+    for module, targets in _package_imports().items():
+        layer = module.split(".")[1] if "." in module else None
+        if layer not in _LAYERS:
+            continue
+        for target in targets:
+            other = target.split(".")[1] if target.count(".") else None
+            if other in _LAYERS and _LAYERS.index(other) > _LAYERS.index(layer):
+                offenders.append(f"{module} imports {target}")
+    assert offenders == [], "upward imports (order: " + " -> ".join(_LAYERS) + ")"
+
+
+def test_modules_do_not_import_each_other_in_a_circle():
+    imports = _package_imports()
+    cycles = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(imports.get(module, ())):
+            if target in path:
+                cycle = path[path.index(target) :]
+                start = cycle.index(min(cycle))
+                cycles.add(" -> ".join(cycle[start:] + cycle[:start]))
+            elif len(path) < 12:
+                visit(target, [*path, target])
+
+    for module in imports:
+        visit(module, [module])
+    assert sorted(cycles) == []
+
+
+def test_demo_model_sources_come_from_the_entry_point_not_from_an_import(tmp_path):
+    # The distribution's entry points as pyproject.toml declares them, installed
+    # as metadata in a directory of its own (the venv may hold an older install).
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    group = "gradcam_engine.model_sources"
+    declared = project["entry-points"][group]
+    info = tmp_path / "cam_audit_entry_points-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: cam-audit-entry-points\nVersion: 0.0\n"
+    )
+    lines = [f"[{group}]", *(f"{k} = {v}" for k, v in declared.items())]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    out = _fresh_python(
+        "import sys\n"
+        "from gradcam_engine.sources import models\n"
+        "demo = lambda: sorted(m for m in sys.modules if m.startswith("
+        "'gradcam_engine.demo'))\n"
+        "print(demo())\n"
+        "print(models.list_model_sources())\n"
+        "print(demo())",
+        cwd=ROOT,
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]),
+    )
+    before, names, after = out.strip().splitlines()
+    assert before == "[]"  # the library imports no demo module by itself
+    for name in ("demo-shortcut-cnn", "demo-control-cnn", "clever-hans-cnn"):
+        assert repr(name) in names
+    # registering loads only the small sources module, not the demo's models
+    assert after == "['gradcam_engine.demo', 'gradcam_engine.demo.sources']"
