@@ -4,7 +4,6 @@ Environment variables are set before anything imports fiftyone.
 """
 
 import atexit
-import contextlib
 import os
 import pathlib
 import shutil
@@ -124,38 +123,6 @@ def browser():
             yield b
         finally:
             b.close()
-
-
-@pytest.fixture(scope="session")
-def app_server():
-    """One FiftyOne App server (remote, on a free port) for every browser test
-    module: starting one and stopping it costs seconds each. A module shows its
-    dataset with ``session.dataset = ds`` and clears it when done (see
-    ``show_in_app``). Yields ``(session, base_url)``."""
-    import socket
-
-    import fiftyone as fo
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    session = fo.launch_app(remote=True, port=port, auto=False)
-    try:
-        yield session, f"http://localhost:{port}"
-    finally:
-        session.close()
-
-
-@contextlib.contextmanager
-def show_in_app(app_server, dataset):
-    """The shared App session on ``dataset`` (no view, no sample open) for the
-    duration; ``(session, url of the dataset)``."""
-    session, base = app_server
-    session.dataset = dataset
-    try:
-        yield session, f"{base}/datasets/{dataset.name}"
-    finally:
-        session.clear_dataset()
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ TESTS = pathlib.Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from conftest import show_in_app  # noqa: E402
 from test_operators import MODEL, PHOTOS, make_dataset  # noqa: E402
 
 STORAGE = os.environ.get("CAM_TEST_STORAGE", "db")
@@ -55,9 +54,13 @@ def scored_dataset(tmp_root):
 
 
 @pytest.fixture(scope="module")
-def app_url(scored_dataset, app_server):
-    with show_in_app(app_server, scored_dataset) as (session, url):
-        yield url, session
+def app_url(scored_dataset):
+    port = _free_port()
+    session = fo.launch_app(scored_dataset, remote=True, port=port, auto=False)
+    try:
+        yield f"http://localhost:{port}/datasets/{scored_dataset.name}", session
+    finally:
+        session.close()
 
 
 @pytest.fixture()

@@ -3,10 +3,11 @@ heatmap clusters listed, a click on one filters the grid to that cluster."""
 
 from __future__ import annotations
 
+import socket
 import time
 
+import fiftyone as fo
 import pytest
-from conftest import show_in_app
 from marked_run import marked_run
 
 from gradcam_engine import background_test, cluster_cams, score_cams
@@ -17,16 +18,20 @@ N = 60
 
 
 @pytest.fixture(scope="module")
-def hans_app(tmp_path_factory, app_server):
+def hans_app(tmp_path_factory):
     ds, model, _ = marked_run(tmp_path_factory.mktemp("app-marked"), N, "app-disc")
     tf = sm.transforms()
     score_cams(ds, "hans", "objects")
     cluster_cams(ds, "hans", visualization="pca")
     background_test(ds, "hans", "objects", model, transforms=tf)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    session = fo.launch_app(ds, remote=True, port=port, auto=False)
     try:
-        with show_in_app(app_server, ds) as (session, url):
-            yield ds, session, url
+        yield ds, session, f"http://localhost:{port}/datasets/{ds.name}"
     finally:
+        session.close()
         ds.delete()
 
 
