@@ -14,6 +14,7 @@ import uuid
 import fiftyone as fo
 import numpy as np
 import pytest
+from trained_models import trained
 
 from gradcam_engine.audit.export import export_review
 from gradcam_engine.audit.report import ALL_CLASSES, class_report, save_review_views
@@ -28,10 +29,8 @@ LAYERS = ["block3", "block4"]
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
     # The shortcut is learned from little data; the shape needs more.
-    shortcut = sm.train_classifier(sd.generate(500, "train", seed=0), epochs=4, seed=0)
-    control = sm.train_classifier(
-        sd.generate(1000, "control", seed=0), epochs=8, seed=0
-    )
+    shortcut = trained("shortcut", 500, "train", seed=0, epochs=4)
+    control = trained("shortcut", 1000, "control", seed=0, epochs=8)
     test = sd.generate(100, "test", seed=1)
     paths = sd.write_images(test, tmp_path_factory.mktemp("shortcut-test"))
     ds = fo.Dataset(f"audit-proof-{uuid.uuid4().hex[:8]}")

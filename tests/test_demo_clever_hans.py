@@ -5,12 +5,18 @@ from __future__ import annotations
 import re
 
 import fiftyone as fo
+from trained_models import trained
 
 from gradcam_engine.demo import clever_hans as ch
+from gradcam_engine.demo import shortcut_model as sm
 
 
 def test_demo_finds_and_proves_the_watermark(tmp_path, monkeypatch):
     monkeypatch.setenv("CAM_AUDIT_DEMO_DIR", str(tmp_path / "demo"))
+    # The demo's model, trained once for the session (the same recipe as the
+    # discovery tests'), placed where the demo caches it.
+    ch._model_path().parent.mkdir(parents=True, exist_ok=True)
+    sm.save(trained("marked", ch.N_TRAIN, "train", seed=ch.SEED), ch._model_path())
     lines: list[str] = []
     dataset = ch.run_clever_hans(fresh=True, say=lines.append)
     text = "\n".join(lines)

@@ -5,12 +5,14 @@ imported cannot hide an import that the layer should not make.
 """
 
 import ast
+import json
 import os
 import pathlib
 import subprocess
 import sys
 import zipfile
 
+import pytest
 from conftest import ROOT
 
 
@@ -27,31 +29,73 @@ def _fresh_python(code: str, cwd: pathlib.Path, **env: str) -> str:
     return result.stdout
 
 
-def test_engine_never_imports_fiftyone():
+@pytest.fixture(scope="module")
+def fresh_imports(tmp_path_factory) -> dict[str, list[str]]:
+    """What one fresh interpreter imports, step by step (one interpreter for
+    the checks below: starting one costs seconds of torch imports).
+
+    The distribution's entry points are installed as pyproject.toml declares
+    them, as metadata in a directory of their own (the venv may hold an older
+    install of this package)."""
+    import tomllib
+
+    site = tmp_path_factory.mktemp("entry-points")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    group = "gradcam_engine.model_sources"
+    info = site / "cam_audit_entry_points-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: cam-audit-entry-points\nVersion: 0.0\n"
+    )
+    lines = [f"[{group}]"]
+    lines += [f"{k} = {v}" for k, v in project["entry-points"][group].items()]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
     out = _fresh_python(
-        "import sys\n"
+        "import json, sys\n"
+        "steps = {}\n"
+        "ours = lambda top: sorted(m for m in sys.modules if m.startswith(top))\n"
         "import gradcam_engine\n"
         "from gradcam_engine import CamEngine, METHODS, slug, heatmap_field\n"
         "import gradcam_engine.engine, gradcam_engine.audit.metrics\n"
         "import gradcam_engine.sources.images, gradcam_engine.sources.models\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'fiftyone'))",
-        cwd=ROOT,
-    )
-    assert out.strip() == "[]"
-
-
-def test_workflow_names_load_lazily_from_their_subpackages():
-    out = _fresh_python(
+        "steps['engine_fiftyone'] = ours('fiftyone')\n"
+        "steps['engine_demo'] = ours('gradcam_engine.demo')\n"
+        "from gradcam_engine.sources import models\n"
+        "steps['sources'] = models.list_model_sources()\n"
+        "steps['sources_demo'] = ours('gradcam_engine.demo')\n"
         "import gradcam_engine as ge\n"
-        "print(ge.compute_cams.__module__, ge.score_cams.__module__, "
-        "ge.export_review.__module__, ge.load_model.__module__)",
+        "steps['lazy'] = [ge.compute_cams.__module__, ge.score_cams.__module__, "
+        "ge.export_review.__module__, ge.load_model.__module__]\n"
+        "print(json.dumps(steps))",
         cwd=ROOT,
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(site)]),
     )
-    assert out.split() == [
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_engine_never_imports_fiftyone(fresh_imports):
+    assert fresh_imports["engine_fiftyone"] == []
+
+
+def test_workflow_names_load_lazily_from_their_subpackages(fresh_imports):
+    assert fresh_imports["lazy"] == [
         "gradcam_engine.runs.compute",
         "gradcam_engine.audit.scoring",
         "gradcam_engine.audit.export",
         "gradcam_engine.sources.models",
+    ]
+
+
+def test_demo_model_sources_come_from_the_entry_point_not_from_an_import(
+    fresh_imports,
+):
+    assert fresh_imports["engine_demo"] == []  # the library imports no demo module
+    for name in ("demo-shortcut-cnn", "demo-control-cnn", "clever-hans-cnn"):
+        assert name in fresh_imports["sources"]
+    # registering loads only the small sources module, not the demo's models
+    assert fresh_imports["sources_demo"] == [
+        "gradcam_engine.demo",
+        "gradcam_engine.demo.sources",
     ]
 
 
@@ -92,6 +136,9 @@ def test_wheel_ships_the_demo_data_and_the_demo_finds_it(tmp_path):
         assert f"gradcam_engine/demo/data/{data}" in names
     for package in ("engine", "sources", "runs", "audit", "demo"):
         assert f"gradcam_engine/{package}/__init__.py" in names
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    declared = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[gradcam_engine.model_sources]" in declared  # the demo's model sources
 
     # Install the wheel alone into a directory and build the photo dataset from
     # there, away from the source tree (cwd and sys.path both elsewhere).
@@ -133,3 +180,69 @@ def test_plugin_entry_point_imports_outside_a_package_without_fiftyone():
         cwd=ROOT.parent,
     )
     assert out.split() == ["True", "False"]
+
+
+# Lower layers first: a module imports its own layer and the ones before it.
+_LAYERS = ["engine", "sources", "runs", "audit", "demo"]
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the gradcam_engine modules it imports anywhere in its source
+    (also inside functions and ``if TYPE_CHECKING:``), read from the files."""
+    package = ROOT / "gradcam_engine"
+    modules = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts): path
+        for path in package.rglob("*.py")
+    }
+    imports: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        parts = name.split(".")
+        base = parts if path.name == "__init__.py" else parts[:-1]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    stem = base[: len(base) - node.level + 1]
+                    target = ".".join(stem + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                found |= {f"{target}.{a.name}" for a in node.names} | {target}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        imports[name.removesuffix(".__init__")] = {
+            m.removesuffix(".__init__")
+            for m in found
+            if m in modules or f"{m}.__init__" in modules
+        }
+    return imports
+
+
+def test_imports_never_go_up_the_layers():
+    offenders = []
+    for module, targets in _package_imports().items():
+        layer = module.split(".")[1] if "." in module else None
+        if layer not in _LAYERS:
+            continue
+        for target in targets:
+            other = target.split(".")[1] if target.count(".") else None
+            if other in _LAYERS and _LAYERS.index(other) > _LAYERS.index(layer):
+                offenders.append(f"{module} imports {target}")
+    assert offenders == [], "upward imports (order: " + " -> ".join(_LAYERS) + ")"
+
+
+def test_modules_do_not_import_each_other_in_a_circle():
+    imports = _package_imports()
+    cycles = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(imports.get(module, ())):
+            if target in path:
+                cycle = path[path.index(target) :]
+                start = cycle.index(min(cycle))
+                cycles.add(" -> ".join(cycle[start:] + cycle[:start]))
+            elif len(path) < 12:
+                visit(target, [*path, target])
+
+    for module in imports:
+        visit(module, [module])
+    assert sorted(cycles) == []

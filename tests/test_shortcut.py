@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import trained_models
 from PIL import Image
 
 from gradcam_engine import CamEngine, default_layers
@@ -139,8 +140,8 @@ def test_training_is_deterministic_and_restores_torch_settings():
 
 @pytest.fixture(scope="module")
 def trained():
-    shortcut = sm.train_classifier(sd.generate(N_TRAIN, "train", seed=SEED), seed=SEED)
-    control = sm.train_classifier(sd.generate(N_TRAIN, "control", seed=SEED), seed=SEED)
+    shortcut = trained_models.trained("shortcut", N_TRAIN, "train", seed=SEED)
+    control = trained_models.trained("shortcut", N_TRAIN, "control", seed=SEED)
     return {"shortcut": shortcut, "control": control}
 
 

@@ -127,7 +127,7 @@ def cluster_cams(
     write_columns(samples, ids, out)
     # one entry per heatmap field: other fields' clusters stay as stored
     runs.set_run_entries(
-        samples._root_dataset,
+        runs.root_dataset(samples),
         run_key,
         {f"clusters.{f}": {"by": by, "clusters": c} for f, c in summary.items()},
     )

@@ -18,6 +18,8 @@ from PIL import Image, ImageFilter
 from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
+from ..engine.hooks import eval_mode
+
 __all__ = ["FILLS", "prediction_change", "replace_background", "road_scores"]
 
 FILLS = ("blur", "mean", "gray", "noise")
@@ -113,14 +115,7 @@ def road_scores(
     if not percentiles or bad:
         raise ValueError(f"percentiles must be in (0, 100), got {list(percentiles)}")
     targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in target_classes]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            scores = ROADCombined(percentiles=list(percentiles))(
-                x, cams, targets, model
-            )
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        scores = ROADCombined(percentiles=list(percentiles))(x, cams, targets, model)
     return np.asarray(scores, dtype=np.float32).reshape(-1)

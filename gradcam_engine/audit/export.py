@@ -153,7 +153,7 @@ def _fmt(value: Any, kind: str = "num") -> str:
 
 
 def _subtitle(samples, info, layer, label_field, low_focus, top_k) -> str:
-    dataset = samples._root_dataset
+    dataset = runs.root_dataset(samples)
     parts = [
         f"dataset {dataset.name}",
         f"{len(samples)} samples",

@@ -40,15 +40,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..engine.hooks import eval_mode
 from ..runs import cam_runs as runs
 from ..runs.naming import deletion_field, insertion_field
 from ..sources.geometry import TransformGeometry
+from .metrics import group_by_shape
 from .model_checks import (
     _batches,
-    _by_shape,
     _check_batch_size,
     _class_index,
-    _eval,
     _mean,
     _model_for_run,
     map_to_input,
@@ -178,13 +178,13 @@ def deletion_insertion_cams(
     out: dict[str, list] = {n: [None] * len(ids) for p in names.values() for n in p}
     report = progress_reporter(progress, len(ids))
     geometry = TransformGeometry(tf)
-    with _eval(module):
+    with eval_mode(module):
         for start, columns, images in _batches(samples, ids, paths, batch_size, report):
             x_all = [tf(Image.fromarray(image)) for image in images]
             for f in heat:
                 maps = [raw_heatmap(doc) for doc in columns[f]]
                 have = [i for i, m in enumerate(maps) if m is not None]
-                for rows in _by_shape(have, x_all):
+                for rows in group_by_shape(x_all, have).values():
                     x = torch.stack([x_all[i] for i in rows])
                     size = [(images[i].shape[1], images[i].shape[0]) for i in rows]
                     cams = np.stack(

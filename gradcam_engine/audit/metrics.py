@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["GroundTruth", "agreement", "box_coverage", "score_layer"]
+__all__ = ["GroundTruth", "agreement", "box_coverage", "group_by_shape", "score_layer"]
 
 
 class GroundTruth:
@@ -93,11 +93,14 @@ def box_coverage(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.clip(cover, 0.0, 1.0).astype(np.float32)
 
 
-def _by_shape(maps: list[np.ndarray | None]) -> dict[tuple[int, int], list[int]]:
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, m in enumerate(maps):
-        if m is not None:
-            groups.setdefault(m.shape, []).append(i)
+def group_by_shape(arrays, rows=None) -> dict[tuple[int, ...], list[int]]:
+    """Indices of ``arrays`` (numpy arrays or tensors; None entries skipped) by
+    shape, in order, so that each group can be stacked into one batch. With
+    ``rows``, only those indices."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in range(len(arrays)) if rows is None else rows:
+        if arrays[i] is not None:
+            groups.setdefault(tuple(arrays[i].shape), []).append(i)
     return groups
 
 
@@ -112,7 +115,7 @@ def score_layer(
     spread: list = [None] * n
     focus: list = [None] * n
     hit: list = [None] * n
-    for shape, idx in _by_shape(maps).items():
+    for shape, idx in group_by_shape(maps).items():
         stack = np.stack([maps[i] for i in idx])  # [B, H, W] float32
         totals = stack.reshape(len(idx), -1).sum(axis=1, dtype=np.float64)
         usable = totals > 0
@@ -140,7 +143,9 @@ def score_layer(
 
 
 def _spread_batch(stack: np.ndarray, usable: np.ndarray) -> list[float | None]:
-    """``_spread`` of each ``[H, W]`` map of ``stack`` (None where unusable)."""
+    """Smallest fraction of pixels holding half of the energy, for each
+    ``[H, W]`` map of ``stack`` (None where unusable). Exact for maps quantised
+    to 256 levels (as stored), within 1/255 otherwise."""
     b = len(stack)
     q = np.rint(np.clip(stack, 0.0, 1.0) * 255.0).astype(np.int64).reshape(b, -1)
     size = q.shape[1]
@@ -162,7 +167,7 @@ def _spread_batch(stack: np.ndarray, usable: np.ndarray) -> list[float | None]:
         if not usable[k]:
             result.append(None)
         elif half[k] <= 0:  # energy below one quantisation step: exact path
-            result.append(_spread(stack[k]))
+            result.append(_spread_float(stack[k]))
         else:
             result.append(float((pixels_before[k] + needed[k]) / size))
     return result
@@ -181,44 +186,19 @@ def agreement(layer_maps: list[list[np.ndarray | None]]) -> list[float | None]:
             groups.setdefault(shapes.pop(), []).append(i)
         else:
             result[i] = _mean_pairwise_corr(maps)
-    n_layers = len(layer_maps)
-    iu = np.triu_indices(n_layers, k=1)
     for idx in groups.values():
-        z = np.stack(
-            [np.stack([lm[i].ravel() for lm in layer_maps]) for i in idx]
-        ).astype(np.float64)  # [B, L, N]
-        z -= z.mean(axis=2, keepdims=True)
-        norms = np.linalg.norm(z, axis=2)  # [B, L]
-        ok = norms > 1e-12
-        z /= np.where(ok, norms, 1.0)[:, :, None]
-        corr = np.einsum("bln,bmn->blm", z, z)[:, iu[0], iu[1]]  # [B, pairs]
-        valid = ok[:, iu[0]] & ok[:, iu[1]]
-        for k, i in enumerate(idx):
-            if valid[k].any():
-                value = corr[k][valid[k]].mean()
-                result[i] = float(np.clip(value, -1.0, 1.0))
+        z = np.stack([np.stack([lm[i].ravel() for lm in layer_maps]) for i in idx])
+        for i, value in zip(idx, _mean_pairwise_pearson(z), strict=True):
+            result[i] = value
     return result
 
 
-def _spread(m: np.ndarray) -> float:
-    """Smallest fraction of pixels holding half of the energy. Exact for maps
-    quantised to 256 levels (as stored), within 1/255 otherwise."""
-    q = np.rint(np.clip(m, 0.0, 1.0) * 255.0).astype(np.int64).ravel()
-    counts = np.bincount(q, minlength=256)[::-1]  # brightest level first
-    levels = np.arange(255, -1, -1, dtype=np.float64)
-    energy = counts * levels
-    half = energy.sum() / 2.0
-    if half <= 0:
-        # All energy below the quantisation step: fall back to the float map.
-        s = np.sort(m.ravel())[::-1]
-        k = int(np.searchsorted(np.cumsum(s), s.sum() / 2.0 * (1 - 1e-9))) + 1
-        return k / m.size
-    cum = np.cumsum(energy)
-    level = int(np.searchsorted(cum, half * (1 - 1e-12)))
-    before = cum[level - 1] if level > 0 else 0.0
-    pixels_before = counts[:level].sum()
-    needed = int(np.ceil((half - before) / levels[level] - 1e-9))
-    return float((pixels_before + max(needed, 0)) / q.size)
+def _spread_float(m: np.ndarray) -> float:
+    """Spread of a map whose energy lies below one quantisation step, from the
+    float values themselves."""
+    s = np.sort(m.ravel())[::-1]
+    k = int(np.searchsorted(np.cumsum(s), s.sum() / 2.0 * (1 - 1e-9))) + 1
+    return k / m.size
 
 
 def _resize(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -235,13 +215,24 @@ def _mean_pairwise_corr(maps: list[np.ndarray | None]) -> float | None:
     if len(present) < 2:
         return None
     shape = present[0].shape
-    z = np.stack([_resize(m, shape).ravel() for m in present]).astype(np.float64)
-    z -= z.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(z, axis=1)
+    return _mean_pairwise_pearson(
+        np.stack([_resize(m, shape).ravel() for m in present])[None]
+    )[0]
+
+
+def _mean_pairwise_pearson(z: np.ndarray) -> list[float | None]:
+    """For each of ``B`` groups of ``L`` flat maps (``z``: ``[B, L, N]``), the mean
+    Pearson correlation over pairs of maps, leaving out pairs with a constant
+    map (None when no pair is left), clipped to [-1, 1]."""
+    z = z.astype(np.float64)
+    z -= z.mean(axis=2, keepdims=True)
+    norms = np.linalg.norm(z, axis=2)  # [B, L]
     ok = norms > 1e-12
-    if ok.sum() < 2:
-        return None
-    z = z[ok] / norms[ok, None]
-    corr = z @ z.T
-    iu = np.triu_indices(len(z), k=1)
-    return float(np.clip(corr[iu].mean(), -1.0, 1.0))
+    z /= np.where(ok, norms, 1.0)[:, :, None]
+    iu = np.triu_indices(z.shape[1], k=1)
+    corr = np.einsum("bln,bmn->blm", z, z)[:, iu[0], iu[1]]  # [B, pairs]
+    valid = ok[:, iu[0]] & ok[:, iu[1]]
+    return [
+        float(np.clip(corr[k][valid[k]].mean(), -1.0, 1.0)) if valid[k].any() else None
+        for k in range(len(z))
+    ]

@@ -21,7 +21,6 @@ Fields, for run ``R`` and each heatmap field ``F``:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 from PIL import Image, ImageOps
 from scipy import ndimage
 
+from ..engine.hooks import eval_mode
 from ..runs import cam_runs as runs
 from ..runs.arguments import progress_args
 from ..runs.fingerprint import describe
@@ -45,6 +45,7 @@ from .backgrounds import (
     check_fills,
 )
 from .counterfactual import road_scores
+from .metrics import group_by_shape
 from .owned import claim_fields
 from .raw_reads import SegClasses, ground_truth, gt_kind, raw_heatmap
 from .writer_steps import progress_reporter, run_layers, write_columns
@@ -104,7 +105,7 @@ def background_test(
     )
     label_classes = [label_classes] if isinstance(label_classes, str) else label_classes
     seg = (
-        SegClasses(samples._root_dataset, gt_field, label_classes)
+        SegClasses(runs.root_dataset(samples), gt_field, label_classes)
         if kind == "segmentation"
         else None
     )
@@ -119,7 +120,7 @@ def background_test(
         gt = ground_truth(kind, columns, gt_field, i, label_classes, seg, target)
         return gt.mask((image.shape[0], image.shape[1]))
 
-    with _eval(module):
+    with eval_mode(module):
         for start, columns, images in _batches(samples, ids, paths, batch_size, report):
             rows, kept, keeps, targets = [], [], [], []
             for i, image in enumerate(images):
@@ -197,7 +198,7 @@ def road_cams(
     out: dict[str, list] = {road_field(f): [None] * len(ids) for f in heat}
     report = progress_reporter(progress, len(ids))
     geometry = TransformGeometry(tf)  # where each input pixel came from
-    with _eval(module):
+    with eval_mode(module):
         for batch in _batches(samples, ids, paths, batch_size, report):
             _road_batch(
                 batch, module, tf, geometry, classes, heat, percentiles, seed, out
@@ -220,7 +221,7 @@ def _road_batch(batch, module, tf, geometry, classes, heat, percentiles, seed, o
         maps = [raw_heatmap(doc) for doc in columns[f]]
         have = [i for i, m in enumerate(maps) if m is not None]
         # one ROAD call per input size (transforms may keep the image's size)
-        for rows in _by_shape(have, x_all):
+        for rows in group_by_shape(x_all, have).values():
             x = torch.stack([x_all[i] for i in rows])
             cams = np.stack(
                 [
@@ -243,18 +244,11 @@ def _road_batch(batch, module, tf, geometry, classes, heat, percentiles, seed, o
                 out[road_field(f)][start + i] = float(score)
 
 
-def _by_shape(rows: list[int], tensors: list[torch.Tensor]) -> list[list[int]]:
-    groups: dict[tuple, list[int]] = {}
-    for i in rows:
-        groups.setdefault(tuple(tensors[i].shape), []).append(i)
-    return list(groups.values())
-
-
 def _forward(module, tensors: list[torch.Tensor]) -> torch.Tensor:
     """Logits ``[N, K]`` for inputs that may differ in size (batched per size)."""
     out: list = [None] * len(tensors)
     with torch.no_grad():
-        for rows in _by_shape(list(range(len(tensors))), tensors):
+        for rows in group_by_shape(tensors).values():
             logits = module(torch.stack([tensors[i] for i in rows]))
             for j, i in enumerate(rows):
                 out[i] = logits[j]
@@ -312,18 +306,6 @@ def _run_model(info: runs.CamRunInfo):
         "model source that can be loaded again; pass model=<the nn.Module or model "
         "source used for the run>"
     )
-
-
-@contextlib.contextmanager
-def _eval(module: torch.nn.Module):
-    """Eval mode for the duration, the caller's train/eval flags restored after."""
-    flags = [m.training for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, flag in zip(module.modules(), flags, strict=True):
-            m.training = flag
 
 
 def _run_classes(info: runs.CamRunInfo) -> list[str] | None:

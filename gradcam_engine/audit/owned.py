@@ -33,7 +33,7 @@ def claim_fields(
     """
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be a bool, got {overwrite!r}")
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     claim(
         dataset, run_key, fields=list(fields), overwrite=overwrite, writer="this call"
     )
@@ -49,7 +49,7 @@ def claim_brain_key(
     """Refuse a brain run ``brain_key`` the CAM run did not create (unless
     ``overwrite``); delete the old one so that it can be recomputed, and
     record the key in the run's ``brain_keys`` (deleted with the run)."""
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     info = cam_runs.get_cam_run(dataset, run_key)
     ours = list(info.config.get("brain_keys") or [])
     if brain_key in dataset.list_brain_runs():

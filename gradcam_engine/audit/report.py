@@ -316,7 +316,7 @@ def save_review_views(
     info = runs.get_cam_run(samples, run_key)
     if not 0.0 <= low_focus <= 1.0:
         raise ValueError(f"low_focus must be in [0, 1], got {low_focus!r}")
-    dataset = samples._root_dataset
+    dataset = runs.root_dataset(samples)
     focus = _focus_field(samples, info, layer)
     label_field = label_field or info.config.get("label_field")
     if label_field is None:

@@ -37,8 +37,10 @@ from scipy import stats
 from skimage.metrics import structural_similarity
 
 from ..engine.cam_engine import CamEngine
+from ..engine.hooks import eval_mode
 from ..runs import cam_runs as runs
-from .model_checks import _by_shape, _class_index, _eval, _load_rgb, _model_for_run
+from .metrics import group_by_shape
+from .model_checks import _class_index, _load_rgb, _model_for_run
 from .writer_steps import progress_reporter
 
 __all__ = ["map_similarity", "randomisation_cascade", "sanity_check"]
@@ -112,7 +114,7 @@ def sanity_check(
     steps = _steps_for_layers(module, cascade, info.layers)
     wanted = sorted({0, *steps.values()})
     report = progress_reporter(progress, 1 + len(wanted))
-    with _eval(module):
+    with eval_mode(module):
         original = _explain(module, info, x_all, targets)
         # Targets fixed to the trained model's classes (Quantus: same y_batch).
         targets = [
@@ -130,7 +132,7 @@ def sanity_check(
             for name in cascade[done + 1 : step + 1]:
                 by_name[name].reset_parameters()
             done = step
-            with _eval(randomised):
+            with eval_mode(randomised):
                 maps, _ = _explain(randomised, info, x_all, targets)
             results[step] = {
                 layer: map_similarity(original[0][:, j], maps[:, j])
@@ -210,7 +212,7 @@ def _explain(module, info, x_all, targets):
     )
     maps: list = [None] * len(x_all)
     predicted: list = [None] * len(x_all)
-    for rows in _by_shape(list(range(len(x_all))), x_all):
+    for rows in group_by_shape(x_all).values():
         x = torch.stack([x_all[i] for i in rows])
         result = engine.compute(x, [targets[i] for i in rows])
         for j, i in enumerate(rows):

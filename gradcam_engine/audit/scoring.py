@@ -155,8 +155,8 @@ def _score(call: dict[str, Any], shard: dict[str, Any] | None):
         shard_plan = sharding.plan_shards(samples, queue)
         kwargs = sharding.worker_kwargs("score_cams", call, layers=plan.layers)
         record = sharding.record_call(shard_plan, "score_cams", kwargs, samples)
-        _declare_scores(samples._root_dataset, plan)
-        _record_scoring(samples._root_dataset, plan, record)
+        _declare_scores(runs.root_dataset(samples), plan)
+        _record_scoring(runs.root_dataset(samples), plan, record)
         target = call["delegation_target"]
         return sharding.queue_shards(samples, "score_cams", run_key, record, target)
     if shard is not None:  # the caller declared and recorded the fields
@@ -220,7 +220,7 @@ def _plan_scoring(
     batch_size,
 ) -> _ScorePlan:
     info = runs.get_cam_run(samples, run_key)
-    dataset = samples._root_dataset
+    dataset = runs.root_dataset(samples)
     layers = run_layers(info, layers)
     kind = gt_kind(samples, gt_field)
     if isinstance(hit_tolerance, bool) or not isinstance(hit_tolerance, (int, float)):
@@ -334,7 +334,7 @@ def _score_chunks(
 
 def _finish_scoring(samples, plan: _ScorePlan, ids, out: dict[str, list]) -> None:
     """Declare and write the score fields; record them and the settings on the run."""
-    dataset = samples._root_dataset
+    dataset = runs.root_dataset(samples)
     _declare_scores(dataset, plan)
     write_columns(samples, ids, out)
     _record_scoring(dataset, plan)

@@ -36,6 +36,7 @@ from ..runs.compute import compute_cams
 from ..runs.naming import heatmap_field
 from ..sources.models import load_model
 from . import datasets as dd
+from . import sources as demo_sources
 from .clever_hans import CLEVER_HANS_DATASET, run_clever_hans
 
 __all__ = ["main", "run_photos", "run_shortcut"]
@@ -155,6 +156,7 @@ def run_shortcut(fresh: bool = False) -> fo.Dataset:
     _say("== cam-audit-shortcut: planted shortcut (background predicts the class) ==")
     dataset = dd.build_shortcut_dataset(fresh=fresh)
     models = dd.shortcut_models(log=lambda m: _say("  " + m))
+    demo_sources.register()  # also without the installed entry point (a checkout)
     for run_key, kind in SHORTCUT_RUNS.items():
         # by model source name, recorded on the run: the App can rerun it
         _compute(

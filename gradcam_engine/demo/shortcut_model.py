@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
+from ..engine.hooks import eval_mode
 from .shortcut_data import CLASSES, ShortcutSample
 
 __all__ = [
@@ -164,15 +165,11 @@ def predict(
     model: nn.Module, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 256
 ) -> np.ndarray:
     """Predicted class indices, int64 ``[N]``, for uint8 ``[N, H, W, 3]`` images."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = [
             model(preprocess(images[i : i + batch_size])).argmax(1)
             for i in range(0, len(images), batch_size)
         ]
-    finally:
-        model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 

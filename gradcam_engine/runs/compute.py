@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import fiftyone as fo
@@ -28,9 +27,10 @@ from ..sources.geometry import TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
 from . import arguments, cam_runs, registration, sharding, trust
 from .app_look import style_run
-from .batch_fields import FieldNames, field_names
+from .batch_fields import field_names
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
+from .plan import RunPlan as _RunPlan
 from .probe import probe_model
 from .record import own_samples
 from .stream import StreamOptions, stream_run
@@ -192,22 +192,6 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
 
 
 # -- the steps: plan (no writes), open (register), stream (stream.py), finish --
-
-
-@dataclass
-class _RunPlan:
-    """Everything a run needs, checked before anything is written."""
-
-    dataset: fo.Dataset
-    run_key: str
-    engine: CamEngine
-    transforms: Callable[[Image.Image], torch.Tensor]
-    geometry: TransformGeometry
-    class_names: list[str] | None
-    fixed_class: int | None
-    names: FieldNames
-    config: dict[str, Any]
-    live: Any = None  # live.LiveRun once the run is opened: checked per batch
 
 
 def _plan_run(

@@ -54,7 +54,7 @@ def find_conflicts(
 ) -> list[Conflict]:
     """What of ``fields``, ``saved_views`` and ``paths`` exists and is not
     owned by run ``run_key`` (which need not exist yet)."""
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     mine = _owned(dataset, run_key)
     owners: dict[tuple[str, str], str] = {}
     for key in cam_runs.list_cam_runs(dataset):
@@ -81,7 +81,7 @@ def _is_owned(kind: str, name: str, owned: set[str]) -> bool:
 
 def remove_conflicts(samples: foc.SampleCollection, conflicts: list[Conflict]) -> None:
     """Delete what ``conflicts`` name and drop them from their owners' configs."""
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     fields = [c.name for c in conflicts if c.kind == "field"]
     if fields:
         dataset.delete_sample_fields(fields)
@@ -114,7 +114,7 @@ def claim(
 
     Raises ``ValueError`` naming every conflict unless ``overwrite``.
     """
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     fields, saved_views, paths = list(fields), list(saved_views), list(paths)
     with run_lock(dataset, run_key):
         cam_runs.get_cam_run(dataset, run_key)  # raises if there is no such run

@@ -83,7 +83,7 @@ def open_run(
     instead; call :func:`finish_run` when it is complete. Overwriting a run
     that another process computes raises ``live.RunIsLive``.
     """
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     cam_runs.validate_run_key(run_key)
     with run_lock(dataset, run_key):
         dataset._doc.reload("runs")  # registrations by other processes
@@ -125,7 +125,7 @@ def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
     another shard of the run did it already. Returns the key. Raises
     ``live.RunGone`` if the run was deleted or renamed meanwhile (the
     delete or rename is then carried out here)."""
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     final = opened.final_key
     with run_lock(dataset, final), run_lock(dataset, opened.run_key):
         _release(dataset, opened)
@@ -170,7 +170,7 @@ def abandon_run(samples: foc.SampleCollection, opened: OpenedRun) -> None:
     shards, :func:`hand_over`)."""
     if opened.live is None or not opened.live.held:
         return
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     with run_lock(dataset, opened.run_key):
         try:
             _release(dataset, opened)

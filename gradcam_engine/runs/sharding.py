@@ -25,6 +25,7 @@ from typing import Any
 import fiftyone.core.collections as foc
 from bson import ObjectId, json_util
 
+from .cam_runs import root_dataset
 from .outcome import exact_count
 
 __all__ = [
@@ -221,7 +222,7 @@ def queue_shards(
     operation's parameters only name its shard (``SHARD_PARAMS``)."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    dataset = samples._root_dataset
+    dataset = root_dataset(samples)
     view = samples.view()._serialize()
     service = DelegatedOperationService()
     ids = []

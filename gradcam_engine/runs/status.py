@@ -72,7 +72,7 @@ def _scored_counts(scoring: dict[str, Any]):
 def _shards(samples, info, sharding, counts) -> list[dict[str, Any]]:
     if not sharding:
         return []
-    dataset = samples._root_dataset
+    dataset = cam_runs.root_dataset(samples)
     by_shard = shard_operations(dataset, sharding["token"], sharding)
     rows = []
     for shard in sharding["shards"]:

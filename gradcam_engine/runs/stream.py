@@ -11,7 +11,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import fiftyone.core.utils as fou
 import torch
@@ -20,11 +20,9 @@ from torch import nn
 from ..sources.images import ImageFiles, collate
 from .batch_fields import BatchContext, batch_field_values, label_reader
 from .outcome import CamRunSummary, exact_count
+from .plan import RunPlan as _RunPlan
 from .record import done_expression
 from .writes import set_fields
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .compute import _RunPlan
 
 __all__ = ["StreamOptions", "loader_workers", "stream_run"]
 

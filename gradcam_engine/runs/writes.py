@@ -21,6 +21,8 @@ import numpy as np
 from bson import Binary, ObjectId
 from pymongo import UpdateOne
 
+from .cam_runs import root_dataset
+
 __all__ = ["encode_map", "set_fields"]
 
 _CHUNK = 1000
@@ -32,7 +34,7 @@ def set_fields(
 ) -> None:
     """Write ``{sample id: {field: value}}``; labels (``fo.Heatmap``,
     ``fo.Classification``...) are serialised, other values stored as given."""
-    dataset = samples._root_dataset
+    dataset = root_dataset(samples)
     if not hasattr(dataset, "_bulk_write"):  # a FiftyOne without the hook
         by_field: dict[str, dict[str, Any]] = {}
         for sample_id, values in updates.items():

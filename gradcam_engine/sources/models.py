@@ -97,6 +97,32 @@ class LoadedModel:
 
 _SOURCES: dict[str, Callable[[], LoadedModel]] = {}
 
+# Sources that other packages provide (the demo's, a user's package): each
+# entry point of this group is a function that calls register_model_source.
+# They are loaded on the first lookup that needs them, so that this module
+# never imports the packages that provide them.
+SOURCE_PROVIDERS = "gradcam_engine.model_sources"
+_providers_loaded = False
+
+
+def _load_providers() -> None:
+    global _providers_loaded
+    if _providers_loaded:
+        return
+    _providers_loaded = True  # first: a provider calls list_model_sources
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=SOURCE_PROVIDERS):
+        try:
+            entry.load()()
+        except Exception as exc:
+            _providers_loaded = False  # try again on the next lookup
+            raise RuntimeError(
+                f"model source provider {entry.name!r} ({entry.value}, entry point "
+                f"group {SOURCE_PROVIDERS!r}) failed: {exc}. Fix or uninstall the "
+                "package that declares it."
+            ) from exc
+
 
 def register_model_source(name: str, loader: Callable[[], LoadedModel]) -> None:
     """Register ``loader`` (no arguments -> :class:`LoadedModel`) under ``name``."""
@@ -114,7 +140,9 @@ def register_model_source(name: str, loader: Callable[[], LoadedModel]) -> None:
 
 
 def list_model_sources() -> list[str]:
-    """Names of the registered model sources, sorted."""
+    """Names of the registered model sources (also those that installed packages
+    provide through entry point group ``gradcam_engine.model_sources``), sorted."""
+    _load_providers()
     return sorted(_SOURCES)
 
 
@@ -160,6 +188,8 @@ def _resolve(spec, allow_pickle: bool) -> LoadedModel:
             "model must be an nn.Module, a FiftyOne TorchImageModel or a str naming a "
             f"model source, got {type(spec).__name__}"
         )
+    if spec not in _SOURCES and not spec.startswith("zoo:"):
+        _load_providers()
     if spec in _SOURCES:
         loaded = _SOURCES[spec]()
         if not loaded.description:
@@ -390,26 +420,3 @@ def _efficientnet_lite0() -> LoadedModel:
 
 
 register_model_source("efficientnet-lite0-imagenet", _efficientnet_lite0)
-
-
-def _demo_source(kind: str) -> Callable[[], LoadedModel]:
-    """The demo's planted-shortcut CNNs, so that the App can rerun their runs
-    by name (trained by `make demo`, loaded from its cache)."""
-
-    def load() -> LoadedModel:
-        from ..demo import datasets, shortcut_data, shortcut_model
-
-        models = datasets.shortcut_models()
-        return LoadedModel(
-            module=getattr(models, kind),
-            transforms=shortcut_model.transforms(),
-            classes=list(shortcut_data.CLASSES),
-            description=f"demo-{kind}-cnn",
-            default_layers=["block4"],
-        )
-
-    return load
-
-
-for _kind in ("shortcut", "control"):
-    register_model_source(f"demo-{_kind}-cnn", _demo_source(_kind))
