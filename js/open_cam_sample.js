@@ -1,6 +1,7 @@
 /*
  * `open_cam_sample`: open a sample in the App's sample view with exactly the
- * given fields switched on (the review panel's Open).
+ * given fields switched on (the review panel's Open). `apply_cam_look`: the
+ * session takes the dataset's colour scheme (after a run, see below).
  *
  * FiftyOne keeps one set of active fields for the grid and another for the
  * sample view, and no Python operator can set the sample view's: the built-in
@@ -59,9 +60,45 @@
       if (Array.isArray(params.fields)) {
         ctx.hooks.setSampleViewFields(params.fields);
       }
+      // The panel's button keeps the keyboard focus, and the App's sample
+      // view ignores keys typed into a form control: Escape (close) and the
+      // arrows would do nothing. A click on a tile leaves no focus either.
+      if (document.activeElement && document.activeElement.blur) {
+        document.activeElement.blur();
+      }
       ctx.hooks.openSample({ id: params.sample_id });
     }
   }
 
+  /*
+   * `apply_cam_look`: make the open session use the dataset's colour scheme
+   * now (a run just stored its colorscales in `dataset.app_config`). The App
+   * reads a dataset's scheme into the session only when the dataset is
+   * loaded, and `reload_dataset` does not; a browser reload keeps the
+   * session's old scheme too. Setting the session's scheme as the App's own
+   * colour settings do also stores it on the server's session.
+   */
+  class ApplyCamLook extends foo.Operator {
+    get config() {
+      return new foo.OperatorConfig({
+        name: "apply_cam_look",
+        label: "Apply a CAM run's colour scheme to the session",
+        unlisted: true,
+      });
+    }
+
+    useHooks() {
+      return { setSessionColorScheme: fos.useSetSessionColorScheme() };
+    }
+
+    async execute(ctx) {
+      var scheme = (ctx.params || {}).color_scheme;
+      if (scheme) {
+        ctx.hooks.setSessionColorScheme(fos.ensureColorScheme(scheme));
+      }
+    }
+  }
+
   foo.registerOperator(OpenCamSample, PLUGIN);
+  foo.registerOperator(ApplyCamLook, PLUGIN);
 })();

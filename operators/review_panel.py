@@ -6,6 +6,7 @@ on the App's current view; it never computes CAMs itself.
 
 from __future__ import annotations
 
+import json
 import math
 
 import fiftyone.operators as foo
@@ -21,6 +22,15 @@ DEFAULT_TAGS = "spurious,ok,needs-data"
 # panel instead of zooming the chart.
 _PLOT_CONFIG = dict(displayModeBar=False, scrollZoom=False)
 _MARGIN = dict(t=48, l=56, r=16, b=40)
+# Low focus (suspect) red, high focus (looks at the objects) green. An
+# explicit list: Plotly.js has no "RdYlGn" (it fell back to its own default,
+# darkest red at focus 1, the opposite of the meaning).
+FOCUS_COLORSCALE = [[0.0, "#d73027"], [0.5, "#fee08b"], [1.0, "#1a9850"]]
+# The panel's charts. The App copies a component's data into the panel's
+# state and renders ``merge(state, data)``, index by index: a shorter new
+# series would keep the old one's tail (stale bars). Their state is cleared
+# whenever their data is set.
+_CHARTS = ("ranking", "per_class")
 
 
 class CamReviewPanel(foo.Panel):
@@ -55,24 +65,37 @@ class CamReviewPanel(foo.Panel):
         if not state.klass:
             state.klass = ALL_CLASSES
         state.keys = list(sources)
+        state.view_signature = _view_signature(ctx)
         self._refresh(ctx, sources)
         # the grid next to the panel, with the chosen heatmap visible
         ctx.ops.split_panel("cam_review", layout="horizontal")
 
     def on_change_view(self, ctx):
+        # The App sends one event per part of the view (stages, filters,
+        # extended selection) for one change: refresh once per actual view.
+        signature = _view_signature(ctx)
+        if signature == ctx.panel.state.view_signature:
+            return
+        ctx.panel.state.view_signature = signature
         self._refresh(ctx, data.sources(ctx.dataset))
 
     def on_change_selected(self, ctx):
         self._refresh_tags(ctx)
 
     def on_change_source(self, ctx):
-        ctx.panel.state.source = ctx.params.get("value")
+        value = ctx.params.get("value")
+        if value == ctx.panel.state.source:
+            return  # the form reporting its initial value: nothing changed
+        ctx.panel.state.source = value
         ctx.panel.state.klass = ALL_CLASSES
         sources = data.sources(ctx.dataset)
         self._refresh(ctx, sources)
 
     def on_change_class(self, ctx):
-        ctx.panel.state.klass = ctx.params.get("value") or ALL_CLASSES
+        value = ctx.params.get("value") or ALL_CLASSES
+        if value == ctx.panel.state.klass:
+            return  # the form reporting its initial value: nothing changed
+        ctx.panel.state.klass = value
         self._refresh(ctx, data.sources(ctx.dataset))
 
     def on_change_compare(self, ctx):
@@ -87,10 +110,10 @@ class CamReviewPanel(foo.Panel):
         self._refresh_tags(ctx)
 
     def on_click_bar(self, ctx):
-        sample_id = ctx.params.get("id")
+        sample_id = ctx.params.get("id")  # the bar's entry in the trace's ids
         if sample_id is None:
             ids = ctx.panel.state.ranked_ids or []
-            idx = ctx.params.get("pointIndex", ctx.params.get("point_index"))
+            idx = ctx.params.get("idx")  # the App's name for Plotly's pointIndex
             if idx is not None and 0 <= int(idx) < len(ids):
                 sample_id = ids[int(idx)]
         self._open(ctx, sample_id)
@@ -190,6 +213,8 @@ class CamReviewPanel(foo.Panel):
         state.ranked_ids = ids
         state.rank_tick = max(1, math.ceil(len(ids) / 10))
         state.table = data.table_rows(values)
+        for chart in _CHARTS:  # see _CHARTS: no stale tail from the last series
+            state.set(chart, None)
         ctx.panel.data.ranking = [
             dict(
                 type="bar",
@@ -200,9 +225,12 @@ class CamReviewPanel(foo.Panel):
                 text=data.bar_text(values),
                 textposition="none",
                 hovertemplate="%{text}<br>focus %{y:.3f}<extra></extra>",
-                marker=dict(color=values["focus"], colorscale="RdYlGn", cmin=0, cmax=1),
+                marker=dict(
+                    color=values["focus"], colorscale=FOCUS_COLORSCALE, cmin=0, cmax=1
+                ),
             )
         ]
+        state.heatmap = src["heatmap"]
         state.clusters = discovery.cluster_rows(ctx, src)
         state.has_flips = "flip" in discovery.fields(ctx.dataset, src)
         order, means, counts = data.per_class(ctx.view, src)
@@ -215,6 +243,9 @@ class CamReviewPanel(foo.Panel):
                     x=order,
                     y=means,
                     text=[f"n={n}" for n in counts],
+                    marker=dict(
+                        color=means, colorscale=FOCUS_COLORSCALE, cmin=0, cmax=1
+                    ),
                 )
             ]
             if order
@@ -375,6 +406,15 @@ class CamReviewPanel(foo.Panel):
         return types.Property(
             panel, view=types.GridView(orientation="vertical", gap=2, padding=1)
         )
+
+
+def _view_signature(ctx) -> str:
+    """What the panel's numbers depend on: the view's stages and filters."""
+    return json.dumps(
+        [ctx.view._serialize(), ctx.request_params.get("filters")],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def _fields_of(src: dict) -> list[str]:

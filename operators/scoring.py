@@ -66,11 +66,28 @@ class ScoreCams(foo.Operator):
             )
             yield ctx.ops.notify(str(queued))
             return
-        yield from _forms.run_and_reload(
+        yield from _forms.run_and_report(
             ctx,
+            "Score CAMs",
             "Scoring CAMs",
             lambda report: ge.score_cams(view, run_key, progress=report, **kwargs),
+            confirm=_score_confirmation,
         )
+
+
+def _score_confirmation(result) -> str:
+    """'5 samples of gradcam scored; mean focus block 0.42; 6 fields written'."""
+    out = _forms.as_plain(result)
+    focus = ", ".join(
+        f"{layer} {value:.2f}"
+        for layer, value in (out.get("mean_focus") or {}).items()
+        if value is not None
+    )
+    parts = [f"{out.get('num_samples', 0)} samples of {out.get('run_key')} scored"]
+    if focus:
+        parts.append(f"mean focus {focus}")
+    parts.append(f"{len(out.get('fields') or [])} fields written")
+    return "; ".join(parts)
 
 
 class CamClassReport(foo.Operator):

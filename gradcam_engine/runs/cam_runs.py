@@ -26,6 +26,7 @@ import fiftyone.core.runs as fors
 import fiftyone.core.view as fov
 from bson import json_util
 
+from .app_look import remove_run_look, rename_run_look
 from .naming import heatmap_field
 
 __all__ = [
@@ -111,6 +112,7 @@ class CamRun(fors.Run):
                 moved.get(f, f): c for f, c in info.config["clusters"].items()
             }
         update_run_config(dataset, key, **changes)
+        rename_run_look(dataset, key, new_key, plan.fields)  # groups, colours
 
     def cleanup(self, samples: foc.SampleCollection, key: str) -> None:
         dataset = root_dataset(samples)
@@ -133,6 +135,7 @@ class CamRun(fors.Run):
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.remove(path)
+        remove_run_look(dataset, key, info.owned_fields)  # groups, colours
 
 
 @dataclass
