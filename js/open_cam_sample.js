@@ -72,7 +72,7 @@
 
   /*
    * `apply_cam_look`: make the open session use the dataset's colour scheme
-   * now (a run just stored its colorscales in `dataset.app_config`). The App
+   * and sidebar groups now (a run just stored them in `dataset.app_config`). The App
    * reads a dataset's scheme into the session only when the dataset is
    * loaded, and `reload_dataset` does not; a browser reload keeps the
    * session's old scheme too. Setting the session's scheme as the App's own
@@ -88,13 +88,28 @@
     }
 
     useHooks() {
-      return { setSessionColorScheme: fos.useSetSessionColorScheme() };
+      return {
+        setSessionColorScheme: fos.useSetSessionColorScheme(),
+        setSidebarGroups: recoil.useRecoilCallback(
+          function (cb) {
+            return function (groups) {
+              cb.set(fos.sidebarGroupsDefinition(false), groups);
+            };
+          },
+          []
+        ),
+      };
     }
 
     async execute(ctx) {
-      var scheme = (ctx.params || {}).color_scheme;
-      if (scheme) {
-        ctx.hooks.setSessionColorScheme(fos.ensureColorScheme(scheme));
+      var params = ctx.params || {};
+      if (params.color_scheme) {
+        ctx.hooks.setSessionColorScheme(fos.ensureColorScheme(params.color_scheme));
+      }
+      // The grid's sidebar keeps the groups it resolved when the dataset was
+      // opened (the dataset's groups only count when it has none yet).
+      if (Array.isArray(params.sidebar_groups) && params.sidebar_groups.length) {
+        ctx.hooks.setSidebarGroups(params.sidebar_groups);
       }
     }
   }

@@ -396,13 +396,21 @@ def failure_view(title: str, exc: Exception) -> types.Property:
 
 
 def show_run_look(ctx) -> Iterator:
-    """Show what a run wrote in the open session: the new fields (reload)
-    and the colour scheme the run stored on the dataset (the App reads it
-    only when a dataset is opened: ``apply_cam_look`` in js/)."""
+    """Show what a run wrote in the open session: the new fields (reload),
+    the colour scheme and the sidebar groups the run stored on the dataset
+    (the App reads them only when a dataset is opened: ``apply_cam_look`` in
+    js/)."""
     yield ctx.ops.reload_dataset()
-    scheme = session_color_scheme(ctx.dataset)
-    if scheme:
-        yield ctx.trigger(uri("apply_cam_look"), params={"color_scheme": scheme})
+    scheme = session_color_scheme(ctx.dataset)  # reloads ctx.dataset
+    groups = [
+        dict(name=g.name, paths=list(g.paths), expanded=g.expanded)
+        for g in ctx.dataset.app_config.sidebar_groups or []
+    ]
+    if scheme or groups:
+        yield ctx.trigger(
+            uri("apply_cam_look"),
+            params={"color_scheme": scheme, "sidebar_groups": groups},
+        )
 
 
 def session_color_scheme(dataset) -> dict[str, Any] | None:

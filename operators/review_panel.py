@@ -26,11 +26,16 @@ _MARGIN = dict(t=48, l=56, r=16, b=40)
 # explicit list: Plotly.js has no "RdYlGn" (it fell back to its own default,
 # darkest red at focus 1, the opposite of the meaning).
 FOCUS_COLORSCALE = [[0.0, "#d73027"], [0.5, "#fee08b"], [1.0, "#1a9850"]]
-# The panel's charts. The App copies a component's data into the panel's
-# state and renders ``merge(state, data)``, index by index: a shorter new
-# series would keep the old one's tail (stale bars). Their state is cleared
-# whenever their data is set.
+# The panel's charts. The App copies a plot's data into the panel's state
+# and draws ``merge(state, data)``, index by index: a shorter new series kept
+# the old one's tail (stale bars), also when the state was cleared first (the
+# copy is made again while the new data is on its way). Each refresh draws
+# its series under new names (``_chart``), so nothing old is merged in.
 _CHARTS = ("ranking", "per_class")
+
+
+def _chart(name: str, rev: int | None) -> str:
+    return f"{name}_{rev or 0}"
 
 
 class CamReviewPanel(foo.Panel):
@@ -213,9 +218,12 @@ class CamReviewPanel(foo.Panel):
         state.ranked_ids = ids
         state.rank_tick = max(1, math.ceil(len(ids) / 10))
         state.table = data.table_rows(values)
-        for chart in _CHARTS:  # see _CHARTS: no stale tail from the last series
-            state.set(chart, None)
-        ctx.panel.data.ranking = [
+        old = state.chart_rev or 0
+        state.chart_rev = rev = old + 1  # see _CHARTS: fresh names, no stale tail
+        for chart in _CHARTS:
+            state.set(_chart(chart, old), None)
+            ctx.panel.data.set(_chart(chart, old), None)
+        ranking = [
             dict(
                 type="bar",
                 name="focus",
@@ -230,12 +238,13 @@ class CamReviewPanel(foo.Panel):
                 ),
             )
         ]
+        ctx.panel.data.set(_chart("ranking", rev), ranking)
         state.heatmap = src["heatmap"]
         state.clusters = discovery.cluster_rows(ctx, src)
         state.has_flips = "flip" in discovery.fields(ctx.dataset, src)
         order, means, counts = data.per_class(ctx.view, src)
         state.classes = order
-        ctx.panel.data.per_class = (
+        per_class = (
             [
                 dict(
                     type="bar",
@@ -251,6 +260,7 @@ class CamReviewPanel(foo.Panel):
             if order
             else []
         )
+        ctx.panel.data.set(_chart("per_class", rev), per_class)
         self._refresh_tags(ctx)
         self._refresh_compare(ctx, sources)
 
@@ -305,7 +315,7 @@ class CamReviewPanel(foo.Panel):
 
         panel.md(state.summary or "", name="summary")
         panel.plot(
-            "ranking",
+            _chart("ranking", state.chart_rev),
             layout=dict(
                 title=dict(
                     text="Focus, lowest first (click: open; box-select: filter)",
@@ -355,7 +365,7 @@ class CamReviewPanel(foo.Panel):
 
         if state.classes:
             panel.plot(
-                "per_class",
+                _chart("per_class", state.chart_rev),
                 layout=dict(
                     title=dict(
                         text="Mean focus per class (click: rank that class)",
