@@ -89,7 +89,16 @@
 
     useHooks() {
       return {
+        reloadDataset: fos.useRefresh(),
         setSessionColorScheme: fos.useSetSessionColorScheme(),
+        sessionColorScheme: recoil.useRecoilCallback(
+          function (cb) {
+            return function () {
+              return cb.snapshot.getLoadable(fos.colorScheme).contents;
+            };
+          },
+          []
+        ),
         setSidebarGroups: recoil.useRecoilCallback(
           function (cb) {
             return function (groups) {
@@ -103,15 +112,47 @@
 
     async execute(ctx) {
       var params = ctx.params || {};
-      if (params.color_scheme) {
-        ctx.hooks.setSessionColorScheme(fos.ensureColorScheme(params.color_scheme));
+      var scheme = params.color_scheme;
+      if (scheme && !sameLook(ctx.hooks.sessionColorScheme(), scheme)) {
+        ctx.hooks.setSessionColorScheme(fos.ensureColorScheme(scheme));
       }
       // The grid's sidebar keeps the groups it resolved when the dataset was
       // opened (the dataset's groups only count when it has none yet).
       if (Array.isArray(params.sidebar_groups) && params.sidebar_groups.length) {
         ctx.hooks.setSidebarGroups(params.sidebar_groups);
       }
+      // The new fields, in the same turn (what the built-in reload_dataset
+      // does): one redraw of the tiles instead of one per change. Redraws in
+      // quick succession, while heatmaps decode, make FiftyOne's looker
+      // raise DataCloneError (docs/ARCHITECTURE.md).
+      ctx.hooks.reloadDataset();
     }
+  }
+
+  /*
+   * Whether the session already draws what `scheme` asks for: same colour
+   * mode and opacity, and every colorscale of `scheme` either set in the
+   * session or the session's default one (a new run's fields get viridis,
+   * the App's default). Setting an equal scheme would only redraw every tile.
+   */
+  function sameLook(current, scheme) {
+    if (!current || typeof current !== "object") {
+      return false;
+    }
+    if ((scheme.colorBy || "field") !== current.colorBy) {
+      return false;
+    }
+    if (typeof scheme.opacity === "number" && scheme.opacity !== current.opacity) {
+      return false;
+    }
+    var fallback = (current.defaultColorscale || {}).name || "viridis";
+    var known = {};
+    (current.colorscales || []).forEach(function (c) {
+      known[c.path] = c.name;
+    });
+    return (scheme.colorscales || []).every(function (c) {
+      return known[c.path] === c.name || (!c.list && c.name === fallback);
+    });
   }
 
   foo.registerOperator(OpenCamSample, PLUGIN);

@@ -396,21 +396,25 @@ def failure_view(title: str, exc: Exception) -> types.Property:
 
 
 def show_run_look(ctx) -> Iterator:
-    """Show what a run wrote in the open session: the new fields (reload),
-    the colour scheme and the sidebar groups the run stored on the dataset
-    (the App reads them only when a dataset is opened: ``apply_cam_look`` in
-    js/)."""
-    yield ctx.ops.reload_dataset()
+    """``yield from show_run_look(ctx)``: ``run_look`` in a generator operator."""
+    yield run_look(ctx)
+
+
+def run_look(ctx):
+    """Show what a run wrote (or a rename or delete changed) in the open
+    session: the colour scheme and the sidebar groups stored on the dataset
+    (the App reads them only when a dataset is opened) and the fields (the
+    dataset reloaded), in one browser-side step, ``apply_cam_look``
+    (js/open_cam_sample.js): one redraw of the grid, not one per change."""
     scheme = session_color_scheme(ctx.dataset)  # reloads ctx.dataset
     groups = [
         dict(name=g.name, paths=list(g.paths), expanded=g.expanded)
         for g in ctx.dataset.app_config.sidebar_groups or []
     ]
-    if scheme or groups:
-        yield ctx.trigger(
-            uri("apply_cam_look"),
-            params={"color_scheme": scheme, "sidebar_groups": groups},
-        )
+    return ctx.trigger(
+        uri("apply_cam_look"),
+        params={"color_scheme": scheme, "sidebar_groups": groups},
+    )
 
 
 def session_color_scheme(dataset) -> dict[str, Any] | None:

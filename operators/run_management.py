@@ -99,7 +99,7 @@ class RenameCamRun(foo.Operator):
         info = runs.rename_cam_run(
             ctx.dataset, ctx.params["run_key"], ctx.params["new_run_key"]
         )
-        ctx.ops.reload_dataset()
+        _forms.run_look(ctx)  # groups and colours follow the run
         return {"run_key": info.run_key, "fields": info.fields}
 
 
@@ -133,5 +133,5 @@ class DeleteCamRun(foo.Operator):
     def execute(self, ctx):
         key = ctx.params["run_key"]
         runs.delete_cam_run(ctx.dataset, key)
-        ctx.ops.reload_dataset()
+        _forms.run_look(ctx)  # groups and colours follow the run
         return {"deleted": key}
