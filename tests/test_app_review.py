@@ -1,8 +1,9 @@
 """A first review in the real App (headless Chromium), on a dataset that has no
 CAM run yet when the App opens: a run computed from the App is drawn with its
-colorscale at once (no reload), scoring confirms, a failing operator shows its
-error, the panel's charts hold exactly the view's samples after "Show lowest
-N", and the plugin logs no console error on the way. One App for the module.
+colorscale and grouped in the sidebar at once (no reload), scoring confirms, a
+failing operator shows its error, the panel's charts hold exactly the view's
+samples after "Show lowest N", a bar opens its sample and Escape closes it,
+and the plugin logs no console error on the way. One App for the module.
 """
 
 from __future__ import annotations
@@ -217,8 +218,12 @@ def test_panel_charts_hold_exactly_the_views_samples(page, fresh_app, artifacts_
     page.locator("[data-cy='new-panel-btn']").first.click()
     page.get_by_text("CAM review", exact=True).first.click()
     page.get_by_text("Suspects (lowest focus)").first.wait_for(timeout=90_000)
-    time.sleep(3)
-    charts = _charts(page)
+    deadline = time.monotonic() + 60  # the chart draws after the panel's load
+    while time.monotonic() < deadline:
+        charts = _charts(page)
+        if charts and charts[0] and len(charts[0][0]["x"]) == len(PHOTOS):
+            break
+        time.sleep(1)
     assert len(charts[0][0]["x"]) == len(PHOTOS), charts
     n = _input_after(page, "N")
     n.fill("2")
@@ -238,6 +243,15 @@ def test_panel_charts_hold_exactly_the_views_samples(page, fresh_app, artifacts_
     assert charts[0][0]["ids"] == ids, json.dumps(charts)[:500]
     classes = sorted(set(session.view.values("label.label")))
     assert sorted(charts[1][0]["x"]) == classes, charts[1]
+    # a click on a bar opens its sample; Escape closes it (the focus is not
+    # left on the panel)
+    page.locator(".js-plotly-plot .bars path").first.click(force=True)
+    modal = page.locator("[data-cy=modal]")
+    modal.first.wait_for(timeout=30_000)
+    time.sleep(2)
+    _shot(page, artifacts_dir, "bar_opened")
+    page.keyboard.press("Escape")
+    modal.first.wait_for(state="detached", timeout=15_000)
     ours = [e for e in page.errors if not any(n in e for n in NOT_OURS)]
     (artifacts_dir / "app_review_errors.txt").write_text("\n".join(page.errors))
     assert not ours, ours
