@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -70,7 +71,7 @@ class CamReviewPanel(foo.Panel):
         if not state.klass:
             state.klass = ALL_CLASSES
         state.keys = list(sources)
-        state.view_signature = _view_signature(ctx)
+        _is_new_view(ctx)  # the view this refresh shows
         self._refresh(ctx, sources)
         # the grid next to the panel, with the chosen heatmap visible
         ctx.ops.split_panel("cam_review", layout="horizontal")
@@ -78,10 +79,8 @@ class CamReviewPanel(foo.Panel):
     def on_change_view(self, ctx):
         # The App sends one event per part of the view (stages, filters,
         # extended selection) for one change: refresh once per actual view.
-        signature = _view_signature(ctx)
-        if signature == ctx.panel.state.view_signature:
+        if not _is_new_view(ctx):
             return
-        ctx.panel.state.view_signature = signature
         self._refresh(ctx, data.sources(ctx.dataset))
 
     def on_change_selected(self, ctx):
@@ -418,13 +417,26 @@ class CamReviewPanel(foo.Panel):
         )
 
 
-def _view_signature(ctx) -> str:
-    """What the panel's numbers depend on: the view's stages and filters."""
-    return json.dumps(
-        [ctx.view._serialize(), ctx.request_params.get("filters")],
+# panel id -> signature of the view it last showed. Kept in the server, not in
+# the panel's state: the App sends the three events of one view change at
+# once, each with the state as it was before any of them.
+_SHOWN: dict[str, str] = {}
+_SHOWN_LOCK = threading.Lock()
+
+
+def _is_new_view(ctx) -> bool:
+    """Whether the view (its stages and filters) differs from the one the
+    panel last showed; records it."""
+    signature = json.dumps(
+        [ctx.dataset_name, ctx.view._serialize(), ctx.request_params.get("filters")],
         sort_keys=True,
         default=str,
     )
+    with _SHOWN_LOCK:
+        if _SHOWN.get(ctx.panel_id) == signature:
+            return False
+        _SHOWN[ctx.panel_id] = signature
+        return True
 
 
 def _fields_of(src: dict) -> list[str]:
