@@ -161,4 +161,6 @@ def _jsonable(value):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):
         return None
+    if isinstance(value, float):  # a table for people: 0.532, not 0.53204917
+        return round(value, 3)
     return value

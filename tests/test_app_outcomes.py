@@ -227,3 +227,38 @@ def test_app_look_keeps_a_users_own_groups(tmp_root):
     assert kept.get("mine") == ["note"]
     assert app_look.details_group("mine") not in kept
     ds.delete()
+
+
+def test_dialogs_show_rounded_numbers_and_no_empty_tables(photos17):
+    """The class report's numbers are rounded; the status of a run computed in
+    one process has no (empty) "Delegated shards" table."""
+    from fiftyone.operators.executor import ExecutionContext
+
+    if "look_block_focus" not in photos17.get_field_schema():  # run alone (-k)
+        ge.score_cams(photos17, RUN, gt_field="ground_truth")
+    report = foo_call(photos17, "cam_class_report", layer="block")
+    floats = [v for row in report["rows"] for v in row.values() if type(v) is float]
+    assert floats and all(round(v, 3) == v for v in floats), report["rows"]
+
+    status = foo_call(photos17, "cam_run_status")
+    assert status["shards"] == []
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=photos17.name,
+            view=photos17.view()._serialize(),
+            params={"run_key": RUN},
+            results=status,
+        ),
+        operator_uri=uri("cam_run_status"),
+    )
+    import fiftyone.operators as foo
+
+    outputs = foo.get_operator(uri("cam_run_status")).resolve_type(ctx, "outputs")
+    assert "shards" not in outputs.type.properties
+    assert outputs.type.properties["done"] is not None
+
+
+def foo_call(ds, name: str, **params):
+    result = _run(ds, name, **params)
+    assert result.error is None, result.error
+    return result.result
