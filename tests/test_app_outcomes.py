@@ -181,6 +181,13 @@ def test_tiles_show_the_main_heatmap_not_the_bookkeeping(photos17):
     assert "look_block" in active.paths and "ground_truth" in active.paths
     for quiet in ("look_target", "look_prediction", "look_seen", "look_stem"):
         assert quiet not in active.paths, quiet
+    # a newer run's main heatmap replaces it (two overlaid heatmaps hide each
+    # other); deleting that run takes its heatmap out of the defaults
+    ge.compute_cams(photos17, MODEL, layers=["stem"], run_key="look2", progress=False)
+    paths = photos17.app_config.active_fields.paths
+    assert "look2_stem" in paths and "look_block" not in paths
+    photos17.delete_run("look2")
+    assert "look2_stem" not in photos17.app_config.active_fields.paths
 
 
 def test_rename_and_delete_leave_the_app_settings_clean(tmp_root):

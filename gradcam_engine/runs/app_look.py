@@ -69,7 +69,7 @@ def style_run(dataset: fo.Dataset, run_key: str, names: FieldNames) -> None:
         dataset,
         {run_key: (names.heatmaps, True), details_group(run_key): (details, False)},
     )
-    _set_active_fields(dataset, names)
+    _set_active_fields(dataset, run_key, names)
     dataset.save()
 
 
@@ -112,12 +112,14 @@ def _set_groups(dataset, wanted: dict[str, tuple[list[str], bool]]) -> None:
     config.sidebar_groups = kept[:at] + new + kept[at:]
 
 
-def _set_active_fields(dataset: fo.Dataset, names: FieldNames) -> None:
-    """Tiles: the run's main heatmap on, its target, prediction and seen box
-    off. A user's own setting is amended, never replaced: in exclude mode the
+def _set_active_fields(dataset: fo.Dataset, run_key: str, names: FieldNames) -> None:
+    """Tiles: the run's main heatmap on (instead of other CAM runs' heatmaps:
+    overlaid, one hides the other), its target, prediction and seen box off.
+    A user's own setting is amended, never replaced: in exclude mode the
     bookkeeping is excluded, in include mode the heatmap is included."""
     config = dataset.app_config
     quiet = {names.target, names.prediction, names.seen}
+    quiet |= _other_runs_heatmaps(dataset, run_key)
     main = names.heatmaps[:1]
     active = config.active_fields
     if active is None:  # FiftyOne's default: every non-dense label
@@ -132,6 +134,17 @@ def _set_active_fields(dataset: fo.Dataset, names: FieldNames) -> None:
         paths += [p for p in main if p not in paths]
     active.paths = paths
     config.active_fields = active
+
+
+def _other_runs_heatmaps(dataset: fo.Dataset, run_key: str) -> set[str]:
+    """The heatmap fields of the dataset's other CAM runs (no import of
+    cam_runs, which imports this module)."""
+    out: set[str] = set()
+    for key in dataset.list_runs():
+        config = dataset.get_run_info(key).config
+        if key != run_key and getattr(config, "kind", None) == "cam_audit":
+            out.update((getattr(config, "fields", None) or {}).values())
+    return out
 
 
 def rename_run_look(
