@@ -11,7 +11,7 @@ import fiftyone.operators.types as types
 import gradcam_engine as ge
 from gradcam_engine.runs import cam_runs as runs
 
-from . import _forms
+from . import _forms, _outcome
 from . import compute_form as form
 
 
@@ -149,12 +149,12 @@ class ComputeCams(foo.Operator):
             )
             if p.get("score") and p.get("gt_field"):
                 scores = ge.score_cams(view, summary.run_key, gt_field=p["gt_field"])
-                scored.extend(_forms.as_plain(scores)["fields"])
+                scored.extend(_outcome.as_plain(scores)["fields"])
             return summary
 
         # Raises before any write when the run cannot work, and CamRunFailed
         # when no sample succeeded: run_and_report shows it in the App.
-        summary = yield from _forms.run_and_report(
+        summary = yield from _outcome.run_and_report(
             ctx,
             "Compute CAMs",
             "Computing CAMs",

@@ -16,7 +16,7 @@ import fiftyone.operators.types as types
 
 import gradcam_engine as ge
 
-from . import _forms
+from . import _forms, _outcome
 
 BY_CHOICES = {"predicted": "Predicted class", "label": "Label field", "none": "All"}
 FILLS = ("blur", "mean", "gray", "noise")  # gradcam_engine.audit.counterfactual
@@ -61,12 +61,12 @@ class _Discovery(foo.Operator):
         if self.with_layer:
             kwargs["layer"] = ctx.params.get("layer")
         fn = getattr(ge, self.function)
-        yield from _forms.run_and_report(
+        yield from _outcome.run_and_report(
             ctx,
             self.label,
             self.progress_label,
             lambda report: fn(view, key, progress=report, **kwargs),
-            confirm=lambda result: self.confirmation(_forms.as_plain(result)),
+            confirm=lambda result: self.confirmation(_outcome.as_plain(result)),
         )
 
     def add_inputs(self, ctx, inputs: types.Object) -> None:

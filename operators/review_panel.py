@@ -23,10 +23,6 @@ DEFAULT_TAGS = "spurious,ok,needs-data"
 # panel instead of zooming the chart.
 _PLOT_CONFIG = dict(displayModeBar=False, scrollZoom=False)
 _MARGIN = dict(t=48, l=56, r=16, b=40)
-# Low focus (suspect) red, high focus (looks at the objects) green. An
-# explicit list: Plotly.js has no "RdYlGn" (it fell back to its own default,
-# darkest red at focus 1, the opposite of the meaning).
-FOCUS_COLORSCALE = [[0.0, "#d73027"], [0.5, "#fee08b"], [1.0, "#1a9850"]]
 # The panel's charts. The App copies a plot's data into the panel's state
 # and draws ``merge(state, data)``, index by index: a shorter new series kept
 # the old one's tail (stale bars), also when the state was cleared first (the
@@ -222,44 +218,14 @@ class CamReviewPanel(foo.Panel):
         for chart in _CHARTS:
             state.set(_chart(chart, old), None)
             ctx.panel.data.set(_chart(chart, old), None)
-        ranking = [
-            dict(
-                type="bar",
-                name="focus",
-                x=list(range(1, len(ids) + 1)),
-                y=values["focus"],
-                ids=ids,
-                text=data.bar_text(values),
-                textposition="none",
-                hovertemplate="%{text}<br>focus %{y:.3f}<extra></extra>",
-                marker=dict(
-                    color=values["focus"], colorscale=FOCUS_COLORSCALE, cmin=0, cmax=1
-                ),
-            )
-        ]
-        ctx.panel.data.set(_chart("ranking", rev), ranking)
+        ctx.panel.data.set(_chart("ranking", rev), data.ranking_chart(values))
         state.heatmap = src["heatmap"]
         state.clusters = discovery.cluster_rows(ctx, src)
         state.has_flips = "flip" in discovery.fields(ctx.dataset, src)
         order, means, counts = data.per_class(ctx.view, src)
         state.classes = order
-        per_class = (
-            [
-                dict(
-                    type="bar",
-                    name="mean focus",
-                    x=order,
-                    y=means,
-                    text=[f"n={n}" for n in counts],
-                    marker=dict(
-                        color=means, colorscale=FOCUS_COLORSCALE, cmin=0, cmax=1
-                    ),
-                )
-            ]
-            if order
-            else []
-        )
-        ctx.panel.data.set(_chart("per_class", rev), per_class)
+        chart = data.per_class_chart(order, means, counts)
+        ctx.panel.data.set(_chart("per_class", rev), chart)
         self._refresh_tags(ctx)
         self._refresh_compare(ctx, sources)
 

@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 import gradcam_engine as ge
 
-from . import _forms
+from . import _forms, _outcome
 
 
 class ScoreCams(foo.Operator):
@@ -66,7 +66,7 @@ class ScoreCams(foo.Operator):
             )
             yield ctx.ops.notify(str(queued))
             return
-        yield from _forms.run_and_report(
+        yield from _outcome.run_and_report(
             ctx,
             "Score CAMs",
             "Scoring CAMs",
@@ -77,7 +77,7 @@ class ScoreCams(foo.Operator):
 
 def _score_confirmation(result) -> str:
     """'5 samples of gradcam scored; mean focus block 0.42; 6 fields written'."""
-    out = _forms.as_plain(result)
+    out = _outcome.as_plain(result)
     focus = ", ".join(
         f"{layer} {value:.2f}"
         for layer, value in (out.get("mean_focus") or {}).items()
