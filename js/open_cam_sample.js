@@ -1,6 +1,7 @@
 /*
  * `open_cam_sample`: open a sample in the App's sample view with exactly the
- * given fields switched on (the review panel's Open).
+ * given fields switched on (the review panel's Open). `apply_cam_look`: the
+ * session takes the dataset's colour scheme (after a run, see below).
  *
  * FiftyOne keeps one set of active fields for the grid and another for the
  * sample view, and no Python operator can set the sample view's: the built-in
@@ -59,9 +60,101 @@
       if (Array.isArray(params.fields)) {
         ctx.hooks.setSampleViewFields(params.fields);
       }
+      // The panel's button keeps the keyboard focus, and the App's sample
+      // view ignores keys typed into a form control: Escape (close) and the
+      // arrows would do nothing. A click on a tile leaves no focus either.
+      if (document.activeElement && document.activeElement.blur) {
+        document.activeElement.blur();
+      }
       ctx.hooks.openSample({ id: params.sample_id });
     }
   }
 
+  /*
+   * `apply_cam_look`: make the open session use the dataset's colour scheme
+   * and sidebar groups now (a run just stored them in `dataset.app_config`). The App
+   * reads a dataset's scheme into the session only when the dataset is
+   * loaded, and `reload_dataset` does not; a browser reload keeps the
+   * session's old scheme too. Setting the session's scheme as the App's own
+   * colour settings do also stores it on the server's session.
+   */
+  class ApplyCamLook extends foo.Operator {
+    get config() {
+      return new foo.OperatorConfig({
+        name: "apply_cam_look",
+        label: "Apply a CAM run's colour scheme to the session",
+        unlisted: true,
+      });
+    }
+
+    useHooks() {
+      return {
+        reloadDataset: fos.useRefresh(),
+        setSessionColorScheme: fos.useSetSessionColorScheme(),
+        sessionColorScheme: recoil.useRecoilCallback(
+          function (cb) {
+            return function () {
+              return cb.snapshot.getLoadable(fos.colorScheme).contents;
+            };
+          },
+          []
+        ),
+        setSidebarGroups: recoil.useRecoilCallback(
+          function (cb) {
+            return function (groups) {
+              cb.set(fos.sidebarGroupsDefinition(false), groups);
+            };
+          },
+          []
+        ),
+      };
+    }
+
+    async execute(ctx) {
+      var params = ctx.params || {};
+      var scheme = params.color_scheme;
+      if (scheme && !sameLook(ctx.hooks.sessionColorScheme(), scheme)) {
+        ctx.hooks.setSessionColorScheme(fos.ensureColorScheme(scheme));
+      }
+      // The grid's sidebar keeps the groups it resolved when the dataset was
+      // opened (the dataset's groups only count when it has none yet).
+      if (Array.isArray(params.sidebar_groups) && params.sidebar_groups.length) {
+        ctx.hooks.setSidebarGroups(params.sidebar_groups);
+      }
+      // The new fields, in the same turn (what the built-in reload_dataset
+      // does): one redraw of the tiles instead of one per change. Redraws in
+      // quick succession, while heatmaps decode, make FiftyOne's looker
+      // raise DataCloneError (docs/ARCHITECTURE.md).
+      ctx.hooks.reloadDataset();
+    }
+  }
+
+  /*
+   * Whether the session already draws what `scheme` asks for: same colour
+   * mode and opacity, and every colorscale of `scheme` either set in the
+   * session or the session's default one (a new run's fields get viridis,
+   * the App's default). Setting an equal scheme would only redraw every tile.
+   */
+  function sameLook(current, scheme) {
+    if (!current || typeof current !== "object") {
+      return false;
+    }
+    if ((scheme.colorBy || "field") !== current.colorBy) {
+      return false;
+    }
+    if (typeof scheme.opacity === "number" && scheme.opacity !== current.opacity) {
+      return false;
+    }
+    var fallback = (current.defaultColorscale || {}).name || "viridis";
+    var known = {};
+    (current.colorscales || []).forEach(function (c) {
+      known[c.path] = c.name;
+    });
+    return (scheme.colorscales || []).every(function (c) {
+      return known[c.path] === c.name || (!c.list && c.name === fallback);
+    });
+  }
+
   foo.registerOperator(OpenCamSample, PLUGIN);
+  foo.registerOperator(ApplyCamLook, PLUGIN);
 })();

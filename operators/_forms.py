@@ -342,7 +342,8 @@ def run_and_reload(
     ctx, label: str, fn: Callable[[Callable[[int, int], None]], Any]
 ) -> Iterator:
     """``run_with_progress``, then reload the App's dataset to show the new
-    fields (immediate runs only). ``result = yield from run_and_reload(...)``."""
+    fields (immediate runs only). The plugin's operators use
+    ``_outcome.run_and_report`` instead (errors and confirmations too)."""
     result = yield from run_with_progress(ctx, label, fn)
     if not ctx.delegated:
         yield ctx.ops.reload_dataset()

@@ -12,7 +12,7 @@ import gradcam_engine as ge
 from gradcam_engine.runs import cam_runs as runs
 from gradcam_engine.runs import trust
 
-from . import _forms
+from . import _forms, _outcome
 from . import compute_form as form
 
 
@@ -149,45 +149,37 @@ class ComputeCams(foo.Operator):
         if not ctx.delegated:
             kwargs["num_workers"] = 0  # no worker processes inside the App server
 
+        scored: list[str] = []
+
+        def run(report):
+            summary = ge.compute_cams(view, model, **{**kwargs, "progress": report})
+            if p.get("score") and p.get("gt_field"):
+                scores = ge.score_cams(view, summary.run_key, gt_field=p["gt_field"])
+                scored.extend(_outcome.as_plain(scores)["fields"])
+            return summary
+
         # Raises before any write when the run cannot work, and CamRunFailed
-        # when no sample succeeded. The App drops a generator operator's
-        # exception silently, so it is shown first, then re-raised (Python
-        # callers and delegated runs record it as the operation's error).
-        try:
-            summary = yield from _forms.run_with_progress(
-                ctx,
-                "Computing CAMs",
-                lambda report: ge.compute_cams(
-                    view, model, **{**kwargs, "progress": report}
-                ),
-            )
-        except Exception as exc:
-            if not ctx.delegated:
-                yield ctx.ops.notify(f"Compute CAMs failed: {exc}", variant="error")
-                yield ctx.ops.show_output(_failure_view(exc).to_json(), {})
-            raise
-        if p.get("score") and p.get("gt_field"):
-            ge.score_cams(view, summary.run_key, gt_field=p["gt_field"])
+        # when no sample succeeded: run_and_report shows it in the App.
+        summary = yield from _outcome.run_and_report(
+            ctx,
+            "Compute CAMs",
+            "Computing CAMs",
+            run,
+            confirm=lambda summary: summary.headline(),
+        )
         result = summary.as_dict()
+        result["fields"] += [f for f in scored if f not in result["fields"]]
         if not ctx.delegated:
-            yield ctx.ops.reload_dataset()
-            yield ctx.ops.show_output(_outcome_view().to_json(), result)
+            yield ctx.ops.show_output(_outcome_view(result).to_json(), result)
         return result
 
 
-def _failure_view(exc: Exception) -> types.Property:
-    outputs = types.Object()
-    outputs.view(
-        "failed", types.Error(label="Compute CAMs failed", description=str(exc))
-    )
-    return types.Property(outputs, view=types.View(label="CAM run"))
-
-
-def _outcome_view() -> types.Property:
+def _outcome_view(result: dict) -> types.Property:
     """How the App shows a finished run (errors raise instead: see execute)."""
     outputs = types.Object()
     outputs.str("headline", label="Outcome")
-    outputs.list("errors", types.String(), label="Most common errors")
+    if result.get("errors"):  # no empty heading on a clean run
+        outputs.list("errors", types.String(), label="Most common errors")
     outputs.list("fields", types.String(), label="Fields written")
     return types.Property(outputs, view=types.View(label="CAM run"))
 

@@ -17,7 +17,7 @@ import fiftyone.operators.types as types
 import gradcam_engine as ge
 from gradcam_engine.runs import trust
 
-from . import _forms
+from . import _forms, _outcome
 
 BY_CHOICES = {"predicted": "Predicted class", "label": "Label field", "none": "All"}
 # gradcam_engine.audit.backgrounds (not imported here: it imports torch);
@@ -64,10 +64,12 @@ class _Discovery(foo.Operator):
         if self.with_layer:
             kwargs["layer"] = ctx.params.get("layer")
         fn = getattr(ge, self.function)
-        yield from _forms.run_and_reload(
+        yield from _outcome.run_and_report(
             ctx,
+            self.label,
             self.progress_label,
             lambda report: fn(view, key, progress=report, **kwargs),
+            confirm=lambda result: self.confirmation(_outcome.as_plain(result)),
         )
 
     def add_inputs(self, ctx, inputs: types.Object) -> None:
@@ -76,6 +78,10 @@ class _Discovery(foo.Operator):
     def library_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
         """The operator's own keyword arguments of ``function``."""
         return {}
+
+    def confirmation(self, result: dict[str, Any]) -> str:
+        """What the App says when ``function`` returned ``result``."""
+        return f"wrote {', '.join(result.get('fields') or []) or 'nothing'}"
 
 
 def _model_input(ctx, inputs: types.Object) -> None:
@@ -119,6 +125,19 @@ class ClusterCams(_Discovery):
             description="Empty: chosen by the silhouette",
         )
 
+    def confirmation(self, result):
+        sizes = {
+            field: (len(clusters), sum(c["size"] for c in clusters))
+            for field, clusters in (result.get("clusters") or {}).items()
+        }
+        text = "; ".join(
+            f"{n} samples of {field} in {k} clusters" for field, (k, n) in sizes.items()
+        )
+        keys = result.get("brain_keys") or []
+        if keys:
+            text += f" (Embeddings panel: {', '.join(keys)})"
+        return text or "no heatmaps to cluster"
+
     def library_kwargs(self, params):
         by = params.get("by", "predicted")
         return dict(
@@ -150,6 +169,14 @@ class BackgroundTest(_Discovery):
         )
         _model_input(ctx, inputs)
 
+    def confirmation(self, result):
+        rate = result.get("flip_rate")
+        flips = "n/a" if rate is None else f"{rate:.0%}"
+        return (
+            f"{result.get('num_tested', 0)} samples tested; the prediction changed "
+            f"without the background on {flips}"
+        )
+
     def library_kwargs(self, params):
         fill = params.get("fill") or "several"
         return dict(
@@ -170,6 +197,14 @@ class RoadCams(_Discovery):
 
     def add_inputs(self, ctx, inputs):
         _model_input(ctx, inputs)
+
+    def confirmation(self, result):
+        means = ", ".join(
+            f"{layer} {value:.3f}"
+            for layer, value in (result.get("mean_road") or {}).items()
+            if value is not None
+        )
+        return f"mean ROAD {means}" if means else "no maps to measure"
 
     def library_kwargs(self, params):
         return dict(model=_app_model(params))

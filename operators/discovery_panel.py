@@ -76,10 +76,11 @@ def render(panel: types.Object, state, on_click_cluster, show_flips) -> None:
     """Adds the section when the chosen source has clusters or flips."""
     if not state.clusters and not state.has_flips:
         return
+    heatmap = state.heatmap or "<heatmap field>"
     panel.md(
         "#### Heatmap clusters (no boxes needed)\nOne strategy per cluster; plot "
-        "them in the Embeddings panel (brain key `<heatmap field>_clusters`, "
-        "colour by `<heatmap field>_cluster`).",
+        f"them in the Embeddings panel (brain key `{heatmap}_clusters`, "
+        f"colour by `{heatmap}_cluster`).",
         name="clusters_title",
     )
     if state.clusters:

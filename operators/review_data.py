@@ -135,6 +135,50 @@ def bar_text(values: dict) -> list[str]:
     return out
 
 
+# Low focus (suspect) red, high focus (looks at the objects) green. An
+# explicit list: Plotly.js has no "RdYlGn" (it fell back to its own default,
+# darkest red at focus 1, the opposite of the meaning).
+FOCUS_COLORSCALE = [[0.0, "#d73027"], [0.5, "#fee08b"], [1.0, "#1a9850"]]
+
+
+def _focus_colors(values: list[float]) -> dict:
+    return dict(color=values, colorscale=FOCUS_COLORSCALE, cmin=0, cmax=1)
+
+
+def ranking_chart(values: dict) -> list[dict]:
+    """The ranking chart's Plotly traces: one bar per sample, lowest first,
+    the sample id on each bar (a click opens it)."""
+    return [
+        dict(
+            type="bar",
+            name="focus",
+            x=list(range(1, len(values["id"]) + 1)),
+            y=values["focus"],
+            ids=values["id"],
+            text=bar_text(values),
+            textposition="none",
+            hovertemplate="%{text}<br>focus %{y:.3f}<extra></extra>",
+            marker=_focus_colors(values["focus"]),
+        )
+    ]
+
+
+def per_class_chart(order: list[str], means: list[float], counts: list[int]):
+    """The per-class chart's Plotly traces (none without classes)."""
+    if not order:
+        return []
+    return [
+        dict(
+            type="bar",
+            name="mean focus",
+            x=order,
+            y=means,
+            text=[f"n={n}" for n in counts],
+            marker=_focus_colors(means),
+        )
+    ]
+
+
 def per_class(view, src: dict) -> tuple[list[str], list[float], list[int]]:
     """Classes ordered by mean focus (lowest first), their means and counts."""
     path = class_path(src)

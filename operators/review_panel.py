@@ -6,7 +6,9 @@ on the App's current view; it never computes CAMs itself.
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -21,6 +23,16 @@ DEFAULT_TAGS = "spurious,ok,needs-data"
 # panel instead of zooming the chart.
 _PLOT_CONFIG = dict(displayModeBar=False, scrollZoom=False)
 _MARGIN = dict(t=48, l=56, r=16, b=40)
+# The panel's charts. The App copies a plot's data into the panel's state
+# and draws ``merge(state, data)``, index by index: a shorter new series kept
+# the old one's tail (stale bars), also when the state was cleared first (the
+# copy is made again while the new data is on its way). Each refresh draws
+# its series under new names (``_chart``), so nothing old is merged in.
+_CHARTS = ("ranking", "per_class")
+
+
+def _chart(name: str, rev: int | None) -> str:
+    return f"{name}_{rev or 0}"
 
 
 class CamReviewPanel(foo.Panel):
@@ -55,24 +67,35 @@ class CamReviewPanel(foo.Panel):
         if not state.klass:
             state.klass = ALL_CLASSES
         state.keys = list(sources)
+        _is_new_view(ctx)  # the view this refresh shows
         self._refresh(ctx, sources)
         # the grid next to the panel, with the chosen heatmap visible
         ctx.ops.split_panel("cam_review", layout="horizontal")
 
     def on_change_view(self, ctx):
+        # The App sends one event per part of the view (stages, filters,
+        # extended selection) for one change: refresh once per actual view.
+        if not _is_new_view(ctx):
+            return
         self._refresh(ctx, data.sources(ctx.dataset))
 
     def on_change_selected(self, ctx):
         self._refresh_tags(ctx)
 
     def on_change_source(self, ctx):
-        ctx.panel.state.source = ctx.params.get("value")
+        value = ctx.params.get("value")
+        if value == ctx.panel.state.source:
+            return  # the form reporting its initial value: nothing changed
+        ctx.panel.state.source = value
         ctx.panel.state.klass = ALL_CLASSES
         sources = data.sources(ctx.dataset)
         self._refresh(ctx, sources)
 
     def on_change_class(self, ctx):
-        ctx.panel.state.klass = ctx.params.get("value") or ALL_CLASSES
+        value = ctx.params.get("value") or ALL_CLASSES
+        if value == ctx.panel.state.klass:
+            return  # the form reporting its initial value: nothing changed
+        ctx.panel.state.klass = value
         self._refresh(ctx, data.sources(ctx.dataset))
 
     def on_change_compare(self, ctx):
@@ -87,10 +110,10 @@ class CamReviewPanel(foo.Panel):
         self._refresh_tags(ctx)
 
     def on_click_bar(self, ctx):
-        sample_id = ctx.params.get("id")
+        sample_id = ctx.params.get("id")  # the bar's entry in the trace's ids
         if sample_id is None:
             ids = ctx.panel.state.ranked_ids or []
-            idx = ctx.params.get("pointIndex", ctx.params.get("point_index"))
+            idx = ctx.params.get("idx")  # the App's name for Plotly's pointIndex
             if idx is not None and 0 <= int(idx) < len(ids):
                 sample_id = ids[int(idx)]
         self._open(ctx, sample_id)
@@ -190,36 +213,19 @@ class CamReviewPanel(foo.Panel):
         state.ranked_ids = ids
         state.rank_tick = max(1, math.ceil(len(ids) / 10))
         state.table = data.table_rows(values)
-        ctx.panel.data.ranking = [
-            dict(
-                type="bar",
-                name="focus",
-                x=list(range(1, len(ids) + 1)),
-                y=values["focus"],
-                ids=ids,
-                text=data.bar_text(values),
-                textposition="none",
-                hovertemplate="%{text}<br>focus %{y:.3f}<extra></extra>",
-                marker=dict(color=values["focus"], colorscale="RdYlGn", cmin=0, cmax=1),
-            )
-        ]
+        old = state.chart_rev or 0
+        state.chart_rev = rev = old + 1  # see _CHARTS: fresh names, no stale tail
+        for chart in _CHARTS:
+            state.set(_chart(chart, old), None)
+            ctx.panel.data.set(_chart(chart, old), None)
+        ctx.panel.data.set(_chart("ranking", rev), data.ranking_chart(values))
+        state.heatmap = src["heatmap"]
         state.clusters = discovery.cluster_rows(ctx, src)
         state.has_flips = "flip" in discovery.fields(ctx.dataset, src)
         order, means, counts = data.per_class(ctx.view, src)
         state.classes = order
-        ctx.panel.data.per_class = (
-            [
-                dict(
-                    type="bar",
-                    name="mean focus",
-                    x=order,
-                    y=means,
-                    text=[f"n={n}" for n in counts],
-                )
-            ]
-            if order
-            else []
-        )
+        chart = data.per_class_chart(order, means, counts)
+        ctx.panel.data.set(_chart("per_class", rev), chart)
         self._refresh_tags(ctx)
         self._refresh_compare(ctx, sources)
 
@@ -274,7 +280,7 @@ class CamReviewPanel(foo.Panel):
 
         panel.md(state.summary or "", name="summary")
         panel.plot(
-            "ranking",
+            _chart("ranking", state.chart_rev),
             layout=dict(
                 title=dict(
                     text="Focus, lowest first (click: open; box-select: filter)",
@@ -324,7 +330,7 @@ class CamReviewPanel(foo.Panel):
 
         if state.classes:
             panel.plot(
-                "per_class",
+                _chart("per_class", state.chart_rev),
                 layout=dict(
                     title=dict(
                         text="Mean focus per class (click: rank that class)",
@@ -375,6 +381,28 @@ class CamReviewPanel(foo.Panel):
         return types.Property(
             panel, view=types.GridView(orientation="vertical", gap=2, padding=1)
         )
+
+
+# panel id -> signature of the view it last showed. Kept in the server, not in
+# the panel's state: the App sends the three events of one view change at
+# once, each with the state as it was before any of them.
+_SHOWN: dict[str, str] = {}
+_SHOWN_LOCK = threading.Lock()
+
+
+def _is_new_view(ctx) -> bool:
+    """Whether the view (its stages and filters) differs from the one the
+    panel last showed; records it."""
+    signature = json.dumps(
+        [ctx.dataset_name, ctx.view._serialize(), ctx.request_params.get("filters")],
+        sort_keys=True,
+        default=str,
+    )
+    with _SHOWN_LOCK:
+        if _SHOWN.get(ctx.panel_id) == signature:
+            return False
+        _SHOWN[ctx.panel_id] = signature
+        return True
 
 
 def _fields_of(src: dict) -> list[str]:

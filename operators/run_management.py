@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 from gradcam_engine.audit.sanity_line import sanity_line
 from gradcam_engine.runs import cam_runs as runs
 
-from . import _forms
+from . import _forms, _outcome
 
 COLUMNS = (
     "run_key",
@@ -110,7 +110,7 @@ class RenameCamRun(foo.Operator):
         info = runs.rename_cam_run(
             ctx.dataset, ctx.params["run_key"], ctx.params["new_run_key"]
         )
-        ctx.ops.reload_dataset()
+        _outcome.run_look(ctx)  # groups and colours follow the run
         return {"run_key": info.run_key, "fields": info.fields}
 
 
@@ -144,5 +144,5 @@ class DeleteCamRun(foo.Operator):
     def execute(self, ctx):
         key = ctx.params["run_key"]
         runs.delete_cam_run(ctx.dataset, key)
-        ctx.ops.reload_dataset()
+        _outcome.run_look(ctx)  # groups and colours follow the run
         return {"deleted": key}

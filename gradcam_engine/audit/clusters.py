@@ -95,47 +95,70 @@ def cluster_cams(
     spray.check_options(n_clusters, select, max_clusters)
     spray.map_vectors([], size)  # checks size before anything is written
     brain_keys = {f: brain_key or visualization_key(f) for f in fields}
+    declared = set(runs.root_dataset(samples).get_field_schema())
     claim_fields(
         samples, run_key, {cluster_field(f): fo.StringField for f in fields}, overwrite
     )
-    if visualization is not None:
-        for key in brain_keys.values():
-            claim_brain_key(samples, run_key, key, overwrite)
-
-    ids = samples.values("id")
-    report = progress_reporter(progress, len(ids) * len(fields))
-    out: dict[str, list] = {}
-    summary: dict[str, list[dict]] = {}
-    for n, f in enumerate(fields):
-        vectors, groups, mixes = _read(
-            samples,
-            ids,
-            f,
-            group_path,
-            mix_path,
-            size,
-            batch_size,
-            lambda done, n=n: report(n * len(ids) + done),
-        )
-        names, clusters = _cluster_groups(
-            vectors, groups, mixes, n_clusters, select, max_clusters, size, seed
-        )
-        out[cluster_field(f)] = names
-        summary[f] = clusters
+    claimed: list[str] = []  # brain keys this call claimed (and may register)
+    try:
         if visualization is not None:
-            _visualize(samples, ids, vectors, brain_keys[f], visualization, seed)
-    write_columns(samples, ids, out)
-    # one entry per heatmap field: other fields' clusters stay as stored
-    runs.set_run_entries(
-        runs.root_dataset(samples),
-        run_key,
-        {f"clusters.{f}": {"by": by, "clusters": c} for f, c in summary.items()},
+            for key in brain_keys.values():
+                claim_brain_key(samples, run_key, key, overwrite)
+                claimed.append(key)
+        ids = samples.values("id")
+        report = progress_reporter(progress, len(ids) * len(fields))
+        out: dict[str, list] = {}
+        summary: dict[str, list[dict]] = {}
+        for n, f in enumerate(fields):
+            vectors, groups, mixes = _read(
+                samples,
+                ids,
+                f,
+                group_path,
+                mix_path,
+                size,
+                batch_size,
+                lambda done, n=n: report(n * len(ids) + done),
+            )
+            names, clusters = _cluster_groups(
+                vectors, groups, mixes, n_clusters, select, max_clusters, size, seed
+            )
+            out[cluster_field(f)] = names
+            summary[f] = clusters
+            if visualization is not None:
+                _visualize(samples, ids, vectors, brain_keys[f], visualization, seed)
+        write_columns(samples, ids, out)
+        # one entry per heatmap field: other fields' clusters stay as stored
+        runs.set_run_entries(
+            runs.root_dataset(samples),
+            run_key,
+            {f"clusters.{f}": {"by": by, "clusters": c} for f, c in summary.items()},
+        )
+        return {
+            "fields": list(out),
+            "brain_keys": list(brain_keys.values()) if visualization else [],
+            "clusters": summary,
+        }
+    except BaseException:
+        # Nothing half-written: no declared-but-empty cluster field, no brain
+        # run without results (what the App showed as an empty cluster table).
+        _undo(runs.root_dataset(samples), run_key, fields, claimed, declared)
+        raise
+
+
+def _undo(dataset, run_key, fields, brain_keys: list[str], declared) -> None:
+    """Remove what a failed ``cluster_cams`` call made: the cluster fields it
+    declared and the brain runs it registered (and their records on the run)."""
+    new = [cluster_field(f) for f in fields if cluster_field(f) not in declared]
+    present = set(dataset.get_field_schema())
+    if any(f in present for f in new):
+        dataset.delete_sample_fields([f for f in new if f in present])
+    for key in brain_keys:
+        if dataset.has_brain_run(key):
+            dataset.delete_brain_run(key)
+    runs.remove_from_run_lists(
+        dataset, run_key, owned_fields=new, brain_keys=list(brain_keys)
     )
-    return {
-        "fields": list(out),
-        "brain_keys": list(brain_keys.values()) if visualization else [],
-        "clusters": summary,
-    }
 
 
 def _group_path(samples, info, by, label_field) -> str | None:
@@ -244,6 +267,12 @@ def _visualize(samples, ids, vectors, brain_key, method, seed) -> None:
     if method == "auto":
         method = "tsne" if len(keep) <= 1000 else "pca"
     kwargs = {"seed": seed, "verbose": False} if method in ("tsne", "umap") else {}
+    n = len(keep)  # fiftyone-brain's defaults assume many more samples
+    if method == "tsne":  # PCA to 50 dims first; perplexity below n
+        kwargs.update(pca_dims=min(50, n, vectors.shape[1]))
+        kwargs.update(perplexity=float(min(30.0, max(1.0, (n - 1) / 3))))
+    elif method == "umap":
+        kwargs.update(num_neighbors=min(15, n - 1))
     with threadpool_limits(1):  # as in spray.cluster_maps: faster on shared cores
         fob.compute_visualization(
             view,

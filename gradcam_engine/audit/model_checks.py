@@ -196,13 +196,20 @@ def road_cams(
     paths = [*heat, f"{info.target_field}.label"]
     ids = samples.values("id")
     out: dict[str, list] = {road_field(f): [None] * len(ids) for f in heat}
-    report = progress_reporter(progress, len(ids))
+    # Progress per map measured (ROAD reruns the model 8 times per map: a
+    # report per batch left the App silent for minutes).
+    report = progress_reporter(progress, len(ids) * len(heat))
+    measured = [0]
+
+    def advance(n: int) -> None:
+        measured[0] += n
+        report(measured[0])
+
     geometry = TransformGeometry(tf)  # where each input pixel came from
     with eval_mode(module):
-        for batch in _batches(samples, ids, paths, batch_size, report):
-            _road_batch(
-                batch, module, tf, geometry, classes, heat, percentiles, seed, out
-            )
+        for batch in _batches(samples, ids, paths, batch_size, lambda done: None):
+            model = (module, tf, geometry, classes)
+            _road_batch(batch, model, heat, percentiles, seed, out, advance)
     write_columns(samples, ids, out)
     return {
         "fields": list(out),
@@ -213,15 +220,22 @@ def road_cams(
     }
 
 
-def _road_batch(batch, module, tf, geometry, classes, heat, percentiles, seed, out):
+# Maps per ROAD call: progress after each (the noise is seeded per call).
+ROAD_CHUNK = 8
+
+
+def _road_batch(batch, model, heat, percentiles, seed, out, advance):
     start, columns, images = batch
+    module, tf, geometry, classes = model
     target_path = list(columns)[-1]
     x_all = [tf(Image.fromarray(image)) for image in images]
     for f in heat:
         maps = [raw_heatmap(doc) for doc in columns[f]]
         have = [i for i, m in enumerate(maps) if m is not None]
+        advance(len(maps) - len(have))  # nothing to measure
         # one ROAD call per input size (transforms may keep the image's size)
-        for rows in group_by_shape(x_all, have).values():
+        # and per ROAD_CHUNK maps
+        for rows in _chunks(list(group_by_shape(x_all, have).values()), ROAD_CHUNK):
             x = torch.stack([x_all[i] for i in rows])
             cams = np.stack(
                 [
@@ -242,6 +256,11 @@ def _road_batch(batch, module, tf, geometry, classes, heat, percentiles, seed, o
             scores = road_scores(module, x, cams, targets, percentiles, seed)
             for i, score in zip(rows, scores, strict=True):
                 out[road_field(f)][start + i] = float(score)
+            advance(len(rows))
+
+
+def _chunks(groups: list[list[int]], n: int) -> list[list[int]]:
+    return [g[i : i + n] for g in groups for i in range(0, len(g), n)]
 
 
 def _forward(module, tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -94,7 +94,7 @@ class CamRun(fors.Run):
             found = _record.find_record(dataset, key)
             if found is not None:
                 _defer_if_live(dataset, found, {"action": "delete"})
-                remove_parts(dataset, found.config)
+                remove_parts(dataset, key, found.config)
 
 
 def _defer_if_live(dataset, found: _record.RunRecord, removal: dict) -> None:
@@ -323,7 +323,7 @@ def delete_cam_run(samples: foc.SampleCollection, run_key: str) -> None:
         if found is None:
             get_cam_run(dataset, run_key)  # raises, listing the runs
         live.refuse_if_live(dataset, run_key, "delete")
-        remove_parts(dataset, found.config)
+        remove_parts(dataset, run_key, found.config)
         dataset._doc.reload("runs")
         fors.Run.delete_run(dataset, run_key, cleanup=False)
 

@@ -236,7 +236,7 @@ def _release(dataset: fo.Dataset, opened: OpenedRun) -> None:
         now = record.find_record(dataset, opened.run_key)
         # a run registered since under the same key owns the fields now
         mine = now is None or now.instance == lease.instance
-        remove_parts(dataset, lease.config, fields=mine)
+        remove_parts(dataset, opened.run_key, lease.config, fields=mine)
     lease.check()  # raises RunGone, saying what happened
 
 

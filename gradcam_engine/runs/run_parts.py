@@ -19,13 +19,17 @@ import fiftyone.core.view as fov
 from bson import json_util
 
 from . import record
+from .app_look import remove_run_look, rename_run_look
 
 __all__ = ["remove_parts", "move_parts", "rename_plan"]
 
 
-def remove_parts(dataset: fo.Dataset, config: dict[str, Any], fields=True) -> None:
-    """Delete what a run with ``config`` owns: fields (unless ``fields=False``),
-    saved views, brain runs, files and its run directory."""
+def remove_parts(
+    dataset: fo.Dataset, key: str, config: dict[str, Any], fields=True
+) -> None:
+    """Delete what run ``key`` with ``config`` owns: fields (unless
+    ``fields=False``: a newer run of the key owns them), saved views, brain
+    runs, files, its run directory and its look in the App."""
     existing = set(dataset.get_field_schema())
     owned = [f for f in config.get("owned_fields") or [] if f in existing]
     if owned and fields:
@@ -44,6 +48,8 @@ def remove_parts(dataset: fo.Dataset, config: dict[str, Any], fields=True) -> No
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
+    if fields:  # sidebar groups and colours of the fields just deleted
+        remove_run_look(dataset, key, config.get("owned_fields") or [])
 
 
 def move_parts(dataset: fo.Dataset, key: str, new_key: str, found) -> None:
@@ -78,6 +84,7 @@ def move_parts(dataset: fo.Dataset, key: str, new_key: str, found) -> None:
             removal=None,
         ),
     )
+    rename_run_look(dataset, key, new_key, plan.fields)  # groups, colours
 
 
 def _renamed(name: str, run_key: str, new_key: str, sep: str) -> str:
