@@ -74,9 +74,11 @@ os.environ.update(
     FIFTYONE_SHOW_PROGRESS_BARS="false",
     # where the App may write heatmap files (runs/trust.py), inside this session
     FIFTYONE_DEFAULT_DATASET_DIR=str(_TMP / "fiftyone"),
-    # the deployment's model source the operator tests pick by name (the App
-    # refuses entry points); workers inherit it
-    CAM_AUDIT_MODEL_SOURCES="plugin-test-model=plugin_models:build_model",
+    # the deployment's model sources the operator tests pick by name (the App
+    # refuses entry points; workers inherit them), and one whose loader raises:
+    # an operator that fails after its form accepted it (the App must say why)
+    CAM_AUDIT_MODEL_SOURCES="plugin-test-model=plugin_models:build_model,"
+    "broken-test-model=plugin_models:broken_model",
 )
 
 ARTIFACTS = ROOT / "artifacts"

@@ -24,3 +24,8 @@ def build_model():
     module.add_module("flat", nn.Flatten())
     module.add_module("head", nn.Linear(16, len(CLASSES)))
     return module.eval(), ResizeNormalize(64), list(CLASSES)
+
+
+def broken_model():
+    """A registered source that fails when loaded (its weights are missing)."""
+    raise RuntimeError("broken-test-model: its weights file is missing")

@@ -104,10 +104,10 @@ def _notes(result, variant: str) -> list[str]:
 
 
 def test_a_failing_operator_shows_its_error_in_the_app(photos17):
-    result = _run(photos17, "road_cams", layer="block", model="no-such-model")
+    result = _run(photos17, "road_cams", layer="block", model="broken-test-model")
     assert result.error is not None  # Python callers still get the exception
     errors = _notes(result, "error")
-    assert errors and "no-such-model" in errors[0], _messages(result)
+    assert errors and "broken-test-model" in errors[0], _messages(result)
     assert errors[0].startswith("CAM faithfulness (ROAD) failed: ")
     dialogs = [p for op, p in _messages(result) if op.split("/")[-1] == "show_output"]
     assert dialogs, "no error dialog"

@@ -194,13 +194,13 @@ def test_a_failing_operator_shows_its_error(page, fresh_app, artifacts_dir):
     ds, _, _ = fresh_app
     _operator(page, "CAM faithfulness (ROAD)")
     _input_after(page, "Model source").wait_for(timeout=30_000)
-    _input_after(page, "Model source").fill("no-such-model")
+    _input_after(page, "Model source").fill("broken-test-model")
     time.sleep(2)
     page.get_by_role("button", name="Execute").click()
     shown = _wait_text(page, "CAM faithfulness (ROAD) failed", 120)
     _shot(page, artifacts_dir, "road_failed")
     assert shown, "the failure was not shown"
-    assert page.get_by_text("no-such-model").count()
+    assert page.get_by_text("broken-test-model").count()
     _close_dialogs(page)
     ds.reload()
     assert not [f for f in ds.get_field_schema() if f.endswith("_road")]

@@ -191,7 +191,12 @@ def _resolve(spec, allow_pickle: bool) -> LoadedModel:
     if spec not in _SOURCES and not spec.startswith("zoo:"):
         _load_providers()
     if spec in _SOURCES:
-        loaded = _SOURCES[spec]()
+        try:
+            loaded = _SOURCES[spec]()
+        except Exception as exc:  # say which source: its loader may be far away
+            raise RuntimeError(
+                f"model source {spec!r} failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
         if not loaded.description:
             loaded.description = spec
         return loaded
