@@ -1,15 +1,20 @@
 """A compute_cams run in its own process, slow enough to act on while it is live.
 
-``python live_compute.py DATASET RUN_KEY SEED [SECONDS_PER_BATCH]``: the tiny
-classifier of ``plugin_models`` with weights seeded by SEED, behind a layer that
-sleeps in forward (a stand-in for a big model). Prints ``batch done/total``
-after each batch write and a last line ``ok <summary>`` or
-``error <type>: <message>``. Used by tests/test_live_runs.py.
+``python live_compute.py DATASET RUN_KEY SEED [SECONDS_PER_BATCH [HOLD GATE]]``:
+the tiny classifier of ``plugin_models`` with weights seeded by SEED, behind a
+layer that sleeps in forward (a stand-in for a big model). Prints
+``batch done/total`` after each batch write and a last line ``ok <summary>`` or
+``error <type>: <message>``. With HOLD and GATE, the run stays live after its
+HOLD-th batch write until the file GATE exists: the test acts on the live run
+and then opens the gate, instead of hoping that sleeps last long enough.
+Used by tests/test_live_runs.py.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import torch
 from scale_out_models import Pause
@@ -55,11 +60,20 @@ def main(argv: list[str]) -> int:
 
     name, run_key, seed = argv[0], argv[1], int(argv[2])
     seconds = float(argv[3]) if len(argv) > 3 else 1.0
+    hold, gate = (int(argv[4]), argv[5]) if len(argv) > 5 else (0, "")
     dataset = fo.load_dataset(name)
     torch.set_num_threads(1)
+    batches = []
 
     def report(done, total):
         print(f"batch {done}/{total}", flush=True)
+        batches.append(done)
+        # the lease is renewed by its own thread meanwhile: the run stays live
+        deadline = time.monotonic() + 300
+        while len(batches) == hold and not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the gate {gate} was not opened in 300 s")
+            time.sleep(0.05)
 
     try:
         summary = compute(

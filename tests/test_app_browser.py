@@ -96,6 +96,20 @@ def _shot(page, artifacts_dir, name: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
+def _settled_shot(page, artifacts_dir, name: str, most: float) -> np.ndarray:
+    """A screenshot once the page has stopped drawing (two screenshots 0.3 s
+    apart are equal), or after ``most`` s (the fixed wait this replaces)."""
+    deadline = time.monotonic() + most
+    last = page.screenshot()
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = page.screenshot()
+        if now == last:
+            break
+        last = now
+    return _shot(page, artifacts_dir, name)
+
+
 # Recoil's "entry is loading" is the App reading its own state mid-update;
 # it is transient and draws nothing wrong. Everything else fails the test.
 APP_RACES = ("entry is loading",)
@@ -198,8 +212,7 @@ def test_review_panel_opens_the_selected_heatmap_without_errors(
     assert lowest in first_row.inner_text()
     truth = scored_dataset.match(fo.ViewField("filepath").ends_with(lowest)).first()
     assert truth.label.label in first_row.inner_text()  # ground truth beside it
-    time.sleep(3)  # let the plotly chart and heatmaps draw
-    _shot(page, artifacts_dir, "panel")
+    _settled_shot(page, artifacts_dir, "panel", 3)  # the chart and heatmaps drawn
 
     # switch run: the table follows
     _pick_source(page, "cam/block")
@@ -214,8 +227,7 @@ def test_review_panel_opens_the_selected_heatmap_without_errors(
         arg=lowest,
         timeout=30_000,
     )
-    time.sleep(2)
-    _shot(page, artifacts_dir, "panel_switched")
+    _settled_shot(page, artifacts_dir, "panel_switched", 2)
 
     # Open: the sample view shows exactly the selected heatmap and the boxes,
     # whatever the grid shows (here: FiftyOne's default fields)
@@ -231,17 +243,26 @@ def test_review_panel_opens_the_selected_heatmap_without_errors(
     # the image towards yellow in some places (high values) and darkens it
     # towards purple in others (low values)
     _toggle(modal, "cam_block")
-    time.sleep(3)
-    off = _shot(page, artifacts_dir, "open_heatmap_off")
-    delta = on - off
-    yellow = (delta[..., 0] > 30) & (delta[..., 1] > 30)
-    purple = (delta[..., 0] < -20) & (delta[..., 1] < -20)
+
+    def colours(off):
+        delta = on - off
+        yellow = (delta[..., 0] > 30) & (delta[..., 1] > 30)
+        purple = (delta[..., 0] < -20) & (delta[..., 1] < -20)
+        return yellow, purple
+
+    # until the heatmap is gone (it was a fixed 3 s wait)
+    deadline = time.monotonic() + 10
+    while True:
+        off = _shot(page, artifacts_dir, "open_heatmap_off")
+        yellow, purple = colours(off)
+        if (yellow.sum() > 500 and purple.sum() > 500) or (time.monotonic() > deadline):
+            break
+        time.sleep(0.3)
     assert yellow.sum() > 500 and purple.sum() > 500, (yellow.sum(), purple.sum())
     assert not [e for e in page.errors if "DataCloneError" in e or "detached" in e]
     page.mouse.click(5, 500)  # the backdrop closes the sample view
     page.locator("[data-cy=modal]").first.wait_for(state="detached", timeout=30_000)
-    time.sleep(2)
-    _shot(page, artifacts_dir, "grid_after_open")
+    _settled_shot(page, artifacts_dir, "grid_after_open", 2)
     # Open leaves the grid's fields alone
     assert {f: _is_checked(page, f) for f in grid_before} == grid_before
 
@@ -267,9 +288,16 @@ def test_review_panel_opens_the_selected_heatmap_without_errors(
         time.sleep(0.5)
     assert session.view is not None, "the App's view did not change"
     assert len(session.view) == min(10, len(PHOTOS))
-    time.sleep(3)
-    _shot(page, artifacts_dir, "lowest")
+    _settled_shot(page, artifacts_dir, "lowest", 3)
     # ... and shows the chosen heatmap and the boxes in the grid
+    hidden = ("cam_block", "cam_stem", "cam_b_block", "label")
+    _eventually(
+        lambda: (
+            _is_checked(page, "cam_b_stem")
+            and _is_checked(page, "ground_truth")
+            and not any(_is_checked(page, f) for f in hidden)
+        )
+    )
     assert _is_checked(page, "cam_b_stem") and _is_checked(page, "ground_truth")
     for other in ("cam_block", "cam_stem", "cam_b_block", "label"):
         assert not _is_checked(page, other), other

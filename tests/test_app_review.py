@@ -167,14 +167,19 @@ def test_a_run_computed_in_the_app_draws_its_colorscale_at_once(
     for quiet in (f"{key}_target", f"{key}_prediction", f"{key}_seen"):
         assert quiet not in heatmap, quiet
     _toggle(page, main)
-    time.sleep(5)
-    off = _shot(page, artifacts_dir, "grid_heatmap_off")
-    _toggle(page, main)
     # drawn with the colorscale (viridis: yellow highs, purple lows), not as a
-    # single-hue tint in the field's colour: the session took the run's scheme
-    delta = on - off
-    yellow = (delta[..., 0] > 30) & (delta[..., 1] > 30)
-    purple = (delta[..., 0] < -20) & (delta[..., 1] < -20)
+    # single-hue tint in the field's colour: the session took the run's scheme.
+    # Screenshots until the tiles have redrawn without it (was a fixed 5 s).
+    deadline = time.monotonic() + 15
+    while True:
+        off = _shot(page, artifacts_dir, "grid_heatmap_off")
+        delta = on - off
+        yellow = (delta[..., 0] > 30) & (delta[..., 1] > 30)
+        purple = (delta[..., 0] < -20) & (delta[..., 1] < -20)
+        if (yellow.sum() > 300 and purple.sum() > 300) or (time.monotonic() > deadline):
+            break
+        time.sleep(0.3)
+    _toggle(page, main)
     assert yellow.sum() > 300 and purple.sum() > 300, (yellow.sum(), purple.sum())
 
 

@@ -1,8 +1,9 @@
 """A run being computed is live: two real processes on one real dataset.
 
-One process computes a CAM run with a slow model (``live_compute.py``: a layer
-that sleeps in forward keeps the run live for seconds); this process deletes,
-renames, scores or overwrites it meanwhile, through this library and through
+One process computes a CAM run (``live_compute.py``: it holds still after a
+given batch write, its lease renewed, until this process opens a gate file, so
+the run is live for as long as the test needs and not longer); this process
+deletes, renames, scores or overwrites it meanwhile, through this library and through
 FiftyOne's own ``delete_run`` / ``rename_run``. Every process a test starts is
 stopped by its id.
 """
@@ -29,7 +30,7 @@ import gradcam_engine as ge
 from gradcam_engine.runs.live import RunIsLive, live_holders
 from gradcam_engine.runs.record import find_record
 
-NUM_SAMPLES = 12  # 6 batches of 2, ~1 s each in the computing process
+NUM_SAMPLES = 12  # 6 batches of 2 in the computing process
 
 
 @pytest.fixture()
@@ -50,14 +51,15 @@ def ds(tmp_path):
 
 
 class Computing:
-    """``live_compute.py`` computing run ``run_key`` on ``ds`` in another process."""
+    """``live_compute.py`` computing run ``run_key`` on ``ds`` in another process,
+    held live after its ``hold``-th batch write until :meth:`go`."""
 
-    def __init__(self, ds, run_key, log: pathlib.Path, seed=0, pause=1.0, **env):
-        self.log = log
+    def __init__(self, ds, run_key, log: pathlib.Path, seed, pause, hold, **env):
+        self.log, self.gate = log, log.with_suffix(".go")
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, str(TESTS / "live_compute.py"), ds.name, run_key]
-                + [str(seed), str(pause)],
+                + [str(seed), str(pause), str(hold), str(self.gate)],
                 env=worker_env(**env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -76,8 +78,14 @@ class Computing:
             time.sleep(0.1)
         raise AssertionError(f"no {count} batches after {timeout} s:\n{self.text()}")
 
+    def go(self) -> None:
+        """Open the gate: the held computation goes on."""
+        self.gate.touch()
+
     def result(self, timeout: float = 120) -> str:
-        """The outcome: from the last line starting "ok " or "error " on."""
+        """The outcome (after opening the gate): from the last line starting
+        "ok " or "error " on."""
+        self.go()
         self.proc.wait(timeout=timeout)
         lines = self.text().splitlines()
         last = max(i for i, x in enumerate(lines) if x.startswith(("ok ", "error ")))
@@ -93,9 +101,9 @@ class Computing:
 def computing(tmp_path):
     started = []
 
-    def start(ds, run_key, seed=0, pause=1.0, **env):
+    def start(ds, run_key, seed=0, pause=0.1, hold=1, **env):
         log = tmp_path / f"{run_key}.log"
-        started.append(Computing(ds, run_key, log, seed, pause, **env))
+        started.append(Computing(ds, run_key, log, seed, pause, hold, **env))
         return started[-1]
 
     yield start
@@ -131,8 +139,12 @@ def test_delete_rename_and_overwrite_of_a_live_run_are_refused_until_it_dies(
     elsewhere = {f"config.live.{t}.host": "elsewhere" for t in record.config["live"]}
     fodb.get_db_conn()["runs"].update_one({"_id": record.id}, {"$set": elsewhere})
     assert live_holders(find_record(ds, "live").config) != []
-    time.sleep(3.5)
+    expires = max(lease["expires"] for lease in record.config["live"].values())
+    deadline = time.monotonic() + 30
+    while live_holders(find_record(ds, "live").config) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert live_holders(find_record(ds, "live").config) == []
+    assert time.time() >= expires  # it held until it expired, not before
     ge.delete_cam_run(ds, "live")
     assert ge.list_cam_runs(ds) == [] and _fields(ds, "live_") == []
 
@@ -151,7 +163,7 @@ def test_a_refused_overwrite_leaves_the_live_run_to_complete(ds, computing):
 
 
 def test_score_during_a_compute_keeps_its_fields_owned(ds, computing):
-    child = computing(ds, "live", pause=2.0)
+    child = computing(ds, "live")
     child.wait_for_batches(1)
     ds.reload()  # fields declared by the other process
     ge.score_cams(ds, "live", gt_field="gt")
@@ -167,7 +179,7 @@ def test_score_during_a_compute_keeps_its_fields_owned(ds, computing):
 def test_fiftyone_delete_during_a_compute_stops_it_and_a_new_model_reuses_nothing(
     ds, computing
 ):
-    child = computing(ds, "live", seed=0)
+    child = computing(ds, "live", seed=0, hold=2)
     child.wait_for_batches(2)
     ds.reload()  # the run registered by the other process
     ds.delete_run("live")  # FiftyOne's own command: it deletes the run anyway
@@ -193,7 +205,7 @@ def test_fiftyone_delete_during_a_compute_stops_it_and_a_new_model_reuses_nothin
 
 
 def test_fiftyone_rename_during_a_compute_is_carried_out_when_it_stops(ds, computing):
-    child = computing(ds, "live")
+    child = computing(ds, "live", hold=2)
     child.wait_for_batches(2)
     ds.reload()
     ds.rename_run("live", "moved")  # FiftyOne's own command
