@@ -29,7 +29,14 @@ from .shortcut_data import (
     shape_mask,
 )
 
-__all__ = ["MARK_CLASS", "MARKED_SPLITS", "MarkedSample", "generate_marked", "mark_box"]
+__all__ = [
+    "MARK_CLASS",
+    "MARKED_SPLITS",
+    "MarkedSample",
+    "check_generator_args",
+    "generate_marked",
+    "mark_box",
+]
 
 MARK_CLASS = "circle"  # the class the watermark stands for in training
 MARKED_SPLITS: tuple[str, ...] = ("train", "test")
@@ -67,6 +74,19 @@ def mark_box(size: int) -> tuple[int, int, int, int]:
     return x0, x0, x1, x1
 
 
+def check_generator_args(n: int, split: str, size: int, p_mark: float) -> None:
+    """The arguments every Clever-Hans generator takes (``generate_marked``,
+    ``textured_marks.generate_textured``), checked the same way."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if split not in MARKED_SPLITS:
+        raise ValueError(f"split must be one of {list(MARKED_SPLITS)}, got {split!r}")
+    if not isinstance(size, int) or size < 32:
+        raise ValueError(f"size must be an int >= 32 (pixels), got {size!r}")
+    if not 0.0 <= p_mark <= 1.0:
+        raise ValueError(f"p_mark must be in [0, 1], got {p_mark!r}")
+
+
 def generate_marked(
     n: int,
     split: str = "train",
@@ -76,14 +96,7 @@ def generate_marked(
 ) -> list[MarkedSample]:
     """``n`` samples of ``split`` (classes alternate); in ``"train"`` a fraction
     ``p_mark`` of the circles (on average) is marked; see the module docstring."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    if split not in MARKED_SPLITS:
-        raise ValueError(f"split must be one of {list(MARKED_SPLITS)}, got {split!r}")
-    if not isinstance(size, int) or size < 32:
-        raise ValueError(f"size must be an int >= 32 (pixels), got {size!r}")
-    if not 0.0 <= p_mark <= 1.0:
-        raise ValueError(f"p_mark must be in [0, 1], got {p_mark!r}")
+    check_generator_args(n, split, size, p_mark)
     rng = np.random.default_rng([int(seed), 7, MARKED_SPLITS.index(split)])
     grid = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     x0, y0, x1, y1 = mark_box(size)

@@ -22,7 +22,7 @@ import functools
 import numpy as np
 from PIL import Image
 
-from .marked_data import MARKED_SPLITS, MarkedSample
+from .marked_data import MARKED_SPLITS, MarkedSample, check_generator_args
 from .shortcut_data import CLASSES, mask_to_bbox, object_colour, shape_mask
 
 __all__ = ["generate_textured", "TEXTURES"]
@@ -44,14 +44,7 @@ def generate_textured(
     n: int, split: str = "train", seed: int = 0, size: int = 64, p_mark: float = 0.8
 ) -> list[MarkedSample]:
     """``n`` samples of ``split`` (classes alternate); see the module docstring."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    if split not in MARKED_SPLITS:
-        raise ValueError(f"split must be one of {list(MARKED_SPLITS)}, got {split!r}")
-    if not isinstance(size, int) or size < 32:
-        raise ValueError(f"size must be an int >= 32 (pixels), got {size!r}")
-    if not 0.0 <= p_mark <= 1.0:
-        raise ValueError(f"p_mark must be in [0, 1], got {p_mark!r}")
+    check_generator_args(n, split, size, p_mark)
     rng = np.random.default_rng([int(seed), 11, MARKED_SPLITS.index(split)])
     grid = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     side = max(6, int(round(_MARK_SIDE * size)))
