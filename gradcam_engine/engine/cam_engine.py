@@ -14,6 +14,7 @@ from .cam_images import CAM_IMAGES, GRADIENT_FREE
 from .hooks import capture_outputs, eval_mode, frozen_parameters, preserved_grads
 from .layers import resolve_layers
 from .methods import WRAPPERS, get_method
+from .precision import autocast, check_precision, to_uint8
 from .reshape import make_reshape
 from .targets import (
     ResolvedTargets,
@@ -48,6 +49,7 @@ class CamResult:
     nonfinite: per image, None when its logits and maps are finite, else what
         is not (``"logits"``, or ``"map of layer 'x'"``): such a row's maps,
         classes and scores mean nothing (see :func:`nonfinite_rows`).
+    strengths: float32 ``[B, L]``, each raw map's maximum (None without raw).
     """
 
     maps: torch.Tensor
@@ -57,6 +59,7 @@ class CamResult:
     predicted: list[int]
     predicted_scores: list[float]
     nonfinite: list[str | None] = field(default_factory=list)
+    strengths: torch.Tensor | None = None
 
 
 class CamEngine:
@@ -82,6 +85,7 @@ class CamEngine:
         eigen_smooth: bool = False,
         aug_smooth: bool = False,
         method_kwargs: dict | None = None,
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -99,6 +103,8 @@ class CamEngine:
         if self.aug_smooth and self.cam_class in WRAPPERS:
             raise ValueError(f"aug_smooth is not supported by method {self.method!r}")
         self.fused = self.cam_class in CAM_IMAGES and not self.method_kwargs
+        # "bf16" / "fp16": the forward under torch.autocast (see precision.py)
+        self.precision = check_precision(precision, self.fused, self.method)
 
     def __enter__(self) -> CamEngine:
         return self
@@ -122,9 +128,17 @@ class CamEngine:
         return self.compute(input_tensor, targets).maps
 
     def compute(
-        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None = None
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None = None,
+        *,
+        uint8: bool = False,
     ) -> CamResult:
-        """Maps, raw maps and what each image was explained for (see :class:`CamResult`)."""
+        """Maps, raw maps and what each image was explained for (see :class:`CamResult`).
+
+        ``uint8=True``: ``maps`` are encoded to uint8 (0..255) on the model's
+        device and ``raw`` is None, so that only those bytes and ``strengths``
+        cross to the CPU (``compute_cams``'s path)."""
         if not isinstance(input_tensor, torch.Tensor):
             raise TypeError(
                 f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}"
@@ -146,7 +160,7 @@ class CamEngine:
                 f"targets has {len(targets)} entries but the batch has "
                 f"{input_tensor.shape[0]} images; pass one target per image."
             )
-        x = input_tensor.to(self.device)
+        x = input_tensor.to(self.device, non_blocking=True)  # pinned: async
         with (
             # Gradients are needed even inside the caller's torch.inference_mode().
             torch.inference_mode(False),
@@ -168,8 +182,8 @@ class CamEngine:
         predicted = _predicted_classes(outputs)
         probs = outputs.softmax(dim=1)
         return CamResult(
-            maps=maps.float().cpu(),
-            raw=None if raw is None else raw.float().cpu(),
+            maps=to_uint8(maps).cpu() if uint8 else maps.float().cpu(),
+            raw=None if raw is None or uint8 else raw.float().cpu(),
             target_classes=resolved.classes,
             target_scores=[
                 _class_probability(probs, i, c) for i, c in enumerate(resolved.classes)
@@ -179,6 +193,7 @@ class CamEngine:
                 _class_probability(probs, i, c) for i, c in enumerate(predicted)
             ],
             nonfinite=nonfinite_rows(outputs, maps, raw, self.layer_names),
+            strengths=None if raw is None else raw.amax(dim=(2, 3)).float().cpu(),
         )
 
     # -- passes --------------------------------------------------------------
@@ -199,7 +214,7 @@ class CamEngine:
         return torch.stack(maps).mean(dim=0), torch.stack(raws).mean(dim=0)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(x.device, self.precision):
             return select_output(self.model(x)).float()
 
     def _fused_maps(
@@ -213,6 +228,7 @@ class CamEngine:
             frozen_parameters(self.model),
             torch.set_grad_enabled(needs_grad),
             capture_outputs(self.layers, track_grad=needs_grad) as captured,
+            autocast(x.device, self.precision),
         ):
             outputs = select_output(self.model(x))
         missing = [name for name in self.layer_names if name not in captured]

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .model_layouts import hf_default_layers
+
 __all__ = ["resolve_layers", "default_layers", "layer_names", "suggest_layers"]
 
 
@@ -119,8 +121,13 @@ def default_layers(model: nn.Module) -> list[str]:
 
     DeepLabV3-style segmentation: ``backbone.layer4``; ViT/DeiT/Swin: the last
     block's ``norm1``; torchvision ViT: the last encoder layer's ``ln_1``;
-    ResNets: ``layer4``; other CNNs: the top-level stage holding the last conv.
+    ResNets: ``layer4``; Hugging Face and open_clip models: see
+    ``model_layouts.hf_default_layers``; other CNNs: the top-level stage
+    holding the last conv.
     """
+    hf = hf_default_layers(model)
+    if hf:
+        return hf
     names = dict(model.named_modules())
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, nn.Module) and "backbone.layer4" in names:

@@ -3,7 +3,8 @@
 Transformers emit tokens ``[B, T, C]`` (ViT, DeiT) or channels-last maps
 ``[B, h, w, C]`` (Swin). The grid comes from the model's own metadata: timm's
 ``num_prefix_tokens`` and ``patch_embed.dynamic_feat_size``, torchvision's
-``patch_size``; nothing assumes 14x14.
+``patch_size``, a Hugging Face model's config and open_clip's patch size
+(``model_layouts``); nothing assumes 14x14.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .model_layouts import config_token_layout
+
 __all__ = ["LayerReshape", "make_reshape", "token_layout"]
 
 # fn(activation, module, input_hw) -> [B, C, h, w]
@@ -20,9 +23,12 @@ LayerReshape = Callable[[torch.Tensor, nn.Module, tuple[int, int]], torch.Tensor
 
 
 def token_layout(
-    model: nn.Module, input_hw: tuple[int, int]
+    model: nn.Module, input_hw: tuple[int, int], tokens: int | None = None
 ) -> tuple[int, tuple[int, int]]:
-    """``(number of prefix tokens, (h, w) patch grid)`` of a ViT for this input size."""
+    """``(number of prefix tokens, (h, w) patch grid)`` of a ViT for this input size.
+
+    ``tokens``, the layer's token count, picks the stage of a hierarchical
+    Hugging Face model (Swin's token outputs ``[B, h*w, C]``)."""
     for module in model.modules():
         patch_embed = getattr(module, "patch_embed", None)
         if hasattr(module, "num_prefix_tokens") and patch_embed is not None:
@@ -35,9 +41,13 @@ def token_layout(
         if hasattr(module, "class_token") and hasattr(module, "patch_size"):
             p = int(module.patch_size)
             return 1, (input_hw[0] // p, input_hw[1] // p)
+    layout = config_token_layout(model, input_hw, tokens)
+    if layout is not None:
+        return layout
     raise ValueError(
         f"Cannot find the token grid of {type(model).__name__}: it has no timm "
-        "'num_prefix_tokens'/'patch_embed' nor torchvision 'class_token'/'patch_size'. "
+        "'num_prefix_tokens'/'patch_embed', torchvision 'class_token'/'patch_size', "
+        "Hugging Face config 'patch_size' nor open_clip 'class_embedding'. "
         "Pass reshape_transform=callable(tensor) -> [B, C, h, w]."
     )
 
@@ -74,8 +84,8 @@ def make_reshape(
                 return activation.permute(0, 3, 1, 2)
             return activation
         if activation.ndim == 3:
-            prefix, (h, w) = token_layout(model, input_hw)
             batch, tokens, channels = activation.shape
+            prefix, (h, w) = token_layout(model, input_hw, tokens)
             if tokens != prefix + h * w:
                 raise ValueError(
                     f"Layer output has {tokens} tokens but {type(model).__name__} has "

@@ -60,9 +60,13 @@ class MaskSumTarget:
 
 
 def select_output(output) -> torch.Tensor:
-    """The logits tensor of a model's output (torchvision segmentation: ``"out"``)."""
+    """The logits tensor of a model's output (torchvision segmentation: ``"out"``,
+    a Hugging Face output object: ``.logits``)."""
     if isinstance(output, torch.Tensor):
         return output
+    # before the dict case: a Hugging Face ModelOutput is an OrderedDict
+    if isinstance(getattr(output, "logits", None), torch.Tensor):
+        return output.logits
     if isinstance(output, dict):
         if "out" in output:
             return output["out"]
@@ -71,8 +75,9 @@ def select_output(output) -> torch.Tensor:
             "wrap the model so that it returns the logits tensor."
         )
     raise TypeError(
-        f"Model returned {type(output).__name__}; expected a tensor of logits "
-        "or a dict with 'out' (torchvision segmentation)."
+        f"Model returned {type(output).__name__}; expected a tensor of logits, "
+        "an output object with .logits (Hugging Face) or a dict with 'out' "
+        "(torchvision segmentation)."
     )
 
 

@@ -124,6 +124,16 @@ class DecodedBatch:
     geometries: list  # sources.geometry.Geometry of each input, or None
     groups: list = field(default_factory=list)  # [(rows, [N, C, H, W] tensor)]
 
+    def pin_memory(self) -> DecodedBatch:
+        """Page-locked copies of the stacked inputs (the DataLoader calls this
+        with ``pin_memory=True``): their copy to a GPU can then overlap work."""
+        self.groups = [(rows, stacked.pin_memory()) for rows, stacked in self.groups]
+        self.tensors = [None] * len(self.tensors)  # views of the unpinned copies
+        for rows, stacked in self.groups:
+            for k, i in enumerate(rows):
+                self.tensors[i] = stacked[k]
+        return self
+
 
 class ImageFiles:
     """A map-style dataset over file paths: item ``i`` ->

@@ -25,13 +25,22 @@ import os
 import pickle
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from .huggingface import from_hf_model, is_hf_model
+from .loaded import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LoadedModel,
+    ResizeNormalize,
+    Transforms,
+)
+from .zero_shot import ZeroShotClassifier
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -45,55 +54,6 @@ __all__ = [
     "load_model",
     "from_torch_image_model",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-Transforms = Callable[[Image.Image], torch.Tensor]
-
-
-class ResizeNormalize:
-    """PIL RGB image -> float ``[3, H, W]``: resize the WHOLE image (no crop, so a
-    map covers the whole image), scale to [0, 1], normalise. Picklable, so it
-    works in DataLoader workers."""
-
-    def __init__(
-        self,
-        size: int | tuple[int, int] = 224,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-    ) -> None:
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        height, width = self.size
-        img = img.convert("RGB").resize((width, height), Image.BILINEAR)
-        # In numpy, into a contiguous [3, H, W] array: the same values as torch's
-        # (x / 255 - mean) / std, but torch's thread pool made these small ops
-        # ~15x slower in the main process, and a permuted (channels-last) result
-        # made every later torch.stack of a batch a slow strided copy.
-        x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)
-        out = np.divide(x, np.float32(255.0), dtype=np.float32, order="C")
-        out -= np.asarray(self.mean, dtype=np.float32)[:, None, None]
-        out /= np.asarray(self.std, dtype=np.float32)[:, None, None]
-        return torch.from_numpy(out)
-
-    def __repr__(self) -> str:
-        return f"ResizeNormalize(size={self.size}, mean={self.mean}, std={self.std})"
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for ``compute_cams``."""
-
-    module: nn.Module
-    transforms: Transforms | None = None
-    classes: list[str] | None = None
-    description: str = ""
-    default_layers: list[str] | None = field(default=None)
-
 
 _SOURCES: dict[str, Callable[[], LoadedModel]] = {}
 
@@ -178,7 +138,7 @@ def _resolve(spec, allow_pickle: bool) -> LoadedModel:
     if isinstance(spec, LoadedModel):
         return spec
     if isinstance(spec, nn.Module):
-        return LoadedModel(spec, timm_transforms(spec), description=type(spec).__name__)
+        return _from_module(spec, type(spec).__name__)
     if _is_torch_image_model(spec):
         return from_torch_image_model(spec)
     if isinstance(spec, os.PathLike):
@@ -214,6 +174,17 @@ def _resolve(spec, allow_pickle: bool) -> LoadedModel:
         "accepted: 'zoo:<fiftyone zoo model>', 'package.module:function', or the "
         "path of a TorchScript / torch.save file."
     )
+
+
+def _from_module(module: nn.Module, description: str) -> LoadedModel:
+    """A bare module with what it carries: a zero-shot classifier's classes and
+    transforms, a transformers model's processor and ``id2label``, a timm
+    model's transforms."""
+    if isinstance(module, ZeroShotClassifier):
+        return module.loaded_model()
+    if is_hf_model(module):
+        return from_hf_model(module)
+    return LoadedModel(module, timm_transforms(module), description=description)
 
 
 def timm_transforms(module: nn.Module) -> Transforms | None:
@@ -327,7 +298,7 @@ def _as_loaded(obj, description: str) -> LoadedModel:
     if isinstance(obj, LoadedModel):
         return obj
     if isinstance(obj, nn.Module):
-        return LoadedModel(obj, timm_transforms(obj), description=description)
+        return _from_module(obj, description)
     if isinstance(obj, tuple) and 1 <= len(obj) <= 3 and isinstance(obj[0], nn.Module):
         module, transforms, classes = (*obj, None, None)[:3]
         return LoadedModel(
