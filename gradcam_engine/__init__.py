@@ -43,6 +43,8 @@ _WORKFLOW = {
     "load_model": ".sources.models",
     "list_model_sources": ".sources.models",
     "register_model_source": ".sources.models",
+    "load_hf_classifier": ".sources.huggingface",
+    "zero_shot_classifier": ".sources.zero_shot",
     "score_cams": ".audit.scoring",
     "ScoreSummary": ".audit.score_summary",
     "class_report": ".audit.report",

@@ -42,6 +42,10 @@ class BatchContext:
     storage: str
     run_dir: str | None
     max_size: int
+    # the sub-batch size that fits after an out-of-memory back-off (None: the
+    # whole batch), kept for the rest of the run, and how often it halved
+    chunk: int | None = None
+    oom_backoffs: int = 0
 
 
 def label_reader(dataset, task, target, label_field):
@@ -150,15 +154,12 @@ def batch_field_values(ctx: BatchContext, batch, batch_ids, labels) -> dict[str,
         rows.append(i)
         targets[i] = target
     for group, x in _computable_groups(batch, rows):
-        for part, outcome in _isolate_faults(
-            ctx.engine, x, [targets[i] for i in group]
-        ):
+        for part, outcome in _isolate_faults(ctx, x, [targets[i] for i in group]):
             if isinstance(outcome, str):  # the model raised on this one sample
                 values[names.error][batch_ids[group[part[0]]]] = outcome
                 continue
-            maps = outcome.maps.numpy()
-            # one reduction per sub-batch, not one small torch call per map
-            strengths = None if outcome.raw is None else outcome.raw.amax(dim=(2, 3))
+            maps = outcome.maps.numpy()  # uint8, encoded on the model's device
+            strengths = outcome.strengths
             strengths = None if strengths is None else strengths.tolist()
             for j, k in enumerate(part):
                 i = group[k]
@@ -177,9 +178,13 @@ def batch_field_values(ctx: BatchContext, batch, batch_ids, labels) -> dict[str,
 _MAX_MESSAGE = 500
 
 
-def _isolate_faults(engine: CamEngine, x: torch.Tensor, targets: list):
+def _isolate_faults(ctx: BatchContext, x: torch.Tensor, targets: list):
     """``(rows of x, CamResult)`` for the parts of ``x`` the engine computes,
     and ``([row], message)`` for each single row on which it raises.
+
+    Out of memory is not a sample's fault: the part is halved and retried,
+    and ``ctx.chunk`` keeps the size that fits for the rest of the run
+    (one image that does not fit alone is that sample's error).
 
     A sub-batch whose forward or backward raises is split in halves until the
     failing rows stand alone (bisection: about ``2 log2(B)`` extra passes for
@@ -190,10 +195,23 @@ def _isolate_faults(engine: CamEngine, x: torch.Tensor, targets: list):
     parts = [list(range(len(targets)))]
     while parts:
         part = parts.pop()
+        if ctx.chunk is not None and len(part) > ctx.chunk:  # backed off before
+            size = ctx.chunk
+            parts += [part[i : i + size] for i in range(0, len(part), size)][::-1]
+            continue
         sub = x if len(part) == len(targets) else x[part]
         try:
             # The engine enables gradients itself, also under a zoo model's no_grad.
-            result = engine.compute(sub, [targets[k] for k in part])
+            result = ctx.engine.compute(sub, [targets[k] for k in part], uint8=True)
+        except torch.OutOfMemoryError as exc:
+            _free_device_memory(ctx.engine)
+            if len(part) == 1:
+                yield part, _fault_message(exc)
+                continue
+            half = len(part) // 2
+            ctx.chunk, ctx.oom_backoffs = half, ctx.oom_backoffs + 1
+            parts += [part[half:], part[:half]]
+            continue
         except Exception as exc:  # any model fault: isolate it, never stop the run
             if len(part) == 1:
                 yield part, _fault_message(exc)
@@ -202,6 +220,12 @@ def _isolate_faults(engine: CamEngine, x: torch.Tensor, targets: list):
                 parts += [part[half:], part[:half]]  # the first half runs first
             continue
         yield part, result
+
+
+def _free_device_memory(engine: CamEngine) -> None:
+    """Give the failed attempt's cached blocks back before the smaller retry."""
+    if engine.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _fault_message(exc: BaseException) -> str:

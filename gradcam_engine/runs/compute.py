@@ -63,6 +63,7 @@ def compute_cams(
     eigen_smooth: bool = False,
     aug_smooth: bool = False,
     reshape_transform: str | Callable | None = "auto",
+    precision: str = "fp32",
     progress_callback: Callable[[int, int], Any] | None = None,
     delegate: bool = False,
     shards: int | None = None,
@@ -90,6 +91,10 @@ def compute_cams(
     called as ``progress(done, total)`` after each batch (the same argument as
     ``score_cams``, ``cluster_cams``, ``background_test`` and ``road_cams``);
     ``progress_callback=`` is its deprecated former name for the callable.
+
+    ``precision``: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` to run the model
+    under ``torch.autocast`` (maps still computed in fp32). On out of memory
+    the batch is halved and retried; the summary records the size that fit.
 
     ``num_workers``: DataLoader worker processes decoding images; by default
     up to 2 on the cores a CPU engine's torch threads leave free (none when
@@ -131,7 +136,7 @@ def compute_shard(
 _PLAN_OPTIONS = (
     *("task", "target", "label_field", "classes", "transforms", "storage"),
     *("output_dir", "max_size", "eigen_smooth", "aug_smooth", "reshape_transform"),
-    *("batch_size", "allow_pickle"),
+    *("batch_size", "allow_pickle", "precision"),
 )
 
 
@@ -227,6 +232,7 @@ def _plan_run(
         options["reshape_transform"],
         eigen_smooth=options["eigen_smooth"],
         aug_smooth=options["aug_smooth"],
+        precision=options["precision"],
     )
     layer_list = engine.layer_names
     fixed_class = arguments.fixed_class(target, class_names)
@@ -272,6 +278,7 @@ def _plan_run(
         "max_size": int(max_size),
         "eigen_smooth": bool(options["eigen_smooth"]),
         "aug_smooth": bool(options["aug_smooth"]),
+        "precision": engine.precision,
         "owned_fields": names.owned,
     }
     config["transforms_fingerprint"] = transforms_fingerprint(

@@ -38,6 +38,10 @@ class CamRunSummary:
     run_dir: str | None = None
     fields_written: list[str] = field(default_factory=list)
     error_counts: Counter = field(default_factory=Counter)  # message -> samples
+    # out-of-memory back-off: the batch size asked for and the one that fit
+    batch_size: int | None = None
+    batch_size_used: int | None = None
+    oom_backoffs: int = 0
 
     @property
     def num_reused(self) -> int:
@@ -61,7 +65,15 @@ class CamRunSummary:
 
     def as_dict(self) -> dict:
         """JSON-ready: what the App shows and what the run's config records."""
+        backoff = {}
+        if self.oom_backoffs:
+            backoff["out_of_memory"] = {
+                "backoffs": self.oom_backoffs,
+                "batch_size": self.batch_size,
+                "batch_size_used": self.batch_size_used,
+            }
         return {
+            **backoff,
             "run_key": self.run_key,
             "headline": self.headline(),
             "computed": self.num_computed,
@@ -82,6 +94,11 @@ class CamRunSummary:
     def __str__(self) -> str:
         lines = [self.headline()]
         lines += [f"  {n} x {msg}" for msg, n in self.common_errors()]
+        if self.oom_backoffs:
+            lines.append(
+                f"  out of memory: batch size {self.batch_size} -> "
+                f"{self.batch_size_used} ({self.oom_backoffs} back-offs)"
+            )
         if self.fields_written:
             lines.append(f"  fields: {', '.join(self.fields_written)}")
         return "\n".join(lines)

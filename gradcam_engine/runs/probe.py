@@ -1,8 +1,9 @@
 """The model's output on one probe sample, checked before a run registers.
 
 ``compute_cams`` decodes the first pending sample with the run's transforms
-and runs ONE forward pass: an output the run cannot use (a tuple, a Hugging
-Face style object, a wrong shape, a target class the model does not have)
+and runs ONE forward pass: an output the run cannot use (a tuple, a dict
+without ``"out"``, a wrong shape, a target class the model does not have; a
+Hugging Face output object is read through its ``.logits``)
 is refused here, naming what the model returned and how to fix it, before
 anything is registered, declared or written. A sample-specific fault (the
 model raises on that one image) is not a reason to refuse the run: the next
@@ -96,14 +97,10 @@ def _check_output(output, task: str, path: str) -> int:
     """The number of classes K of a usable output; raises otherwise."""
     where = f"on a probe sample ({path!r})"
     wrap = "Wrap the model in an nn.Module whose forward returns the logits tensor"
-    if isinstance(output, dict) and "out" in output:
+    if isinstance(getattr(output, "logits", None), torch.Tensor):
+        output = output.logits  # a Hugging Face output object (a dict too)
+    elif isinstance(output, dict) and "out" in output:
         output = output["out"]  # torchvision segmentation models
-    elif hasattr(output, "logits"):
-        raise TypeError(
-            f"model returned a {type(output).__name__} {where}, a Hugging Face "
-            f"style output; CAMs need the logits tensor. {wrap} "
-            "(forward: return model(x).logits)."
-        )
     elif isinstance(output, tuple | list):
         raise TypeError(
             f"model returned a {type(output).__name__} of {len(output)} {where}; "

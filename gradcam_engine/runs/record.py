@@ -71,6 +71,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "max_size": 256,
     "eigen_smooth": False,
     "aug_smooth": False,
+    "precision": "fp32",
     # set at registration
     "fields": {},  # layer -> fo.Heatmap field
     "run_dir": None,  # disk storage: the PNGs' directory, owned
@@ -112,6 +113,7 @@ IDENTITY_KEYS = (
     "max_size",
     "eigen_smooth",
     "aug_smooth",
+    "precision",
 )
 # Lists of what a run owns (besides ``run_dir``).
 OWNED_LISTS = ("owned_fields", "saved_views", "owned_paths", "brain_keys")

@@ -36,14 +36,16 @@ def to_uint8_map(
     max_size: int = 256,
     geometry: Geometry | None = None,
 ) -> np.ndarray:
-    """Map a ``[h, w]`` float map in [0, 1] onto the original image, longest side
-    at most ``max_size``; returns uint8 ``[H', W']``.
+    """Map a ``[h, w]`` float map in [0, 1] (or uint8 0..255) onto the original
+    image, longest side at most ``max_size``; returns uint8 ``[H', W']``.
 
     ``image_size`` is ``(width, height)`` of the original (EXIF-rotated) image.
     ``geometry`` places the map where the input came from (parts of the image
     the model never saw are 0); without it the map is stretched over the
     whole image.
     """
+    if np.asarray(cam).dtype == np.uint8:  # encoded on the device (0..255)
+        cam = np.asarray(cam, dtype=np.float32) / 255.0
     width, height = image_size
     scale = min(1.0, max_size / max(width, height))
     out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))

@@ -80,6 +80,8 @@ def stream_run(plan: _RunPlan, samples, options: StreamOptions) -> CamRunSummary
             num_workers=loader_workers(plan.engine.model, options.num_workers),
             collate_fn=collate,
             shuffle=False,
+            # page-locked batches: the copy to the GPU runs asynchronously
+            pin_memory=plan.engine.device.type == "cuda",
         )
         total = len(ids)
         bar = stack.enter_context(
@@ -99,6 +101,8 @@ def stream_run(plan: _RunPlan, samples, options: StreamOptions) -> CamRunSummary
             bar.update(len(batch_ids))
             if options.progress_callback is not None:
                 options.progress_callback(done, total)
+    summary.batch_size, summary.oom_backoffs = options.batch_size, context.oom_backoffs
+    summary.batch_size_used = context.chunk or options.batch_size
     return summary
 
 
