@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch/torchvision are pinned in pyproject.toml; pip takes them from local disk here.
-	$(PY) -m pip install --quiet -e '.[demo,dev]'
+	$(PY) -m pip install --quiet -e '.[demo,dev,hf]'
 	touch $(STAMP)
 
 # Headless Chromium for the App and HTML-report tests (Debian package; never
