@@ -36,8 +36,9 @@ REGION = {0, 1, 4, 5}  # the top-left 2x2 patches (row-major)
 def _open_clip_model() -> open_clip.CLIP:
     torch.manual_seed(0)
     vision = dict(
-        image_size=SIZE, patch_size=PATCH, width=32, head_width=32, layers=1
-    ) | dict(no_ln_pre=True)
+        image_size=SIZE, patch_size=PATCH, width=32, head_width=32, layers=1,
+        no_ln_pre=True,
+    )  # fmt: skip
     text = dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1)
     return open_clip.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text).eval()
 
@@ -202,7 +203,11 @@ def test_transformers_clip_logits_are_clips_own_and_a_run_works(tmp_path):
         [f"a photo of a {c}" for c in CLASSES], padding=True, return_tensors="pt"
     )
     with torch.no_grad():
-        expected = model(pixel_values=x, **prompts).logits_per_image
+        expected = model(
+            pixel_values=x,
+            input_ids=prompts["input_ids"],
+            attention_mask=prompts["attention_mask"],
+        ).logits_per_image
         assert torch.allclose(classifier(x), expected, atol=1e-4)
     loaded = load_model(classifier)
     assert loaded.classes == CLASSES

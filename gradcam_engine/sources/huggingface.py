@@ -142,7 +142,7 @@ def load_hf_classifier(name_or_path: str, **kwargs: Any) -> LoadedModel:
         ) from exc
     try:
         module = AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not a valid hub name
         raise ValueError(
             f"Cannot load a transformers image classifier from {name_or_path!r}: "
             f"{exc}. Pass a directory written by model.save_pretrained(...) or a "
