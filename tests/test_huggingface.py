@@ -12,6 +12,7 @@ loaded from a ``save_pretrained`` directory.
 from __future__ import annotations
 
 import fiftyone as fo
+import fiftyone.operators as foo
 import numpy as np
 import pytest
 import pytorch_grad_cam as pgc
@@ -66,7 +67,8 @@ def _build(name: str) -> nn.Module:
         return SwinForImageClassification(config).eval()
     cnn = dict(hidden_sizes=[8, 16], depths=[1, 1], id2label=LABELS)
     if name == "convnext":
-        return ConvNextForImageClassification(ConvNextConfig(**cnn)).eval()
+        config = ConvNextConfig(num_stages=2, **cnn)
+        return ConvNextForImageClassification(config).eval()
     config = ResNetConfig(embedding_size=8, layer_type="basic", **cnn)
     return ResNetForImageClassification(config).eval()
 
@@ -92,8 +94,8 @@ def _tokens(prefix: int, grid: int):
 @pytest.mark.parametrize(
     ("name", "layer", "reshape"),
     [
-        ("vit", "vit.encoder.layer.1.layernorm_before", _tokens(1, 4)),
-        ("deit", "deit.encoder.layer.1.layernorm_before", _tokens(2, 4)),
+        ("vit", "vit.layers.1.layernorm_before", _tokens(1, 4)),
+        ("deit", "deit.layers.1.layernorm_before", _tokens(2, 4)),
         ("swin", "swin.encoder.layers.1.blocks.0.layernorm_before", _tokens(0, 4)),
         ("convnext", "convnext.encoder.stages.1", None),
         ("resnet", "resnet.encoder.stages.1", None),
@@ -151,7 +153,7 @@ def test_compute_cams_takes_the_processor_and_id2label(tmp_path):
     assert (summary.num_computed, summary.num_errors) == (3, 0)
     assert dataset.values("hf_target.label") == ["cat", "dog", "bird"]
     assert set(dataset.values("hf_prediction.label")) <= set(LABELS.values())
-    heatmap = dataset.first()["hf_vit_encoder_layer_1_layernorm_before"]
+    heatmap = dataset.first()["hf_vit_layers_1_layernorm_before"]
     assert heatmap.map.shape == (30, 50)  # the whole original image
     assert "ViTImageProcessor" in get_cam_run(dataset, "hf").config["transforms"]
 
@@ -170,9 +172,18 @@ def test_registered_source_loads_a_saved_model_with_its_processor(tmp_path):
     image = Image.fromarray(np.full((20, 30, 3), 255, dtype=np.uint8))
     assert torch.allclose(loaded.transforms(image), torch.ones(3, SIZE, SIZE))
 
+    # the App's path: the compute_cams operator with the source's name
     dataset = _dataset(tmp_path, 2)
-    summary = compute_cams(dataset, "test-hf-tiny-vit", run_key="src", progress=False)
-    assert summary.num_computed == 2
+    result = foo.get_operator("@cam-audit/cam-audit/compute_cams")(
+        dataset,
+        model="test-hf-tiny-vit",
+        run_key="src",
+        layers=["vit.layers.1.layernorm_before"],
+        batch_size=2,
+    )
+    assert result.error is None, result.error
+    assert dataset.count("src_vit_layers_1_layernorm_before") == 2
+    assert set(dataset.values("src_prediction.label")) <= set(LABELS.values())
     assert get_cam_run(dataset, "src").config["model_source"] == "test-hf-tiny-vit"
     with pytest.raises(ValueError, match=r"Cannot load a transformers image .*'/no/"):
         load_hf_classifier("/no/such/dir")
