@@ -70,7 +70,8 @@ def _read_only_region(model: open_clip.CLIP) -> open_clip.CLIP:
     eye = torch.eye(half)
     w[half:width, half:] = -10 * eye  # query: the class token's "-" side -> "+"
     w[width + half : 2 * width, half:] = eye  # key: the position sign
-    w[2 * width : 2 * width + half, :half] = eye  # value: the content
+    # value: the content, scaled back up (the layer norm divided it by ~25)
+    w[2 * width : 2 * width + half, :half] = 50 * eye
     block.attn.out_proj.weight.copy_(torch.eye(width))
     block.attn.out_proj.bias.zero_()
     block.mlp.c_proj.weight.zero_()
