@@ -2,7 +2,7 @@
 autocast precision, maps encoded to uint8 on the device, and the batch that
 backs off on out of memory.
 
-bf16 and fp16 against fp32 on the demo's real model (the bundled
+bf16 against fp32 on the demo's real model (the bundled
 ImageNet-pretrained EfficientNet-Lite0, its two layers, real photos): the
 maps' rank correlation per image and layer (see MIN_RANK_CORRELATION).
 """
@@ -43,23 +43,21 @@ def demo_model():
     return load_model(PHOTO_MODEL)
 
 
-# Spearman of each reduced-precision map with the fp32 one, at least, per layer.
-# At the demo's default layer (_conv_head) bf16 gives 0.997-0.9999. At
-# _blocks.10 the gradient flows back through five blocks in bf16 (8-bit
-# mantissa): 0.95-0.99 (fp32 activations with bf16 gradients give the same,
-# bf16 activations with fp32 gradients 0.99+), while fp16 gives 0.99+.
-MIN_RANK_CORRELATION = {
-    "bf16": {"_conv_head": 0.98, "_blocks.10": 0.93},
-    "fp16": {"_conv_head": 0.98, "_blocks.10": 0.98},
-}
+# Spearman of each bf16 map with the fp32 one, at least, per layer. At the
+# demo's default layer (_conv_head) bf16 gives 0.997-0.9999. At _blocks.10
+# the gradient flows back through five blocks in bf16 (8-bit mantissa):
+# 0.95-0.99 (fp32 activations with bf16 gradients give the same, bf16
+# activations with fp32 gradients 0.99+). fp16 gives 0.99+ at both (measured
+# once, BENCHMARKS.md: not tested here, fp16 runs ~5x slower on a CPU).
+MIN_RANK_CORRELATION = {"bf16": {"_conv_head": 0.98, "_blocks.10": 0.93}}
 
 
-def test_reduced_precision_maps_rank_like_fp32_on_the_demo_model(photos, demo_model):
+def test_bf16_maps_rank_like_fp32_on_the_demo_model(photos, demo_model):
     x = torch.stack(
         [demo_model.transforms(Image.open(p).convert("RGB")) for p in photos]
     )
     results = {}
-    for precision in ("fp32", "bf16", "fp16"):
+    for precision in ("fp32", "bf16"):
         with CamEngine(demo_model.module, PHOTO_LAYERS, precision=precision) as engine:
             results[precision] = engine.compute(x)
     reference = results["fp32"].maps
