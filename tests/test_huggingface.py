@@ -25,6 +25,8 @@ from transformers import (
     ConvNextForImageClassification,
     DeiTConfig,
     DeiTForImageClassificationWithTeacher,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
     ResNetConfig,
     ResNetForImageClassification,
     SwinConfig,
@@ -59,6 +61,11 @@ def _build(name: str) -> nn.Module:
         return _vit()
     if name == "deit":  # class and distillation tokens
         return DeiTForImageClassificationWithTeacher(DeiTConfig(**_VIT)).eval()
+    if name == "dinov2":  # class and 2 register tokens, 14-pixel patches
+        config = Dinov2WithRegistersConfig(
+            **(_VIT | dict(image_size=28, patch_size=14, num_register_tokens=2))
+        )
+        return Dinov2WithRegistersForImageClassification(config).eval()
     if name == "swin":  # [B, h*w, C] tokens, 8x8 then 4x4 after a merge
         config = SwinConfig(
             image_size=SIZE, patch_size=4, embed_dim=16, depths=[1, 1],
@@ -96,6 +103,7 @@ def _tokens(prefix: int, grid: int):
     [
         ("vit", "vit.layers.1.layernorm_before", _tokens(1, 4)),
         ("deit", "deit.layers.1.layernorm_before", _tokens(2, 4)),
+        ("dinov2", "dinov2_with_registers.encoder.layer.1.norm1", _tokens(3, 2)),
         ("swin", "swin.encoder.layers.1.blocks.0.layernorm_before", _tokens(0, 4)),
         ("convnext", "convnext.encoder.stages.1", None),
         ("resnet", "resnet.encoder.stages.1", None),

@@ -65,14 +65,15 @@ def config_token_layout(
         return None
     ph, pw = _pair(config.patch_size)
     prefix = _prefix_tokens(model, config)
+    if not getattr(config, "depths", None):  # a strided patch conv: whole patches
+        return prefix, (height // ph, width // pw)
     # Swin pads the input to whole patches and each merge to even sizes.
-    grid = (math.ceil(height / ph), math.ceil(width / pw))
-    stages = _MAX_STAGES if getattr(config, "depths", None) else 1
-    for _ in range(stages):
+    first = grid = (math.ceil(height / ph), math.ceil(width / pw))
+    for _ in range(_MAX_STAGES):
         if tokens is None or prefix + grid[0] * grid[1] == tokens:
             return prefix, grid
         grid = (math.ceil(grid[0] / 2), math.ceil(grid[1] / 2))
-    return prefix, (math.ceil(height / ph), math.ceil(width / pw))
+    return prefix, first
 
 
 _STAGE = re.compile(r"(^|\.)stages\.\d+$")
@@ -82,13 +83,20 @@ def hf_default_layers(model: nn.Module) -> list[str] | None:
     """The usual CAM layer of a Hugging Face vision model, or None for others.
 
     Transformers (ViT, DeiT, BEiT, Swin): the last block's ``layernorm_before``
-    (timm's ``norm1``); CLIP's vision tower: the last ``layer_norm1``; CNNs
+    (timm's ``norm1``; DINOv2's ``norm1``); CLIP's vision tower: the last ``layer_norm1``; CNNs
     with a config (ResNet, ConvNeXt): the last encoder stage.
     """
     names = dict(model.named_modules())
     blocks = [n for n, m in names.items() if n and hasattr(m, "layernorm_before")]
     if blocks:
         return [f"{blocks[-1]}.layernorm_before"]
+    dino = [
+        n
+        for n, m in names.items()
+        if n and hasattr(m, "norm1") and hasattr(m, "attention")
+    ]
+    if dino:  # DINOv2's layers name them norm1 / attention
+        return [f"{dino[-1]}.norm1"]
     clip = [
         n
         for n, m in names.items()
