@@ -71,6 +71,9 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "max_size": 256,
     "eigen_smooth": False,
     "aug_smooth": False,
+    # task="detection": confidence_thresh, max_detections, iou_threshold and
+    # map_size (runs/detections.py); None for the other tasks
+    "detection": None,
     # set at registration
     "fields": {},  # layer -> fo.Heatmap field
     "run_dir": None,  # disk storage: the PNGs' directory, owned
@@ -112,6 +115,7 @@ IDENTITY_KEYS = (
     "max_size",
     "eigen_smooth",
     "aug_smooth",
+    "detection",
 )
 # Lists of what a run owns (besides ``run_dir``).
 OWNED_LISTS = ("owned_fields", "saved_views", "owned_paths", "brain_keys")
