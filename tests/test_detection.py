@@ -9,11 +9,13 @@ for B. A real torchvision Faster R-CNN runs end to end too.
 
 from __future__ import annotations
 
+import time
+
 import fiftyone as fo
-import numpy as np
 import pytest
 import torch
 import torchvision
+from detection_models import CLASSES, KnownTruthDetector, known_truth_image, regions
 from fiftyone import ViewField as F
 from PIL import Image
 from torch import nn
@@ -29,64 +31,6 @@ from gradcam_engine.engine.detection import DetectionCamEngine
 from gradcam_engine.engine.detection_targets import DetectionScoreTarget
 from gradcam_engine.runs.detections import input_box, original_box
 from gradcam_engine.sources.geometry import TransformGeometry
-
-CLASSES = ["background", "A", "B"]
-
-
-def regions(h: int, w: int) -> dict[str, tuple[int, int, int, int]]:
-    """xyxy integer boxes: A and B (the detections), P (B's evidence)."""
-    return {
-        "A": (w // 10, h // 10, 4 * w // 10, 4 * h // 10),
-        "B": (6 * w // 10, 6 * h // 10, 9 * w // 10, 9 * h // 10),
-        "P": (w // 10, 6 * h // 10, 4 * w // 10, 9 * h // 10),
-    }
-
-
-class KnownTruthDetector(nn.Module):
-    """torchvision's convention: ``model(list of CHW)`` -> per image
-    ``{"boxes", "labels", "scores"}``. Box A (label 1) scores the mean of
-    feature channel 0 inside A; box B (label 2) the mean of channel 1 inside
-    P, outside B. ``features`` (1x1 conv, identity) is the layer explained."""
-
-    def __init__(self, detach_scores: bool = False) -> None:
-        super().__init__()
-        self.features = nn.Conv2d(3, 3, 1, bias=False)
-        with torch.no_grad():
-            self.features.weight.copy_(torch.eye(3)[:, :, None, None])
-        self.detach_scores = detach_scores
-
-    def forward(self, images):
-        f = self.features(torch.stack(list(images)))
-        h, w = f.shape[-2:]
-        r = regions(h, w)
-
-        def mean(channel, box):
-            x0, y0, x1, y1 = box
-            return f[:, channel, y0:y1, x0:x1].mean(dim=(1, 2))
-
-        scores = torch.stack(
-            [torch.sigmoid(4 * mean(0, r["A"])), torch.sigmoid(4 * mean(1, r["P"]))],
-            dim=1,
-        )
-        if self.detach_scores:
-            scores = scores.detach()
-        boxes = torch.tensor([r["A"], r["B"]], dtype=torch.float32)
-        return [
-            {"boxes": boxes, "labels": torch.tensor([1, 2]), "scores": s}
-            for s in scores
-        ]
-
-
-def known_truth_image(h: int, w: int) -> np.ndarray:
-    """Red fills A, green fills P, a little noise everywhere."""
-    rng = np.random.default_rng(h * w)
-    img = rng.uniform(0, 0.01, size=(h, w, 3))
-    r = regions(h, w)
-    x0, y0, x1, y1 = r["A"]
-    img[y0:y1, x0:x1, 0] = 1.0
-    x0, y0, x1, y1 = r["P"]
-    img[y0:y1, x0:x1, 1] = 1.0
-    return (img * 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize("method", ["layercam", "hirescam", "gradcam"])
@@ -314,3 +258,54 @@ def test_class_report_score_cams_and_review_views_on_detections(known_dataset):
     assert suspects not in ds.list_saved_views()
     assert "aud_features_focus" not in ds.get_field_schema()
     ds.delete_evaluation("aude")
+
+
+def test_compute_operator_detection_immediate_and_delegated(
+    known_dataset, tmp_root, monkeypatch
+):
+    """The App's compute operator with Task "Detection", on a model source the
+    admin registered; then queued and run by a real delegated worker."""
+    import os
+
+    import fiftyone.operators as foo
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from workers import start_worker, stop_worker
+
+    sources = os.environ.get("CAM_AUDIT_MODEL_SOURCES", "")
+    sources += ",known-truth-detector=detection_models:build_known_truth"
+    monkeypatch.setenv("CAM_AUDIT_MODEL_SOURCES", sources)
+    compute = foo.get_operator("@cam-audit/cam-audit/compute_cams")
+    common = dict(
+        model="known-truth-detector",
+        layers=["features"],
+        method="hirescam",
+        task="detection",
+        confidence_thresh=0.0,
+        batch_size=2,
+    )
+    result = compute(known_dataset, run_key="op_det", **common)
+    assert result.error is None, result.error
+    low = known_dataset.filter_labels("op_det_detections", F("features_focus") < 0.5)
+    assert set(low.distinct("op_det_detections.detections.label")) == {"B"}
+
+    queued = compute(known_dataset, run_key="op_deleg", delegate=True, **common)
+    assert queued.delegated
+    service = DelegatedOperationService()
+    worker = start_worker(tmp_root / "detection-worker.log")
+    try:
+        deadline = time.monotonic() + 240
+        while service.get(queued.result["id"]).run_state not in (
+            "completed",
+            "failed",
+        ):
+            assert time.monotonic() < deadline, "the worker did not finish"
+            time.sleep(0.5)
+        op = service.get(queued.result["id"])
+        log = (tmp_root / "detection-worker.log").read_text()[-3000:]
+        assert op.run_state == "completed", (op.result, log)
+    finally:
+        stop_worker(worker)
+    known_dataset.reload()
+    assert known_dataset.count("op_deleg_detections.detections") == 6
+    for run_key in ("op_det", "op_deleg"):
+        known_dataset.delete_run(run_key)
