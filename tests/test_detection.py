@@ -32,6 +32,10 @@ from gradcam_engine.engine.detection_targets import DetectionScoreTarget
 from gradcam_engine.runs.detections import input_box, original_box
 from gradcam_engine.sources.geometry import TransformGeometry
 
+# one torch thread: on 2 shared cores the thread pools spin against each other
+# (the Faster R-CNN run took 7.6 s with two threads, 2.2 s with one)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.mark.parametrize("method", ["layercam", "hirescam", "gradcam"])
 def test_engine_known_truth_focus(method):
