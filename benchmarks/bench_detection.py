@@ -31,26 +31,30 @@ def batch(n: int) -> torch.Tensor:
     for k in range(n):
         img = getattr(skimage.data, PHOTOS[k % len(PHOTOS)])()
         img = Image.fromarray(img).convert("RGB").resize((320, 240))
-        images.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1) / 255.0)
+        images.append(torch.from_numpy(np.array(img)).permute(2, 0, 1) / 255.0)
     return torch.stack(images)
 
 
-def best_of(repeats: int, fn) -> float:
-    fn()  # warm up
-    times = []
+def paired(repeats: int, base_fn, fn) -> tuple[float, float]:
+    """Best of ``repeats`` for ``base_fn`` and ``fn``, timed alternately so
+    that a shared machine's load drifts into both alike."""
+    base_fn(), fn()  # warm up (oneDNN builds its kernels per shape)
+    base, times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for sink, call in ((base, base_fn), (times, fn)):
+            start = time.perf_counter()
+            call()
+            sink.append(time.perf_counter() - start)
+    return min(base), min(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
         weights=None, weights_backbone=None, num_classes=3, box_score_thresh=0.0
@@ -61,23 +65,22 @@ def main() -> None:
         with torch.no_grad():
             model(list(x))
 
-    base = best_of(args.repeats, forward)
-    print(f"plain forward, batch {args.batch}: {base:.3f} s (1.00x)")
-    for k in (1, 2, 5, 10):
+    print(f"batch {args.batch} at 240x320, {args.threads} torch thread(s)")
+    for method, k in [("gradcam", 1), ("gradcam", 2), ("gradcam", 5)] + [
+        ("gradcam", 10),
+        ("layercam", 5),
+        ("eigencam", 10),
+    ]:
         engine = DetectionCamEngine(
-            model, ["backbone"], args.method, confidence_thresh=0.0, max_detections=k
+            model, ["backbone"], method, confidence_thresh=0.0, max_detections=k
         )
-        t = best_of(args.repeats, lambda e=engine: e.compute(x))
-        per = (t - base) / (k * base)
+        base, t = paired(args.repeats, forward, lambda e=engine: e.compute(x))
+        ratio = t / base
+        per = (ratio - 1) / k
         print(
-            f"{args.method}, {k:2d} detection(s)/image: {t:.3f} s ({t / base:.2f}x; "
-            f"each detection ~{per:.2f} forwards)"
+            f"{method:9s} {k:2d} detection(s)/image: {t:.3f} s vs plain forward "
+            f"{base:.3f} s = {ratio:.2f}x (each detection +{per:.2f} forward)"
         )
-    engine = DetectionCamEngine(
-        model, ["backbone"], "eigencam", confidence_thresh=0.0, max_detections=10
-    )
-    t = best_of(args.repeats, lambda: engine.compute(x))
-    print(f"eigencam, 10 detections/image: {t:.3f} s ({t / base:.2f}x)")
 
 
 if __name__ == "__main__":
