@@ -9,6 +9,7 @@ for B. A real torchvision Faster R-CNN runs end to end too.
 
 from __future__ import annotations
 
+import pathlib
 import time
 
 import fiftyone as fo
@@ -27,6 +28,7 @@ from gradcam_engine import (
     save_review_views,
     score_cams,
 )
+from gradcam_engine.audit.export import export_review
 from gradcam_engine.engine.detection import DetectionCamEngine
 from gradcam_engine.engine.detection_targets import DetectionScoreTarget
 from gradcam_engine.runs.detections import input_box, original_box
@@ -240,7 +242,9 @@ def test_torchvision_faster_rcnn_end_to_end(known_dataset):
     assert "frcnn_detections" not in known_dataset.get_field_schema()
 
 
-def test_class_report_score_cams_and_review_views_on_detections(known_dataset):
+def test_class_report_score_cams_and_review_views_on_detections(
+    known_dataset, tmp_path
+):
     ds = known_dataset
     run(ds, KnownTruthDetector(), run_key="aud")
     with pytest.raises(ValueError, match="evaluate_detections.*'aud_detections'"):
@@ -255,6 +259,12 @@ def test_class_report_score_cams_and_review_views_on_detections(known_dataset):
     assert view.count("aud_detections.detections") == 3
     assert set(view.distinct("aud_detections.detections.label")) == {"B"}
     assert len(ds.load_saved_view(errors)) == 0
+    # the HTML review: a card per low-focus detection, its own map and box
+    page = export_review(
+        ds, "aud", tmp_path / "review.html", label_field="ground_truth"
+    )
+    html = pathlib.Path(page).read_text(encoding="utf-8")
+    assert html.count("data-detection=") == 6
     # the combined map scored against the ground truth, per sample
     summary = score_cams(ds, "aud", gt_field="ground_truth", progress=False)
     assert summary.num_scored == 3

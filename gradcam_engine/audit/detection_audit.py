@@ -74,20 +74,25 @@ def detection_rows(
     layer: str,
     label_field: str | None,
 ) -> pd.DataFrame:
-    """One row per explained detection: sample id, class, focus, correct
-    (1 for ``tp``, 0 for ``fp``, NaN without an evaluation)."""
+    """One row per explained detection: sample id, detection id, class,
+    focus, correct (1 for ``tp``, 0 for ``fp``, NaN without an evaluation)."""
     field, attr = detection_focus_path(info, layer)
     eval_key = detection_eval_key(samples, info, label_field)
-    paths = ["id", f"{field}.detections.label", f"{field}.detections.{attr}"]
+    paths = ["id", f"{field}.detections.id", f"{field}.detections.label"]
+    paths.append(f"{field}.detections.{attr}")
     if eval_key:
         paths.append(f"{field}.detections.{eval_key}")
     columns = samples.values(paths)
-    evals = columns[3] if eval_key else [None] * len(columns[0])
+    evals = columns[4] if eval_key else [None] * len(columns[0])
     rows: list[dict[str, Any]] = []
-    for sample_id, labels, focus, outcome in zip(*columns[:3], evals, strict=True):
-        outcome = outcome or [None] * len(labels or [])
-        for label, value, result in zip(
-            labels or [], focus or [], outcome, strict=True
+    for sample_id, ids, labels, focus, outcome in zip(*columns[:4], evals, strict=True):
+        n = len(ids or [])
+        for det_id, label, value, result in zip(
+            ids or [],
+            labels or [],
+            focus or [None] * n,
+            outcome or [None] * n,
+            strict=True,
         ):
             correct = math.nan
             if result in ("tp", "fp"):
@@ -95,12 +100,14 @@ def detection_rows(
             rows.append(
                 {
                     "id": sample_id,
+                    "detection_id": det_id,
                     "class": label,
                     "focus": math.nan if value is None else float(value),
                     "correct": correct,
                 }
             )
-    return pd.DataFrame(rows, columns=["id", "class", "focus", "correct"])
+    names = ["id", "detection_id", "class", "focus", "correct"]
+    return pd.DataFrame(rows, columns=names)
 
 
 def detection_review_views(
