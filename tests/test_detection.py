@@ -33,6 +33,7 @@ from gradcam_engine.engine.detection import DetectionCamEngine
 from gradcam_engine.engine.detection_targets import DetectionScoreTarget
 from gradcam_engine.runs.detections import input_box, original_box
 from gradcam_engine.sources.geometry import TransformGeometry
+from operators import review_data, review_panel
 
 # one torch thread: on 2 shared cores the thread pools spin against each other
 # (the Faster R-CNN run took 7.6 s with two threads, 2.2 s with one)
@@ -268,6 +269,13 @@ def test_class_report_score_cams_and_review_views_on_detections(
     # the combined map scored against the ground truth, per sample
     summary = score_cams(ds, "aud", gt_field="ground_truth", progress=False)
     assert summary.num_scored == 3
+    # the review panel's Open shows the detections with the heatmap
+    src = review_data.sources(ds)["aud/features"]
+    assert review_panel._fields_of(src) == [
+        "aud_features",
+        "ground_truth",
+        "aud_detections",
+    ]
     ds.delete_run("aud")
     assert suspects not in ds.list_saved_views()
     assert "aud_features_focus" not in ds.get_field_schema()
