@@ -159,6 +159,11 @@ def test_known_truth_detector_on_a_dataset(known_dataset):
         )
         assert sample.det_features.map.max() > 0  # the combined map
         assert sample.det_prediction.label in ("A", "B")
+    # the same call resumes (nothing to do); other detection settings refuse
+    again = run(ds, KnownTruthDetector(), batch_size=2)
+    assert again.num_skipped == 3 and again.num_computed == 0
+    with pytest.raises(ValueError, match="different config.*detection"):
+        run(ds, KnownTruthDetector(), confidence_thresh=0.3)
     low = ds.filter_labels("det_detections", F("features_focus") < 0.5)
     assert low.count("det_detections.detections") == 3
     assert set(low.distinct("det_detections.detections.label")) == {"B"}
