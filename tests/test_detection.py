@@ -336,3 +336,36 @@ def test_compute_operator_detection_immediate_and_delegated(
     assert known_dataset.count("op_deleg_detections.detections") == 6
     for run_key in ("op_det", "op_deleg"):
         known_dataset.delete_run(run_key)
+
+
+def test_show_detection_cam_writes_the_selected_detections_map(known_dataset):
+    """The App's way to see one detection's map: select it, run the operator;
+    its own map lands in a run-owned heatmap field the App draws."""
+    import fiftyone.operators as foo
+
+    ds = known_dataset
+    run(ds, KnownTruthDetector(), run_key="pick")
+    sample = ds.first()
+    b = next(d for d in sample.pick_detections.detections if d.label == "B")
+    result = foo.execute_operator(
+        "@cam-audit/cam-audit/show_detection_cam",
+        ctx=dict(
+            view=ds.view(),
+            selected_labels=[
+                {"label_id": b.id, "sample_id": sample.id, "field": "pick_detections"}
+            ],
+            params={"run_key": "pick"},
+        ),
+    )
+    result.raise_exceptions()
+    assert result.result == {
+        "samples": {sample.id: b.id},
+        "field": "pick_features_detection",
+    }
+    sample.reload()
+    shown = sample.pick_features_detection.map
+    assert (shown == b["features_map"].map).all()  # B's map: over P, not B
+    assert ds.count("pick_features_detection") == 1
+    assert "pick_features_detection" in get_cam_run(ds, "pick").owned_fields
+    ds.delete_run("pick")
+    assert "pick_features_detection" not in ds.get_field_schema()

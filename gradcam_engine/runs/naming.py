@@ -30,6 +30,7 @@ __all__ = [
     "detections_field",
     "detection_focus_attribute",
     "detection_map_attribute",
+    "chosen_detection_field",
     "FieldNames",
     "field_names",
 ]
@@ -162,6 +163,12 @@ def detection_map_attribute(layer: str) -> str:
     """``fo.Heatmap`` attribute of an explained detection: its own map for
     ``layer`` over the whole original image."""
     return f"{slug(layer)}_{MAP}"
+
+
+def chosen_detection_field(heatmap: str) -> str:
+    """``fo.Heatmap``: the own map of the detection last chosen on each sample
+    (``show_detection_maps``), drawn by the App like any heatmap field."""
+    return map_field(heatmap, "detection")
 
 
 @dataclass
