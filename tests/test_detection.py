@@ -369,3 +369,24 @@ def test_show_detection_cam_writes_the_selected_detections_map(known_dataset):
     assert "pick_features_detection" in get_cam_run(ds, "pick").owned_fields
     ds.delete_run("pick")
     assert "pick_features_detection" not in ds.get_field_schema()
+
+
+def test_compute_form_offers_detection_and_detections_label_fields(known_dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    uri = "@cam-audit/cam-audit/compute_cams"
+    params = {"task": "detection", "target": "label_field"}
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=known_dataset.name,
+            view=known_dataset.view()._serialize(),
+            params=params,
+        ),
+        operator_uri=uri,
+    )
+    form = foo.get_operator(uri).resolve_type(ctx, "inputs").to_json()
+    props = form["type"]["properties"]
+    assert "detection" in str(props["task"])
+    assert "ground_truth" in str(props["label_field"])  # a Detections field
+    assert "confidence_thresh" in props and "max_detections" in props

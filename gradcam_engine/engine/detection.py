@@ -200,13 +200,6 @@ class DetectionCamEngine:
         param = next(self.model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
 
-    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """The model's detections for ``x`` (no gradients), checked."""
-        with torch.no_grad(), eval_mode(self.model):
-            outputs = self.model(list(x.to(self.device)))
-        check_detector_output(outputs, x.shape[0])
-        return [{k: v.detach().cpu() for k, v in o.items()} for o in outputs]
-
     def compute(
         self, x: torch.Tensor, targets: Sequence[list[BoxRequest] | None] | None = None
     ) -> DetectionCamResult:
