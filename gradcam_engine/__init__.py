@@ -13,6 +13,8 @@ from .engine import (
     METHODS,
     CamEngine,
     CamResult,
+    DetectionCamEngine,
+    DetectionScoreTarget,
     MaskSumTarget,
     default_layers,
     get_method,
@@ -60,6 +62,8 @@ _WORKFLOW = {
 __all__ = [
     "CamEngine",
     "CamResult",
+    "DetectionCamEngine",
+    "DetectionScoreTarget",
     "METHODS",
     "MaskSumTarget",
     "default_layers",

@@ -1,6 +1,7 @@
 """Thin FiftyOne adapters: read params, call one gradcam_engine function, report progress."""
 
 from .compute import ComputeCams
+from .detection_cam import ShowDetectionCam
 from .discovery import BackgroundTest, ClusterCams, RoadCams
 from .eval_metrics import CamBgFlipRate, CamLowFocusShare, CamMeanFocus
 from .proof import DeletionInsertion, SanityCheck
@@ -27,6 +28,7 @@ OPERATORS: list = [
     CamMeanFocus,
     CamLowFocusShare,
     CamBgFlipRate,
+    ShowDetectionCam,
 ]
 PANELS: list = [CamReviewPanel]
 

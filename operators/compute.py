@@ -45,6 +45,8 @@ class ComputeCams(foo.Operator):
         delegate: bool = False,
         delegation_target: str | None = None,
         shards: int | None = None,
+        confidence_thresh: float = 0.5,
+        max_detections: int = 20,
     ):
         """Compute CAMs for ``sample_collection`` through the operator.
 
@@ -75,6 +77,8 @@ class ComputeCams(foo.Operator):
                 shards=shards,
                 score=score,
                 gt_field=gt_field,
+                confidence_thresh=confidence_thresh,
+                max_detections=max_detections,
             ),
             delegate=delegate,
             delegation_target=delegation_target,
@@ -98,6 +102,7 @@ class ComputeCams(foo.Operator):
         task_choices = types.RadioGroup(orientation="horizontal")
         task_choices.add_choice("classification", label="Classification")
         task_choices.add_choice("segmentation", label="Segmentation")
+        task_choices.add_choice("detection", label="Detection")
         inputs.enum(
             "task",
             task_choices.values(),
@@ -106,6 +111,8 @@ class ComputeCams(foo.Operator):
             view=task_choices,
         )
         form.target_inputs(ctx, inputs)
+        if ctx.params.get("task") == "detection":
+            _detection_inputs(inputs)
         form.storage_inputs(ctx, inputs, _default_output_dir(ctx))
         inputs.int(
             "batch_size",
@@ -136,6 +143,9 @@ class ComputeCams(foo.Operator):
             progress=False,
             **form.target_kwargs(p),
         )
+        if kwargs["task"] == "detection":
+            kwargs["confidence_thresh"] = float(p.get("confidence_thresh", 0.5))
+            kwargs["max_detections"] = int(p.get("max_detections") or 20)
         if kwargs["storage"] == "disk":
             output_dir = p.get("output_dir") or _default_output_dir(ctx)
             kwargs["output_dir"] = trust.check_app_output_dir(output_dir)
@@ -182,6 +192,21 @@ def _outcome_view(result: dict) -> types.Property:
         outputs.list("errors", types.String(), label="Most common errors")
     outputs.list("fields", types.String(), label="Fields written")
     return types.Property(outputs, view=types.View(label="CAM run"))
+
+
+def _detection_inputs(inputs: types.Object) -> None:
+    inputs.float(
+        "confidence_thresh",
+        default=0.5,
+        label="Confidence threshold",
+        description="Explain the detections scoring at least this (Explain: predicted)",
+    )
+    inputs.int(
+        "max_detections",
+        default=20,
+        label="Detections per image",
+        description="At most this many detections explained per image, best first",
+    )
 
 
 def _default_output_dir(ctx) -> str:

@@ -194,11 +194,10 @@ def target_inputs(ctx, inputs: types.Object) -> None:
     )
     target = ctx.params.get("target", "predicted")
     if target == "label_field":
-        kinds = (
-            (fo.Segmentation,)
-            if ctx.params.get("task") == "segmentation"
-            else (fo.Classification,)
-        )
+        kinds = {
+            "segmentation": (fo.Segmentation,),
+            "detection": (fo.Detections,),  # each box explained
+        }.get(ctx.params.get("task"), (fo.Classification,))
         _label_field_input(ctx, inputs, "label_field", kinds, "Label field")
     elif target == "class":
         inputs.str(

@@ -15,6 +15,7 @@ from fiftyone import ViewField as F
 
 from gradcam_engine.audit.sanity_line import sanity_line
 from gradcam_engine.runs import cam_runs as runs
+from gradcam_engine.runs.naming import detections_field
 
 ALL_CLASSES = "(all classes)"
 CHART_LIMIT = 300  # bars in the ranking chart (the lowest focus first)
@@ -58,6 +59,13 @@ def sources(dataset) -> dict[str, dict]:
                 heatmap=field,
                 focus=focus,
                 boxes=scoring.get("gt_field"),
+                # a detection run's explained detections, with their focus
+                detections=(
+                    detections_field(key)
+                    if detections_field(key) in schema
+                    and info.config.get("task") == "detection"
+                    else None
+                ),
                 truth=truth if truth in schema else None,
                 predicted=(
                     info.prediction_field if info.prediction_field in schema else None

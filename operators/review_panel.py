@@ -406,6 +406,7 @@ def _is_new_view(ctx) -> bool:
 
 
 def _fields_of(src: dict) -> list[str]:
-    """The fields a review shows: the heatmap and the objects it is scored
-    against."""
-    return [src["heatmap"], *([src["boxes"]] if src["boxes"] else [])]
+    """The fields a review shows: the heatmap, the objects it is scored
+    against and, for a detection run, its explained detections."""
+    extra = [f for f in (src["boxes"], src.get("detections")) if f]
+    return [src["heatmap"], *extra]

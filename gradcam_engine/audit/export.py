@@ -9,10 +9,8 @@ as base64; the file has no external URL and opens offline.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import html
-import io
 import math
 import os
 from typing import Any
@@ -25,6 +23,12 @@ from PIL import Image, ImageDraw
 from ..runs import cam_runs as runs
 from ..runs.storage import heatmap_to_float
 from ..sources.images import load_rgb
+from .detection_audit import is_detection_run
+from .detection_export import detection_cards
+from .overlays import data_uri as _data_uri
+from .overlays import draw_boxes as _draw_boxes
+from .overlays import overlay_heatmap
+from .overlays import placeholder as _placeholder
 from .report import ALL_CLASSES, class_report, class_rows
 from .sanity_line import sanity_line
 from .scoring import hit_field, spread_field
@@ -33,23 +37,6 @@ from .writer_steps import resolve_layer
 __all__ = ["export_review", "overlay_heatmap"]
 
 THUMB_SIZE = 160
-
-
-def overlay_heatmap(
-    image: Image.Image, heatmap: np.ndarray, alpha: float = 0.5
-) -> Image.Image:
-    """Blend ``heatmap`` (float ``[h, w]`` in [0, 1], any size) over ``image``
-    with matplotlib's jet colormap; ``alpha`` is the heatmap's opacity."""
-    from matplotlib import colormaps
-
-    rgb = image.convert("RGB")
-    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
-        rgb.size, Image.BILINEAR
-    )
-    colours = colormaps["jet"](np.clip(np.asarray(resized), 0.0, 1.0))[..., :3]
-    base = np.asarray(rgb, dtype=np.float32) / 255.0
-    out = (1.0 - alpha) * base + alpha * colours
-    return Image.fromarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
 
 def export_review(
@@ -86,25 +73,14 @@ def export_review(
         samples, run_key, layer, label_field=label_field, low_focus=low_focus
     )
     focus = report.attrs["focus_field"]
-    data = class_rows(samples, info, focus, label_field, None, {})
-    data = data[data["class"].notna() & data["focus"].notna()]
-    picks = {
-        cls: group.sort_values("focus", kind="stable").head(top_k)
-        for cls, group in data.groupby("class", sort=True)
-    }
-    scoring = info.config.get("scoring") or {}
-    boxes_field = (
-        scoring.get("gt_field") if scoring.get("gt_kind") == "detections" else None
-    )
-
-    chosen = [sid for frame in picks.values() for sid in frame["id"]]
-    cards: dict[str, str] = {}
-    if chosen:
-        view = samples.select(chosen, ordered=True)
-        for sample in view.iter_samples():
-            cards[sample.id] = _card(
-                sample, info, layer, focus, label_field, boxes_field, alpha, thumb_size
-            )
+    if is_detection_run(info):  # a card per detection: its own map and box
+        picks, cards = detection_cards(
+            samples, info, layer, label_field, top_k, alpha, thumb_size
+        )
+    else:
+        picks, cards = _sample_cards(
+            samples, info, layer, focus, label_field, top_k, alpha, thumb_size
+        )
 
     sections = []
     for cls in [c for c in report.index if c != ALL_CLASSES]:
@@ -131,6 +107,29 @@ def export_review(
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
     return path
+
+
+def _sample_cards(samples, info, layer, focus, label_field, top_k, alpha, size):
+    """Per class the ``top_k`` lowest-focus samples, and their cards by id."""
+    data = class_rows(samples, info, focus, label_field, None, {})
+    data = data[data["class"].notna() & data["focus"].notna()]
+    picks = {
+        cls: group.sort_values("focus", kind="stable").head(top_k)
+        for cls, group in data.groupby("class", sort=True)
+    }
+    scoring = info.config.get("scoring") or {}
+    boxes_field = (
+        scoring.get("gt_field") if scoring.get("gt_kind") == "detections" else None
+    )
+    chosen = [sid for frame in picks.values() for sid in frame["id"]]
+    cards: dict[str, str] = {}
+    if chosen:
+        view = samples.select(chosen, ordered=True)
+        for sample in view.iter_samples():
+            cards[sample.id] = _card(
+                sample, info, layer, focus, label_field, boxes_field, alpha, size
+            )
+    return picks, cards
 
 
 # --------------------------------------------------------------------------- pieces
@@ -239,23 +238,6 @@ def _clusters_section(info: runs.CamRunInfo, layer: str, size: int) -> str:
     )
 
 
-def _data_uri(image: Image.Image, fmt: str = "JPEG") -> str:
-    buf = io.BytesIO()
-    if fmt == "JPEG":
-        image.convert("RGB").save(buf, format="JPEG", quality=82, optimize=True)
-        mime = "image/jpeg"
-    else:
-        image.save(buf, format="PNG", optimize=True)
-        mime = "image/png"
-    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
-
-
-def _placeholder(size: int, text: str) -> Image.Image:
-    img = Image.new("RGB", (size, size * 3 // 4), (90, 90, 90))
-    ImageDraw.Draw(img).text((8, 8), text[:40], fill=(255, 255, 255))
-    return img
-
-
 def _card(sample, info, layer, focus, label_field, boxes_field, alpha, size) -> str:
     heat_field = info.fields[layer]
     seen = _cropped_seen_box(sample, info.seen_field)
@@ -316,20 +298,6 @@ def _card(sample, info, layer, focus, label_field, boxes_field, alpha, size) -> 
         f'src="{_data_uri(over)}"></div>'
         f"<figcaption><b>{_e(name)}</b><dl>{dl}</dl>{note}</figcaption></figure>"
     )
-
-
-def _draw_boxes(image: Image.Image, detections) -> Image.Image:
-    out = image.copy()
-    draw = ImageDraw.Draw(out)
-    w, h = out.size
-    for det in detections.detections or []:
-        x, y, bw, bh = det.bounding_box
-        draw.rectangle(
-            [x * w, y * h, (x + bw) * w - 1, (y + bh) * h - 1],
-            outline=(255, 255, 255),
-            width=2,
-        )
-    return out
 
 
 def _cropped_seen_box(sample, field: str) -> list[float] | None:

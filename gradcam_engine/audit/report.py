@@ -23,6 +23,12 @@ from fiftyone import ViewField as F
 from ..runs import cam_runs as runs
 from ..runs.naming import BG_DROP, BG_FLIP, cluster_field, run_field
 from ..runs.ownership import claim
+from .detection_audit import (
+    detection_focus_path,
+    detection_review_views,
+    detection_rows,
+    is_detection_run,
+)
 from .scoring import focus_field
 from .writer_steps import resolve_layer
 
@@ -229,10 +235,15 @@ def class_report(
     if not 0.0 <= low_focus <= 1.0:
         raise ValueError(f"low_focus must be in [0, 1], got {low_focus!r}")
     layer = resolve_layer(info, layer)
-    extra = _discovery_paths(samples, info, layer)
-    # Without boxes a report of clusters and flips is still worth having.
-    focus = _focus_field(samples, info, layer, required=not extra)
-    data = class_rows(samples, info, focus, label_field, prediction_field, extra)
+    if is_detection_run(info):  # one row per explained detection, own focus
+        data = detection_rows(samples, info, layer, label_field)
+        field, attr = detection_focus_path(info, layer)
+        focus = f"{field}.detections.{attr}"
+    else:
+        extra = _discovery_paths(samples, info, layer)
+        # Without boxes a report of clusters and flips is still worth having.
+        focus = _focus_field(samples, info, layer, required=not extra)
+        data = class_rows(samples, info, focus, label_field, prediction_field, extra)
     data = data[data["class"].notna()]
     rows = [
         {"class": cls, **_summarise(group, low_focus)}
@@ -317,6 +328,11 @@ def save_review_views(
     if not 0.0 <= low_focus <= 1.0:
         raise ValueError(f"low_focus must be in [0, 1], got {low_focus!r}")
     dataset = runs.root_dataset(samples)
+    if is_detection_run(info):
+        views = detection_review_views(
+            samples, info, resolve_layer(info, layer), label_field, low_focus
+        )
+        return _save_views(dataset, run_key, views, overwrite)
     focus = _focus_field(samples, info, layer)
     label_field = label_field or info.config.get("label_field")
     if label_field is None:
@@ -341,6 +357,18 @@ def save_review_views(
     low = (F(focus) != None) & (F(focus) < low_focus)  # noqa: E711
     known = (pred_label != None) & (F(f"{label_field}") != None)  # noqa: E711
     base = samples.view() if isinstance(samples, fo.Dataset) else samples
+    described = f"focus {focus} < {low_focus}, label {label_field}, prediction {pred}"
+    views = (
+        base.match(known & low & correct).sort_by(focus),
+        base.match(known & low & ~correct).sort_by(focus),
+        described,
+    )
+    return _save_views(dataset, run_key, views, overwrite)
+
+
+def _save_views(dataset, run_key: str, views, overwrite: bool) -> list[str]:
+    """Claim and save ``(suspects, errors, description)`` under the run's names."""
+    suspects, errors, described = views
     suspects_name, errors_name = review_view_names(run_key)
     claim(
         dataset,
@@ -349,16 +377,15 @@ def save_review_views(
         overwrite=overwrite,
         writer="save_review_views",
     )
-    described = f"focus {focus} < {low_focus}, label {label_field}, prediction {pred}"
     dataset.save_view(
         suspects_name,
-        base.match(known & low & correct).sort_by(focus),
+        suspects,
         description=f"Correct with low focus (right for the wrong reason?): {described}",
         overwrite=True,
     )
     dataset.save_view(
         errors_name,
-        base.match(known & low & ~correct).sort_by(focus),
+        errors,
         description=f"Wrong with low focus: {described}",
         overwrite=True,
     )

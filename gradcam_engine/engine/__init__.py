@@ -9,6 +9,8 @@ modules by dotted name), ``hooks`` (capture outputs inside a ``with``),
 """
 
 from .cam_engine import CamEngine, CamResult
+from .detection import DetectionCamEngine, DetectionCamResult
+from .detection_targets import DetectionScoreTarget
 from .layers import default_layers, layer_names, resolve_layers, suggest_layers
 from .methods import METHODS, get_method, list_methods, register_method
 from .reshape import token_layout
@@ -18,6 +20,9 @@ __all__ = [
     "METHODS",
     "CamEngine",
     "CamResult",
+    "DetectionCamEngine",
+    "DetectionCamResult",
+    "DetectionScoreTarget",
     "MaskSumTarget",
     "default_layers",
     "get_method",

@@ -63,9 +63,10 @@ def style_run(dataset: fo.Dataset, run_key: str, names: FieldNames) -> None:
     details = [*names.strengths, names.target, names.prediction, names.error]
     details.append(names.seen)  # the region the model saw (a Detection)
     details.append(names.instance)  # the done marker: the run instance
+    shown = [*names.heatmaps, *([names.detections] if names.detections else [])]
     _set_groups(
         dataset,
-        {run_key: (names.heatmaps, True), details_group(run_key): (details, False)},
+        {run_key: (shown, True), details_group(run_key): (details, False)},
     )
     _set_active_fields(dataset, run_key, names)
     dataset.save()
@@ -118,7 +119,7 @@ def _set_active_fields(dataset: fo.Dataset, run_key: str, names: FieldNames) -> 
     config = dataset.app_config
     quiet = {names.target, names.prediction, names.seen}
     quiet |= _other_runs_heatmaps(dataset, run_key)
-    main = names.heatmaps[:1]
+    main = names.heatmaps[:1] + ([names.detections] if names.detections else [])
     active = config.active_fields
     if active is None:  # FiftyOne's default: every non-dense label
         active = fo.DatasetAppConfig.default_active_fields(dataset)

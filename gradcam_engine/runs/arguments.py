@@ -26,7 +26,12 @@ __all__ = [
 
 ProgressCallback = Callable[[int, int], Any]
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")
+_LABEL_TYPES = {
+    "classification": fo.Classification,
+    "segmentation": fo.Segmentation,
+    "detection": fo.Detections,
+}
 
 
 def check_args(task, target, label_field, storage, batch_size, max_size) -> None:
@@ -38,6 +43,12 @@ def check_args(task, target, label_field, storage, batch_size, max_size) -> None
         raise TypeError(
             "target must be 'predicted', 'label', an int class index or a class name, "
             f"got {type(target).__name__}: {target!r}"
+        )
+    if task == "detection" and target not in ("predicted", "label"):
+        raise ValueError(
+            f"task='detection' explains detections: target must be 'predicted' "
+            f"(the model's detections) or 'label' (the boxes of label_field), "
+            f"got {target!r}"
         )
     if target == "label" and not label_field:
         raise ValueError("target='label' needs label_field=<name of the label field>")
@@ -108,7 +119,7 @@ def check_label_field(samples, task, target, label_field) -> None:
     if not label_field:
         return
     schema = samples.get_field_schema()
-    expected = fo.Classification if task == "classification" else fo.Segmentation
+    expected = _LABEL_TYPES[task]
     if label_field not in schema:
         raise ValueError(
             f"label_field {label_field!r} does not exist on this collection; "

@@ -28,6 +28,7 @@ from ..sources.models import ResizeNormalize, load_model
 from . import arguments, cam_runs, registration, sharding, trust
 from .app_look import style_run
 from .batch_fields import field_names
+from .detections import detection_config, detection_engine, detector_input
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
 from .plan import RunPlan as _RunPlan
@@ -49,6 +50,9 @@ def compute_cams(
     target: str | int = "predicted",
     label_field: str | None = None,
     classes: Sequence[str] | None = None,
+    confidence_thresh: float = 0.5,
+    max_detections: int = 20,
+    iou_threshold: float = 0.5,
     transforms: Callable[[Image.Image], torch.Tensor] | None = None,
     batch_size: int = 16,
     num_workers: int | None = None,
@@ -79,6 +83,15 @@ def compute_cams(
     ``target``: ``"predicted"``, ``"label"`` (the class in ``label_field``), an
     int class index or a class name. Segmentation explains the mask-sum of a
     class over the predicted region, or over ``label_field``'s mask.
+
+    ``task="detection"`` (a detector in torchvision's convention): explains
+    each detection scoring at least ``confidence_thresh`` (at most
+    ``max_detections`` per image; ``target="predicted"``) or each box of
+    ``label_field`` (``fo.Detections``) through the model's detection of its
+    class overlapping it most (IoU >= ``iou_threshold``; ``target="label"``);
+    writes ``{run_key}_detections`` whose detections carry, per layer, their
+    ``<slug(layer)>_focus`` and own map ``<slug(layer)>_map``, and per layer
+    one combined heatmap per sample (see runs/detections.py).
 
     ``delegate=True``: register the run here, then queue ``shards`` (default 1)
     FiftyOne delegated operations over disjoint parts of ``samples`` and return
@@ -137,6 +150,7 @@ _PLAN_OPTIONS = (
     *("task", "target", "label_field", "classes", "transforms", "storage"),
     *("output_dir", "max_size", "eigen_smooth", "aug_smooth", "reshape_transform"),
     *("batch_size", "allow_pickle", "precision"),
+    *("confidence_thresh", "max_detections", "iou_threshold"),
 )
 
 
@@ -191,8 +205,8 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
         if summary.failed:  # an overwrite that failed replaces nothing
             raise CamRunFailed(summary)
     summary = _finish_run(plan, opened, summary)
-    layers = plan.config["layers"]
-    style_run(plan.dataset, summary.run_key, field_names(summary.run_key, layers))
+    layers, task = plan.config["layers"], plan.config["task"]
+    style_run(plan.dataset, summary.run_key, field_names(summary.run_key, layers, task))
     return summary
 
 
@@ -217,30 +231,34 @@ def _plan_run(
 
     loaded = load_model(model, allow_pickle=options["allow_pickle"])
     module = loaded.module
-    transforms = options["transforms"] or loaded.transforms or ResizeNormalize(224)
+    default_input = detector_input() if task == "detection" else ResizeNormalize(224)
+    transforms = options["transforms"] or loaded.transforms or default_input
     # Probes the transforms; random or rotating ones are refused here, before
     # anything is written.
     geometry = TransformGeometry(transforms)
     classes = options["classes"]
     class_names = list(classes) if classes is not None else loaded.classes
-    if layers is None:
+    if layers is None and task != "detection":  # detectors: their own default
         layers = loaded.default_layers or default_layers(module)
-    engine = CamEngine(
-        module,
-        layers,
-        method_name,
-        options["reshape_transform"],
-        eigen_smooth=options["eigen_smooth"],
-        aug_smooth=options["aug_smooth"],
-        precision=options["precision"],
-    )
+    if task == "detection":
+        engine = detection_engine(module, layers, method_name, options)
+    else:
+        engine = CamEngine(
+            module,
+            layers,
+            method_name,
+            options["reshape_transform"],
+            eigen_smooth=options["eigen_smooth"],
+            aug_smooth=options["aug_smooth"],
+            precision=options["precision"],
+        )
     layer_list = engine.layer_names
     fixed_class = arguments.fixed_class(target, class_names)
     arguments.check_label_field(samples, task, target, label_field)
     if task == "classification" and target == "label":
         check_label_classes(samples, label_field, class_names)
 
-    names = field_names(run_key, layer_list)
+    names = field_names(run_key, layer_list, task)
     # One forward on one sample: an unusable output or an out-of-range target
     # is refused now, not by every sample of a registered run.
     probe_model(
@@ -278,8 +296,9 @@ def _plan_run(
         "max_size": int(max_size),
         "eigen_smooth": bool(options["eigen_smooth"]),
         "aug_smooth": bool(options["aug_smooth"]),
-        "precision": engine.precision,
+        "precision": getattr(engine, "precision", "fp32"),
         "owned_fields": names.owned,
+        "detection": detection_config(engine) if task == "detection" else None,
     }
     config["transforms_fingerprint"] = transforms_fingerprint(
         transforms, config.get("geometry")
@@ -323,7 +342,9 @@ def _finish_run(
     summary.run_key = registration.finish_run(plan.dataset, opened)
     info = cam_runs.get_cam_run(plan.dataset, summary.run_key)
     summary.fields = dict(info.fields)
-    summary.fields_written = list(field_names(summary.run_key, info.layers).owned)
+    summary.fields_written = list(
+        field_names(summary.run_key, info.layers, info.config.get("task")).owned
+    )
     summary.run_dir = info.config.get("run_dir")
     return summary
 
@@ -348,7 +369,7 @@ def _queue_run(plan, samples, call, overwrite, count, delegation_target):
         style_run(
             plan.dataset,
             opened.run_key,
-            field_names(opened.run_key, plan.config["layers"]),
+            field_names(opened.run_key, plan.config["layers"], plan.config["task"]),
         )
         queued = sharding.queue_shards(
             samples, "compute_cams", opened.run_key, shard_plan, delegation_target
@@ -371,6 +392,7 @@ def _finish_if_complete(plan, opened, queued_samples) -> None:
     pending = exact_count(queued_samples) - done - errors
     if done and not pending:
         key = registration.finish_run(plan.dataset, opened)
-        style_run(plan.dataset, key, field_names(key, plan.config["layers"]))
+        names = field_names(key, plan.config["layers"], plan.config["task"])
+        style_run(plan.dataset, key, names)
     else:
         registration.hand_over(opened)

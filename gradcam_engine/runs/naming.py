@@ -27,6 +27,10 @@ __all__ = [
     "deletion_field",
     "insertion_field",
     "FOCUS",
+    "detections_field",
+    "detection_focus_attribute",
+    "detection_map_attribute",
+    "chosen_detection_field",
     "FieldNames",
     "field_names",
 ]
@@ -49,6 +53,9 @@ TARGET, PREDICTION, ERROR, SEEN, INSTANCE = (
     "seen",
     "instance",
 )
+# task="detection": the explained detections, and per layer the attributes
+# of each one (named after the layer only, so that they survive a rename).
+DETECTIONS, MAP = "detections", "map"
 LAYER_AGREEMENT, BG_FLIP, BG_DROP, BG_FLIP_RATE = (
     "layer_agreement",
     "bg_flip",
@@ -141,6 +148,29 @@ def insertion_field(heatmap: str) -> str:
     return map_field(heatmap, INSERTION)
 
 
+def detections_field(run_key: str) -> str:
+    """``fo.Detections``: the detections run ``run_key`` explained (task="detection")."""
+    return run_field(run_key, DETECTIONS)
+
+
+def detection_focus_attribute(layer: str) -> str:
+    """float attribute of an explained detection: the share of its own map's
+    energy inside its own box, for ``layer``."""
+    return f"{slug(layer)}_{FOCUS}"
+
+
+def detection_map_attribute(layer: str) -> str:
+    """``fo.Heatmap`` attribute of an explained detection: its own map for
+    ``layer`` over the whole original image."""
+    return f"{slug(layer)}_{MAP}"
+
+
+def chosen_detection_field(heatmap: str) -> str:
+    """``fo.Heatmap``: the own map of the detection last chosen on each sample
+    (``show_detection_maps``), drawn by the App like any heatmap field."""
+    return map_field(heatmap, "detection")
+
+
 @dataclass
 class FieldNames:
     """The fields ``compute_cams`` writes for one run."""
@@ -153,10 +183,14 @@ class FieldNames:
     seen: str  # fo.Detection: the box of the original image the model saw
     # the run instance that computed (or failed) the sample: its done marker
     instance: str = ""
+    # task="detection": the fo.Detections field of the explained detections,
+    # and the float focus attribute of each for every layer
+    detections: str | None = None
+    detection_focus: list[str] | None = None
 
     @property
     def owned(self) -> list[str]:
-        return [
+        owned = [
             *self.heatmaps,
             *self.strengths,
             self.target,
@@ -165,9 +199,14 @@ class FieldNames:
             self.seen,
             self.instance,
         ]
+        return owned + ([self.detections] if self.detections else [])
 
 
-def field_names(run_key: str, layers: list[str]) -> FieldNames:
+def field_names(
+    run_key: str, layers: list[str], task: str | None = "classification"
+) -> FieldNames:
+    """The fields of run ``run_key``; ``task="detection"`` adds
+    ``{run_key}_detections`` (``task`` None: a run stored before tasks)."""
     heatmaps = [heatmap_field(run_key, layer) for layer in layers]
     if len(set(heatmaps)) != len(heatmaps):
         raise ValueError(
@@ -182,4 +221,10 @@ def field_names(run_key: str, layers: list[str]) -> FieldNames:
         error=run_field(run_key, ERROR),
         seen=run_field(run_key, SEEN),
         instance=run_field(run_key, INSTANCE),
+        detections=detections_field(run_key) if task == "detection" else None,
+        detection_focus=(
+            [detection_focus_attribute(layer) for layer in layers]
+            if task == "detection"
+            else None
+        ),
     )

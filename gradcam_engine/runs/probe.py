@@ -19,6 +19,7 @@ import fiftyone.core.collections as foc
 import torch
 
 from ..engine.cam_engine import CamEngine
+from ..engine.detection import check_detector_output
 from ..engine.hooks import eval_mode
 from ..sources.images import ImageFiles
 
@@ -28,6 +29,11 @@ __all__ = ["probe_model"]
 # this many pending and as many first samples is taken as broken, not one
 # sample.
 _PROBES = 3
+_DETECTOR_HINT = (
+    " task='detection' needs a detector in torchvision's convention: in eval "
+    "mode model(list of CHW tensors) -> one dict per image with 'boxes', "
+    "'labels' and 'scores'."
+)
 
 
 def probe_model(
@@ -57,10 +63,13 @@ def probe_model(
         if error is not None:
             continue  # a bad file is that sample's error, not the model's
         try:
-            output = _forward(engine, tensor[None])
+            output = _forward(engine, tensor[None], task)
         except Exception as exc:  # maybe this one sample: probe the next
             first_fault = first_fault or (path, exc)
             continue
+        if task == "detection":  # no class count in a detector's output
+            check_detector_output(output, 1, f" on a probe sample ({path!r})")
+            return
         num_classes = _check_output(output, task, path)
         _check_classes(
             samples, num_classes, target, fixed_class, class_names, label_field, task
@@ -72,7 +81,7 @@ def probe_model(
             f"model raised on each of the first samples probed (the first, "
             f"{path!r}: {type(exc).__name__}: {exc}); nothing was registered. "
             "Check that the model runs on the output of the transforms (input "
-            "size, channels, device)."
+            "size, channels, device)." + (_DETECTOR_HINT if task == "detection" else "")
         ) from exc
 
 
@@ -88,9 +97,11 @@ def _candidates(samples, prediction_field: str) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def _forward(engine: CamEngine, x: torch.Tensor):
+def _forward(engine: CamEngine, x: torch.Tensor, task: str):
+    x = x.to(engine.device)
     with torch.no_grad(), eval_mode(engine.model):
-        return engine.model(x.to(engine.device))
+        # torchvision's detectors take a list of CHW images
+        return engine.model(list(x) if task == "detection" else x)
 
 
 def _check_output(output, task: str, path: str) -> int:

@@ -72,6 +72,9 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "eigen_smooth": False,
     "aug_smooth": False,
     "precision": "fp32",
+    # task="detection": confidence_thresh, max_detections, iou_threshold and
+    # map_size (runs/detections.py); None for the other tasks
+    "detection": None,
     # set at registration
     "fields": {},  # layer -> fo.Heatmap field
     "run_dir": None,  # disk storage: the PNGs' directory, owned
@@ -114,6 +117,7 @@ IDENTITY_KEYS = (
     "eigen_smooth",
     "aug_smooth",
     "precision",
+    "detection",
 )
 # Lists of what a run owns (besides ``run_dir``).
 OWNED_LISTS = ("owned_fields", "saved_views", "owned_paths", "brain_keys")

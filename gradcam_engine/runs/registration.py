@@ -93,7 +93,7 @@ def open_run(
                 f"run_key {run_key!r} is already used by a non-CAM run on "
                 f"{dataset.name!r}; pick another run_key"
             )
-        names = field_names(run_key, list(config["layers"]))
+        names = field_names(run_key, list(config["layers"]), config.get("task"))
         if overwrite:
             live.refuse_if_live(dataset, run_key, "overwrite")
             _remove_dead_replacements(dataset, run_key)
@@ -109,7 +109,7 @@ def open_run(
                 "pass overwrite=True to replace them"
             )
         temp = f"{run_key}_replacing_{uuid.uuid4().hex[:8]}"
-        names = field_names(temp, config["layers"])
+        names = field_names(temp, config["layers"], config.get("task"))
         return _held(dataset, _register(dataset, temp, run_key, config, names))
 
 
@@ -137,7 +137,9 @@ def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
         if final in cam_runs.list_cam_runs(dataset):
             cam_runs.delete_cam_run(dataset, final)  # with all it owned
             logger.warning("Replaced CAM run %r on %r", final, dataset.name)
-        new_names = field_names(final, opened.config["layers"]).owned
+        new_names = field_names(
+            final, opened.config["layers"], opened.config.get("task")
+        ).owned
         conflicts = ownership.find_conflicts(dataset, final, fields=new_names)
         ownership.remove_conflicts(dataset, conflicts)
         found = record.require_record(dataset, opened.run_key)
@@ -330,7 +332,25 @@ def _declare_fields(dataset: fo.Dataset, names: FieldNames) -> None:
     schema[names.error] = fo.StringField()
     schema[names.instance] = fo.StringField()
     schema[names.seen] = fo.EmbeddedDocumentField(fo.Detection)
+    if names.detections:  # task="detection"
+        schema[names.detections] = fo.EmbeddedDocumentField(fo.Detections)
     existing = dataset.get_field_schema()
+    missing = {k: v for k, v in schema.items() if k not in existing}
+    if missing:
+        dataset._merge_sample_field_schema(missing)
+    if names.detections:  # the detections' attributes, once their field exists
+        _declare_detection_attributes(dataset, names)
+
+
+def _declare_detection_attributes(dataset: fo.Dataset, names: FieldNames) -> None:
+    """Declare the explained detections' focus (float), ``error`` and ``gt_id``
+    (str) attributes, so that the App's sidebar filters them; their own maps
+    stay dynamic attributes (runs/detections.py)."""
+    parent = f"{names.detections}.detections"
+    schema = {f"{parent}.{attr}": fo.FloatField() for attr in names.detection_focus}
+    schema[f"{parent}.error"] = fo.StringField()
+    schema[f"{parent}.gt_id"] = fo.StringField()
+    existing = dataset.get_field_schema(flat=True)
     missing = {k: v for k, v in schema.items() if k not in existing}
     if missing:
         dataset._merge_sample_field_schema(missing)

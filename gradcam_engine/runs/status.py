@@ -48,7 +48,11 @@ def cam_run_status(samples: foc.SampleCollection, run_key: str) -> dict[str, Any
 def _counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
     total = exact_count(samples)
     # samples of this run instance only (not of a deleted run of the same key)
-    own = own_samples(samples, field_names(info.run_key, info.layers), info.instance)
+    own = own_samples(
+        samples,
+        field_names(info.run_key, info.layers, info.config.get("task")),
+        info.instance,
+    )
     done = own.count(info.prediction_field)
     errors = own.count(info.error_field)
     return {

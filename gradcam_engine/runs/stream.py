@@ -19,6 +19,7 @@ from torch import nn
 
 from ..sources.images import ImageFiles, collate
 from .batch_fields import BatchContext, batch_field_values, label_reader
+from .detections import detection_field_values
 from .outcome import CamRunSummary, exact_count
 from .plan import RunPlan as _RunPlan
 from .record import done_expression
@@ -88,10 +89,15 @@ def stream_run(plan: _RunPlan, samples, options: StreamOptions) -> CamRunSummary
             fou.ProgressBar(total=total, progress=options.progress)
         )
         context, labels = _batch_context(plan), _labels(plan)
+        field_values = (
+            detection_field_values
+            if plan.config["task"] == "detection"
+            else batch_field_values
+        )
         done = 0
         for batch in loader:
             batch_ids = ids[batch.indices[0] : batch.indices[-1] + 1]
-            values = batch_field_values(context, batch, batch_ids, labels)
+            values = field_values(context, batch, batch_ids, labels)
             _record(summary, values[names.error], batch_ids, retried)
             if plan.live is not None:  # deleted or renamed meanwhile: stop
                 plan.live.check()
