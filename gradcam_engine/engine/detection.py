@@ -36,6 +36,7 @@ from .detection_targets import (
 from .hooks import eval_mode, frozen_parameters, preserved_grads
 from .layers import default_layers, resolve_layers
 from .methods import get_method
+from .precision import to_uint8
 from .reshape import make_reshape
 
 __all__ = [
@@ -201,8 +202,13 @@ class DetectionCamEngine:
         return param.device if param is not None else torch.device("cpu")
 
     def compute(
-        self, x: torch.Tensor, targets: Sequence[list[BoxRequest] | None] | None = None
+        self,
+        x: torch.Tensor,
+        targets: Sequence[list[BoxRequest] | None] | None = None,
+        uint8: bool = False,
     ) -> DetectionCamResult:
+        """``uint8=True``: each detection's maps are encoded to uint8 (0..255)
+        after its focus is computed from the float maps (as ``CamEngine``)."""
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise TypeError("x must be a float tensor [B, C, H, W]")
         targets = [None] * x.shape[0] if targets is None else list(targets)
@@ -218,7 +224,13 @@ class DetectionCamEngine:
             preserved_grads(self.model),
             frozen_parameters(self.model),
         ):
-            return self._compute(x.clone() if x.is_inference() else x, targets)
+            result = self._compute(x.clone() if x.is_inference() else x, targets)
+        if uint8:
+            for rows in result.explained:
+                for e in rows:
+                    if e.maps is not None:
+                        e.maps = to_uint8(e.maps).cpu()
+        return result
 
     def _compute(self, x: torch.Tensor, targets: list) -> DetectionCamResult:
         input_hw = (int(x.shape[-2]), int(x.shape[-1]))

@@ -182,9 +182,7 @@ def detection_field_values(
         rows.append(i)
         targets[i] = target
     for group, x in _computable_groups(batch, rows):
-        for part, outcome in _isolate_faults(
-            ctx.engine, x, [targets[i] for i in group]
-        ):
+        for part, outcome in _isolate_faults(ctx, x, [targets[i] for i in group]):
             if isinstance(outcome, str):  # the model raised on this one sample
                 values[names.error][batch_ids[group[part[0]]]] = outcome
                 continue
