@@ -1,12 +1,18 @@
-"""The demo datasets: built from offline material, reused, rebuilt on request."""
+"""The demo datasets: built from offline material, reused, rebuilt on request;
+and the numbers README.md quotes are what the demo prints."""
 
+import inspect
 import os
 
 import fiftyone as fo
 import numpy as np
 import pytest
+from readme_claims import photo_claims, shortcut_claims
+from trained_models import trained
 
 from gradcam_engine.demo import datasets as dd
+from gradcam_engine.demo import main as demo
+from gradcam_engine.demo import shortcut_model as sm
 from gradcam_engine.demo.shortcut_data import CLASSES
 
 
@@ -94,3 +100,32 @@ def test_shortcut_models_are_cached(tmp_path):
             assert np.array_equal(v.numpy(), w.numpy()), k
     assert set(first.metrics) == {"shortcut", "control"}
     assert first.metrics["shortcut"]["n"] == 16
+
+
+def test_readme_quotes_the_demos_printout(capsys):
+    """The photos and planted-shortcut parts of ``make demo`` (the Clever-Hans
+    part: test_demo_clever_hans), and README.md's numbers against what they
+    print. The demo's models are the tests' cached ones: same recipe."""
+    epochs = inspect.signature(sm.train_classifier).parameters["epochs"].default
+    assert epochs == dd.SHORTCUT_EPOCHS  # else the cached models are others
+    root = dd.demo_dir() / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    for kind, split in (("shortcut", "train"), ("control", "control")):
+        model = trained("shortcut", dd.SHORTCUT_N_TRAIN, split, seed=0)
+        sm.save(
+            model,
+            dd.shortcut_model_path(root, kind, dd.SHORTCUT_N_TRAIN, epochs, 0, 64),
+        )
+    try:
+        demo.run_photos(fresh=True)
+        photos = capsys.readouterr().out
+        demo.run_shortcut(fresh=True)
+        shortcut = capsys.readouterr().out
+        assert "training" not in shortcut  # the cached models were used
+        print(photos, shortcut)
+        assert not photo_claims(photos), photo_claims(photos)
+        assert not shortcut_claims(shortcut), shortcut_claims(shortcut)
+    finally:
+        for name in (dd.PHOTOS_DATASET, dd.SHORTCUT_DATASET):
+            if fo.dataset_exists(name):
+                fo.delete_dataset(name)

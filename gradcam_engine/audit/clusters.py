@@ -132,7 +132,15 @@ def cluster_cams(
         runs.set_run_entries(
             runs.root_dataset(samples),
             run_key,
-            {f"clusters.{f}": {"by": by, "clusters": c} for f, c in summary.items()},
+            {
+                f"clusters.{f}": {
+                    "by": by,
+                    "clusters": c,
+                    # the Embeddings panel's key, for the App's help text
+                    "brain_key": brain_keys[f] if visualization else None,
+                }
+                for f, c in summary.items()
+            },
         )
         return {
             "fields": list(out),

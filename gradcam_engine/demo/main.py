@@ -180,7 +180,7 @@ def run_shortcut(fresh: bool = False) -> fo.Dataset:
         f"  {'model':<10}{'accuracy':>10}{'agree':>8}{'disagree':>10}"
         f"{'focus':>8}{'agree':>8}{'disagree':>10}"
     )
-    focus_by = {}
+    focus_by, low = {}, {}
     for run_key, kind in SHORTCUT_RUNS.items():
         m = models.metrics[kind]
         focus, agrees = dataset.values(
@@ -201,6 +201,11 @@ def run_shortcut(fresh: bool = False) -> fo.Dataset:
                 for x, w in zip(focus_by[kind], (8, 8, 10), strict=True)
             )
         )
+        low[kind] = float(np.mean(focus[~np.isnan(focus)] < LOW_FOCUS))
+    _say(
+        f"  focus < {LOW_FOCUS}: {low['shortcut']:.0%} of the shortcut model's "
+        f"samples, {low['control']:.0%} of the control model's"
+    )
 
     run_key, field = "shortcut_gradcam", heatmap_field("shortcut_gradcam", layer)
     report = class_report(dataset, run_key, layer, label_field="ground_truth")
