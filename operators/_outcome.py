@@ -6,12 +6,13 @@ dialog) or a confirmation with counts, and the run's look in the open session
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import fiftyone.operators.types as types
 
-from gradcam_engine.engine.errors import app_message
+from gradcam_engine.engine.errors import AdvisedError, app_message
 
 from ._forms import run_with_progress, uri
 
@@ -51,6 +52,17 @@ def run_and_report(
         yield from show_run_look(ctx)
         yield ctx.ops.notify(f"{title}: {confirm(result)}", variant="success")
     return result
+
+
+@contextlib.contextmanager
+def app_advice() -> Iterator[None]:
+    """``with app_advice():`` in an operator whose exceptions the App shows
+    itself (not a generator): an ``AdvisedError`` goes on with the App's
+    advice in its message (``app_message``), chained to the original."""
+    try:
+        yield
+    except AdvisedError as exc:
+        raise AdvisedError(exc.problem, exc.app_advice, exc.app_advice) from exc
 
 
 def failure_view(title: str, exc: Exception) -> types.Property:

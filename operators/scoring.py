@@ -133,8 +133,8 @@ class CamClassReport(foo.Operator):
         return types.Property(inputs, view=types.View(label="CAM class report"))
 
     def execute(self, ctx):
-        with warnings.catch_warnings():  # the note is shown in the dialog
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), _outcome.app_advice():
+            warnings.simplefilter("ignore", UserWarning)  # the dialog shows it
             frame = ge.class_report(
                 ctx.target_view(),
                 ctx.params["run_key"],

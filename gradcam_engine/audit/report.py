@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from fiftyone import ViewField as F
 
+from ..engine.errors import AdvisedError
 from ..runs import cam_runs as runs
 from ..runs.naming import BG_DROP, BG_FLIP, cluster_field, run_field
 from ..runs.ownership import claim
@@ -66,9 +67,10 @@ def _focus_field(
     if field not in samples.get_field_schema():
         if not required:
             return None
-        raise ValueError(
-            f"No focus scores {field!r} for run {info.run_key!r}: run "
-            f"score_cams(samples, {info.run_key!r}, gt_field=...) first"
+        raise AdvisedError(
+            f"No focus scores {field!r} for run {info.run_key!r}:",
+            python=f"run score_cams(samples, {info.run_key!r}, gt_field=...) first",
+            app="run 'Score CAMs' on this run first",
         )
     return field
 
@@ -103,9 +105,13 @@ def class_rows(
     if label_field is None:
         target = info.target_field
         if target not in schema:
-            raise ValueError(
-                f"Run {info.run_key!r} has no target field {target!r}: pass "
-                "label_field (a Classification or Detections field) to group by"
+            raise AdvisedError(
+                f"Run {info.run_key!r} has no target field {target!r}:",
+                python=(
+                    "pass label_field (a Classification or Detections field) "
+                    "to group by"
+                ),
+                app="pick a 'Class field' to group by",
             )
         paths.append(f"{target}.label")
     else:
