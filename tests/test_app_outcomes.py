@@ -321,6 +321,7 @@ def test_progress_ends_on_the_last_count_and_lists_every_field(photos17):
         progress = [n for n in _notes(result, "info") if n.startswith("Computing")]
         assert progress and progress[-1] == f"Computing CAMs: {len(PHOTOS)}/17"
         (shown,) = [p for op, p in _messages(result) if op.endswith("show_output")]
+        assert "Most common errors" not in str(shown["outputs"])  # none here
         written = set(shown["results"]["fields"])
         assert "fields_seen" in written and "fields_block_focus" in written
         assert written == promised, written ^ promised
