@@ -19,6 +19,7 @@ from PIL import Image
 from skimage import data as skdata
 
 import gradcam_engine as ge
+from gradcam_engine.audit.report import format_report
 from gradcam_engine.runs import app_look
 
 PLUGIN = "@cam-audit/cam-audit"
@@ -359,7 +360,7 @@ def test_class_report_says_when_labels_are_not_the_models_classes(photos17):
         assert all(row["accuracy"] is None for row in report["rows"]), report
         with pytest.warns(UserWarning, match="not among the model's class names"):
             frame = ge.class_report(photos17, RUN, "block", label_field="kind")
-        assert "not among" in ge.format_report(frame)
+        assert "not among" in format_report(frame)
         # the model's own class names: accuracy measured, nothing said
         fine = foo_call(photos17, "cam_class_report", label_field="label")
         assert fine["note"] is None
