@@ -158,6 +158,16 @@ def pytest_runtest_call(item):
     return result
 
 
+def pytest_sessionfinish(session):
+    """Every console error the browser tests saw, and which were known noise
+    (artifacts/console_errors.txt), when there were any."""
+    if SESSION_ERRORS.seen:
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "console_errors.txt").write_text(
+            "".join(f"[{e.known() or 'ours'}] {e}\n" for e in SESSION_ERRORS.seen)
+        )
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch and one BLAS thread for a module: on 2 cores shared with other
