@@ -175,58 +175,8 @@ def run_shortcut(fresh: bool = False) -> fo.Dataset:
     """Build/reuse ``cam-audit-shortcut``; audit the shortcut and control models."""
     _say("== cam-audit-shortcut: planted shortcut (background predicts the class) ==")
     dataset = dd.build_shortcut_dataset(fresh=fresh)
-    models = dd.shortcut_models(log=lambda m: _say("  " + m))
-    demo_sources.register()  # also without the installed entry point (a checkout)
-    for run_key, kind in SHORTCUT_RUNS.items():
-        # by model source name, recorded on the run: the App can rerun it
-        _compute(
-            dataset,
-            f"demo-{kind}-cnn",
-            run_key,
-            method="gradcam",
-            layers=SHORTCUT_LAYERS,
-            num_workers=0,
-            batch_size=64,
-        )
-        score_cams(dataset, run_key, "objects")
-
+    print_shortcut_table(dataset, compute_shortcut_runs(dataset))
     layer = SHORTCUT_LAYERS[0]
-    _say(
-        "\nAccuracy on the test split (background agrees / disagrees with the "
-        "class's training background), mean focus on the object box "
-        f"(layer {layer}):"
-    )
-    _say(
-        f"  {'model':<10}{'accuracy':>10}{'agree':>8}{'disagree':>10}"
-        f"{'focus':>8}{'agree':>8}{'disagree':>10}"
-    )
-    focus_by, low = {}, {}
-    for run_key, kind in SHORTCUT_RUNS.items():
-        m = models.metrics[kind]
-        focus, agrees = dataset.values(
-            [heatmap_field(run_key, layer) + "_focus", "agrees"]
-        )
-        focus = np.array([np.nan if f is None else f for f in focus], dtype=float)
-        agrees = np.array(agrees, dtype=bool)
-        focus_by[kind] = (
-            np.nanmean(focus),
-            np.nanmean(focus[agrees]),
-            np.nanmean(focus[~agrees]),
-        )
-        _say(
-            f"  {kind:<10}{m['accuracy']:>10.3f}{m['accuracy_agree']:>8.3f}"
-            f"{m['accuracy_disagree']:>10.3f}"
-            + "".join(
-                f"{_fmt(x, '.3f'):>{w}}"
-                for x, w in zip(focus_by[kind], (8, 8, 10), strict=True)
-            )
-        )
-        low[kind] = float(np.mean(focus[~np.isnan(focus)] < LOW_FOCUS))
-    _say(
-        f"  focus < {LOW_FOCUS}: {low['shortcut']:.0%} of the shortcut model's "
-        f"samples, {low['control']:.0%} of the control model's"
-    )
-
     run_key, field = "shortcut_gradcam", heatmap_field("shortcut_gradcam", layer)
     report = class_report(dataset, run_key, layer, label_field="ground_truth")
     _say("\n" + format_report(report))
@@ -275,6 +225,67 @@ def run_shortcut(fresh: bool = False) -> fo.Dataset:
         _say(f"HTML review report: {path}")
     _say()
     return dataset
+
+
+def compute_shortcut_runs(dataset: fo.Dataset) -> dd.ShortcutModels:
+    """The shortcut and control models (trained once, cached), their GradCAM
+    runs on ``dataset``, scored against the object boxes."""
+    models = dd.shortcut_models(log=lambda m: _say("  " + m))
+    demo_sources.register()  # also without the installed entry point (a checkout)
+    for run_key, kind in SHORTCUT_RUNS.items():
+        # by model source name, recorded on the run: the App can rerun it
+        _compute(
+            dataset,
+            f"demo-{kind}-cnn",
+            run_key,
+            method="gradcam",
+            layers=SHORTCUT_LAYERS,
+            num_workers=0,
+            batch_size=64,
+        )
+        score_cams(dataset, run_key, "objects")
+    return models
+
+
+def print_shortcut_table(dataset: fo.Dataset, models: dd.ShortcutModels) -> None:
+    """Accuracy and mean focus per model, and the low-focus shares (README.md
+    quotes this table)."""
+    layer = SHORTCUT_LAYERS[0]
+    _say(
+        "\nAccuracy on the test split (background agrees / disagrees with the "
+        "class's training background), mean focus on the object box "
+        f"(layer {layer}):"
+    )
+    _say(
+        f"  {'model':<10}{'accuracy':>10}{'agree':>8}{'disagree':>10}"
+        f"{'focus':>8}{'agree':>8}{'disagree':>10}"
+    )
+    focus_by, low = {}, {}
+    for run_key, kind in SHORTCUT_RUNS.items():
+        m = models.metrics[kind]
+        focus, agrees = dataset.values(
+            [heatmap_field(run_key, layer) + "_focus", "agrees"]
+        )
+        focus = np.array([np.nan if f is None else f for f in focus], dtype=float)
+        agrees = np.array(agrees, dtype=bool)
+        focus_by[kind] = (
+            np.nanmean(focus),
+            np.nanmean(focus[agrees]),
+            np.nanmean(focus[~agrees]),
+        )
+        _say(
+            f"  {kind:<10}{m['accuracy']:>10.3f}{m['accuracy_agree']:>8.3f}"
+            f"{m['accuracy_disagree']:>10.3f}"
+            + "".join(
+                f"{_fmt(x, '.3f'):>{w}}"
+                for x, w in zip(focus_by[kind], (8, 8, 10), strict=True)
+            )
+        )
+        low[kind] = float(np.mean(focus[~np.isnan(focus)] < LOW_FOCUS))
+    _say(
+        f"  focus < {LOW_FOCUS}: {low['shortcut']:.0%} of the shortcut model's "
+        f"samples, {low['control']:.0%} of the control model's"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
