@@ -358,6 +358,8 @@ def test_class_report_says_when_labels_are_not_the_models_classes(photos17):
         assert "not among the model's class names" in report["note"], report
         assert "'feline'" in report["note"]
         assert all(row["accuracy"] is None for row in report["rows"]), report
+        dialog = _report_dialog(photos17, report)
+        assert "note" in dialog.type.properties  # the dialog says it too
         with pytest.warns(UserWarning, match="not among the model's class names"):
             frame = ge.class_report(photos17, RUN, "block", label_field="kind")
         assert "not among" in format_report(frame)
@@ -410,3 +412,20 @@ def test_the_panel_says_why_samples_have_no_score(tmp_root):
         assert review_data.unscored(ds.exists("why_block_focus"), src, None) == ""
     finally:
         ds.delete()
+
+
+def _report_dialog(ds, results: dict):
+    """The class report's dialog (resolve_output) for ``results``."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=ds.name,
+            view=ds.view()._serialize(),
+            params={"run_key": RUN},
+            results=results,
+        ),
+        operator_uri=uri("cam_class_report"),
+    )
+    return foo.get_operator(uri("cam_class_report")).resolve_type(ctx, "outputs")
