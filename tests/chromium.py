@@ -31,11 +31,11 @@ NOT_OURS: dict[str, re.Pattern] = {
     # reuses it when a tile or the sample view is redrawn meanwhile
     # (docs/ARCHITECTURE.md, "Freezes"; reproduced without the plugin's code).
     "looker-detached": re.compile(
-        r"TypeError: Cannot perform Construct on a detached ArrayBuffer"
+        r"(TypeError: )?Cannot perform Construct on a detached ArrayBuffer"
     ),
     "looker-clone": re.compile(
-        r"DataCloneError: Failed to execute 'postMessage' on 'Worker': "
-        r"ArrayBuffer at index \d+ is already detached\."
+        r"DataCloneError: (Failed to execute 'postMessage' on 'Worker': )?"
+        r"An (ArrayBuffer|ImageBitmap) is detached and could not be cloned\."
     ),
 }
 # A resource outside this machine (the App's fonts, Chromium's own fetches)

@@ -18,6 +18,8 @@ def test_console_errors_are_caught_and_only_known_noise_is_let_through(browser):
         for thrown in (
             "new Error('entry is loading')",
             "new TypeError('Cannot perform Construct on a detached ArrayBuffer')",
+            "new DOMException('An ArrayBuffer is detached and could not be "
+            "cloned.', 'DataCloneError')",
             "new TypeError('undefined is not a function')",
         ):
             page.evaluate(f"setTimeout(() => {{ throw {thrown} }}, 0)")
@@ -25,7 +27,7 @@ def test_console_errors_are_caught_and_only_known_noise_is_let_through(browser):
         page.wait_for_timeout(500)
     finally:
         context.close()
-    assert len(errors.seen) == 4, [str(e) for e in errors.seen]
+    assert len(errors.seen) == 5, [str(e) for e in errors.seen]
     assert [str(e) for e in errors.ours()] == [
         "console: cam-audit: the panel failed",
         "pageerror: TypeError: undefined is not a function",
