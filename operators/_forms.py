@@ -322,16 +322,21 @@ def run_with_progress(
 
     thread = threading.Thread(target=worker, name=f"cam-audit {label}", daemon=True)
     thread.start()
-    last = None
+    last, latest, shown = None, None, None
     while True:
         item = updates.get()
         if item is _DONE:
             break
+        latest = item
         now = time.monotonic()
         if last is not None and now - last < NOTIFY_EVERY:
             continue  # only the latest update matters
-        last = now
+        last, shown = now, item
         yield ctx.ops.notify(_progress_message(label, *item)[1])
+    if latest is not None and latest != shown:
+        # the last count, not one skipped before it ("16/17" stayed on
+        # screen after the run had finished)
+        yield ctx.ops.notify(_progress_message(label, *latest)[1])
     thread.join()
     if "error" in outcome:
         raise outcome["error"]

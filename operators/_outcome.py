@@ -6,10 +6,13 @@ dialog) or a confirmation with counts, and the run's look in the open session
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import fiftyone.operators.types as types
+
+from gradcam_engine.engine.errors import AdvisedError, app_message
 
 from ._forms import run_with_progress, uri
 
@@ -41,7 +44,8 @@ def run_and_report(
         result = yield from run_with_progress(ctx, label, fn)
     except Exception as exc:
         if not ctx.delegated:
-            yield ctx.ops.notify(f"{title} failed: {exc}", variant="error")
+            message = app_message(exc)  # the App's advice (form fields), not Python's
+            yield ctx.ops.notify(f"{title} failed: {message}", variant="error")
             yield ctx.ops.show_output(failure_view(title, exc).to_json(), {})
         raise
     if not ctx.delegated:
@@ -50,10 +54,24 @@ def run_and_report(
     return result
 
 
+@contextlib.contextmanager
+def app_advice() -> Iterator[None]:
+    """``with app_advice():`` in an operator whose exceptions the App shows
+    itself (not a generator): an ``AdvisedError`` goes on with the App's
+    advice in its message (``app_message``), chained to the original."""
+    try:
+        yield
+    except AdvisedError as exc:
+        raise AdvisedError(exc.problem, exc.app_advice, exc.app_advice) from exc
+
+
 def failure_view(title: str, exc: Exception) -> types.Property:
-    """The error dialog of a failed operator: its title and the cause."""
+    """The error dialog of a failed operator: its title and the cause, with
+    the App's advice (``app_message``)."""
     outputs = types.Object()
-    outputs.view("failed", types.Error(label=f"{title} failed", description=str(exc)))
+    outputs.view(
+        "failed", types.Error(label=f"{title} failed", description=app_message(exc))
+    )
     return types.Property(outputs, view=types.View(label=title))
 
 

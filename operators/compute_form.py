@@ -12,7 +12,7 @@ import fiftyone.operators.types as types
 
 import gradcam_engine as ge
 from gradcam_engine.runs import cam_runs as runs
-from gradcam_engine.runs import trust
+from gradcam_engine.runs import naming, trust
 
 from . import _forms
 
@@ -128,7 +128,10 @@ def model_inputs(ctx, inputs: types.Object) -> None:
             "list_layers",
             default=False,
             label="Suggest this model's layers",
-            description="Loads the registered model once to list its conv blocks",
+            description=(
+                "Loads the registered model once to list its conv blocks and "
+                "name its default layer"
+            ),
         )
     if listable and ctx.params.get("list_layers"):
         try:
@@ -139,10 +142,20 @@ def model_inputs(ctx, inputs: types.Object) -> None:
                 types.Error(label=f"Cannot load {spec!r}", description=str(exc)),
             )
             suggested, defaults = [], []
-        for name in suggested:
-            layer_view.add_choice(name, label=name)
-        layer_view.description = f"Default: {', '.join(defaults)}"
+        for name in [*defaults, *(x for x in suggested if x not in defaults)]:
+            default = " (default)" if name in defaults else ""
+            layer_view.add_choice(name, label=f"{name}{default}")
+        if defaults:
+            layer_view.description = f"Empty: the default, {', '.join(defaults)}"
     inputs.list("layers", types.String(), default=None, view=layer_view)
+    if listable and ctx.params.get("list_layers") and defaults:
+        inputs.view(
+            "default_layers",
+            types.Notice(
+                label=f"Default layer of {spec}: {', '.join(defaults)}",
+                description="Used when 'Layers' is left empty",
+            ),
+        )
 
 
 def run_key_inputs(ctx, inputs: types.Object) -> str | None:
@@ -279,26 +292,36 @@ def score_inputs(ctx, inputs: types.Object) -> None:
 
 
 def fields_notice(ctx, inputs: types.Object, run_key: str | None) -> None:
-    """Say which fields the run will write."""
+    """Say which fields the run will write: the names ``compute_cams`` and
+    ``score_cams`` make (``runs.naming``), so that the notice lists exactly
+    what "Fields written" will."""
     if not run_key:
         return
-    layers = ctx.params.get("layers") or ["<default layer>"]
+    layers = ctx.params.get("layers") or []
     try:
-        heatmaps = [
-            ge.heatmap_field(run_key, x) if x[0] != "<" else f"{run_key}_<layer>"
-            for x in layers
-        ]
+        heatmaps = [ge.heatmap_field(run_key, x) for x in layers]
     except ValueError as exc:  # e.g. a layer name past the length cap
         prop = inputs.view("writes", types.Error(label="Layers", description=str(exc)))
         prop.invalid = True
         return
+    shown = heatmaps or [f"{run_key}_<default layer>"]
     names = [
-        *heatmaps,
-        *(f"{h}_strength" for h in heatmaps),
-        *(f"{run_key}_{s}" for s in ("target", "prediction", "error")),
+        *shown,
+        *(naming.strength_field(h) for h in shown),
+        *naming.field_names(run_key, []).owned,
     ]
     if ctx.params.get("score"):
-        names += [f"{h}_focus" for h in heatmaps]
+        names += [
+            name
+            for h in shown
+            for name in (
+                naming.spread_field(h),
+                naming.focus_field(h),
+                naming.hit_field(h),
+            )
+        ]
+        if len(heatmaps) >= 2:
+            names.append(naming.run_field(run_key, naming.LAYER_AGREEMENT))
     inputs.view(
         "writes",
         types.Notice(

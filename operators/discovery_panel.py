@@ -11,6 +11,7 @@ import fiftyone.operators.types as types
 from fiftyone import ViewField as VF
 
 from gradcam_engine.runs import cam_runs as runs
+from gradcam_engine.runs.naming import clusters_brain_key
 
 
 def fields(dataset, src: dict) -> dict[str, str]:
@@ -72,15 +73,30 @@ def flip_view(ctx, src: dict):
     return ctx.view.match(VF(f"{src['run_key']}_bg_flip") == True)  # noqa: E712
 
 
+def cluster_help(ctx, src: dict) -> str:
+    """The section's help with the names this run really has: its cluster
+    field and, when ``cluster_cams`` made one, the Embeddings panel's brain
+    key (never a placeholder)."""
+    found = fields(ctx.dataset, src)
+    if "cluster" not in found:
+        return ""
+    info = runs.get_cam_run(ctx.dataset, src["run_key"])
+    stored = (info.config.get("clusters") or {}).get(src["heatmap"]) or {}
+    key = stored.get("brain_key", clusters_brain_key(src["heatmap"]))
+    if key and key in ctx.dataset.list_brain_runs():
+        return (
+            "One strategy per cluster; plot them in the Embeddings panel (brain "
+            f"key `{key}`, colour by `{found['cluster']}`)."
+        )
+    return f"One strategy per cluster (field `{found['cluster']}`)."
+
+
 def render(panel: types.Object, state, on_click_cluster, show_flips) -> None:
     """Adds the section when the chosen source has clusters or flips."""
     if not state.clusters and not state.has_flips:
         return
-    heatmap = state.heatmap or "<heatmap field>"
     panel.md(
-        "#### Heatmap clusters (no boxes needed)\nOne strategy per cluster; plot "
-        f"them in the Embeddings panel (brain key `{heatmap}_clusters`, "
-        f"colour by `{heatmap}_cluster`).",
+        "#### Heatmap clusters (no boxes needed)\n" + (state.cluster_help or ""),
         name="clusters_title",
     )
     if state.clusters:

@@ -15,6 +15,7 @@ from fiftyone import ViewField as F
 
 from gradcam_engine.audit.sanity_line import sanity_line
 from gradcam_engine.runs import cam_runs as runs
+from gradcam_engine.runs import naming
 from gradcam_engine.runs.naming import detections_field
 
 ALL_CLASSES = "(all classes)"
@@ -89,12 +90,61 @@ def class_path(src: dict) -> str | None:
     return f"{field}.label" if field else None
 
 
-def ranked_view(view, src: dict, klass: str | None):
-    view = view.exists(src["focus"])
+def class_view(view, src: dict, klass: str | None):
+    """``view`` narrowed to the samples of ``klass`` (all of them without)."""
     path = class_path(src)
     if klass and klass != ALL_CLASSES and path:
         view = view.match(F(path) == klass)
-    return view.sort_by(src["focus"])
+    return view
+
+
+def ranked_view(view, src: dict, klass: str | None):
+    return class_view(view, src, klass).exists(src["focus"]).sort_by(src["focus"])
+
+
+def unscored(view, src: dict, klass: str | None) -> str:
+    """Why samples of the view have no focus score, with counts ("" when all
+    have one): failed (the run's error field), no map (not computed), an
+    all-zero map (strength 0: nothing supports the explained class), no
+    objects to score against, or not scored yet (computed after scoring)."""
+    missing = class_view(view, src, klass).exists(src["focus"], False)
+    total = missing.count()
+    if not total:
+        return ""
+    error = naming.run_field(src["run_key"], naming.ERROR)
+    strength = naming.strength_field(src["heatmap"])
+    failed = missing.exists(error)
+    mapped = missing.exists(error, False).exists(strength)
+    zero = mapped.match(F(strength) == 0)
+    rest = mapped.match(F(strength) != 0)
+    reasons = [
+        (failed.count(), f"failed (their `{error}` says why)"),
+        (missing.exists(error, False).exists(strength, False).count(), "no map"),
+        (zero.count(), "an all-zero map (nothing supports the explained class)"),
+    ]
+    boxes = src.get("boxes")
+    if boxes:
+        empty = (F(boxes) == None) | (  # noqa: E711
+            F(f"{boxes}.detections").length() == 0
+        )
+        none = rest.match(empty).count() if _is_detections(view, boxes) else 0
+        reasons.append((none, f"no objects in `{boxes}` to score against"))
+        reasons.append(
+            (
+                rest.count() - none,
+                "no objects of the scored classes, or computed after the last "
+                "scoring (Score CAMs again)",
+            )
+        )
+    else:
+        reasons.append((rest.count(), "not scored against objects"))
+    parts = [f"{n} {text}" for n, text in reasons if n]
+    return f"{total} without a score: " + "; ".join(parts)
+
+
+def _is_detections(view, field: str) -> bool:
+    kind = view.get_field(field)
+    return getattr(kind, "document_type", None) is fo.Detections
 
 
 def ranking(view, src: dict, klass: str | None) -> dict:

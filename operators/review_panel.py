@@ -210,6 +210,9 @@ class CamReviewPanel(foo.Panel):
             if values["total"]
             else f"**{src['run_key']}** / `{src['layer']}`: no scored samples"
         ) + (f"; sanity check {src['sanity']}" if src.get("sanity") else "")
+        missing = data.unscored(ctx.view, src, state.klass)
+        if missing:  # say why, rather than leave samples out silently
+            state.summary += f"\n\n{missing}"
         state.ranked_ids = ids
         state.rank_tick = max(1, math.ceil(len(ids) / 10))
         state.table = data.table_rows(values)
@@ -221,6 +224,7 @@ class CamReviewPanel(foo.Panel):
         ctx.panel.data.set(_chart("ranking", rev), data.ranking_chart(values))
         state.heatmap = src["heatmap"]
         state.clusters = discovery.cluster_rows(ctx, src)
+        state.cluster_help = discovery.cluster_help(ctx, src)
         state.has_flips = "flip" in discovery.fields(ctx.dataset, src)
         order, means, counts = data.per_class(ctx.view, src)
         state.classes = order

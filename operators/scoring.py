@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -132,22 +133,28 @@ class CamClassReport(foo.Operator):
         return types.Property(inputs, view=types.View(label="CAM class report"))
 
     def execute(self, ctx):
-        frame = ge.class_report(
-            ctx.target_view(),
-            ctx.params["run_key"],
-            layer=ctx.params.get("layer"),
-            label_field=ctx.params.get("label_field"),
-        )
+        with warnings.catch_warnings(), _outcome.app_advice():
+            warnings.simplefilter("ignore", UserWarning)  # the dialog shows it
+            frame = ge.class_report(
+                ctx.target_view(),
+                ctx.params["run_key"],
+                layer=ctx.params.get("layer"),
+                label_field=ctx.params.get("label_field"),
+            )
+        note = frame.attrs.get("note")
         frame = frame.reset_index()
         frame.columns = [str(c) for c in frame.columns]
         rows = [
             {k: _jsonable(v) for k, v in row.items()}
             for row in frame.to_dict(orient="records")
         ]
-        return {"columns": list(frame.columns), "rows": rows}
+        return {"columns": list(frame.columns), "rows": rows, "note": note}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
+        note = (ctx.results or {}).get("note")
+        if note:  # e.g. the labels are not the model's classes: no accuracy
+            outputs.view("note", types.Warning(label="Accuracy", description=note))
         columns = (ctx.results or {}).get("columns") or []
         table = types.TableView()
         for column in columns:

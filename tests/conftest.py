@@ -13,7 +13,7 @@ import tempfile
 import time
 
 import pytest
-from chromium import CHROMIUM, CHROMIUM_ARGS
+from chromium import CHROMIUM, CHROMIUM_ARGS, SESSION_ERRORS, WatchedBrowser
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # bundled images (both.png: the GradCAM lesson photo), package data of the demo
@@ -127,9 +127,45 @@ def browser():
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield b
+            # every page's console errors go to SESSION_ERRORS (checked per test)
+            yield WatchedBrowser(b, SESSION_ERRORS)
         finally:
             b.close()
+
+
+_ERRORS_BEFORE = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[_ERRORS_BEFORE] = len(SESSION_ERRORS.seen)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test fails on any console or page error of a browser page during its
+    setup or run that is not known noise (chromium.NOT_OURS): none may come
+    from the plugin (js/, its panel or its operators)."""
+    result = yield
+    ours = SESSION_ERRORS.ours(item.stash.get(_ERRORS_BEFORE, 0))
+    if ours:
+        pytest.fail(
+            "console errors in the browser (not FiftyOne's known noise, see "
+            "tests/chromium.py):\n" + "\n".join(map(str, ours)),
+            pytrace=False,
+        )
+    return result
+
+
+def pytest_sessionfinish(session):
+    """Every console error the browser tests saw, and which were known noise
+    (artifacts/console_errors.txt), when there were any."""
+    if SESSION_ERRORS.seen:
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "console_errors.txt").write_text(
+            "".join(f"[{e.known() or 'ours'}] {e}\n" for e in SESSION_ERRORS.seen)
+        )
 
 
 @pytest.fixture(scope="module")

@@ -192,6 +192,9 @@ def test_compute_form_shows_why_a_run_cannot_work(page, artifacts_dir, scored_da
     finally:
         _shot(page, artifacts_dir, "form_executed")
     _shot(page, artifacts_dir, "form_error")
+    # what to do in the App (the form's fields), not Python's classes=[...]
+    shown = page.locator("body").inner_text()
+    assert "'Label field'" in shown and "classes=[" not in shown, shown[-2000:]
     assert "gradcam" not in scored_dataset.list_runs()
     assert "gradcam_label" not in scored_dataset.get_field_schema()
 

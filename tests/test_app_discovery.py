@@ -55,7 +55,12 @@ def test_panel_lists_clusters_and_filters_to_one(hans_app, browser, artifacts_di
     clusters = sorted(set(ds.values("hans_block4_cluster")))
     row = page.locator("tr", has_text=clusters[0]).first
     row.wait_for(timeout=30_000)
-    row.scroll_into_view_if_needed()
+    for _ in range(5):  # the panel may render its table again meanwhile
+        try:
+            row.scroll_into_view_if_needed(timeout=10_000)
+            break
+        except Exception:
+            time.sleep(1)
     time.sleep(2)
     page.screenshot(path=str(artifacts_dir / "app_clusters.png"))
     row.get_by_text(clusters[0], exact=True).click()

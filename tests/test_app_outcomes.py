@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import re
 
 import fiftyone as fo
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 from skimage import data as skdata
 
 import gradcam_engine as ge
+from gradcam_engine.audit.report import format_report
 from gradcam_engine.runs import app_look
 
 PLUGIN = "@cam-audit/cam-audit"
@@ -78,7 +80,7 @@ def photos17(tmp_root):
     ds.delete()
 
 
-def _run(ds, name: str, **params):
+def _run(ds, name: str, run_key: str = RUN, **params):
     """``foo.execute_operator`` without raising: the result keeps the executor,
     i.e. what the operator asked the App to show, also when it failed."""
     from fiftyone.operators.executor import (
@@ -86,7 +88,9 @@ def _run(ds, name: str, **params):
         execute_or_delegate_operator,
     )
 
-    request = _parse_ctx(ctx=dict(view=ds.view(), params=dict(run_key=RUN, **params)))
+    request = _parse_ctx(
+        ctx=dict(view=ds.view(), params=dict(run_key=run_key, **params))
+    )
     return asyncio.run(execute_or_delegate_operator(uri(name), request, exhaust=True))
 
 
@@ -269,3 +273,159 @@ def foo_call(ds, name: str, **params):
     result = _run(ds, name, **params)
     assert result.error is None, result.error
     return result.result
+
+
+# ---------------------------------------------------------------- dialog details
+
+
+def test_app_errors_say_what_to_do_in_the_app(photos17):
+    """The same refusal: Python advice for Python callers, the form's field
+    for the App."""
+    app = {"model": "plugin-test-model", "run_key": "advice"}
+    cases = [
+        (dict(target="class", target_class="no-such-class"), "'Class'", "classes=["),
+        (dict(layers=["nope"]), "Suggest this model's layers", "layer_names(model)"),
+    ]
+    for params, app_advice, python_advice in cases:
+        result = _run(photos17, "compute_cams", **app, **params)
+        assert result.error is not None
+        (error,) = _notes(result, "error")
+        assert app_advice in error and python_advice not in error, error
+        dialog = [p for op, p in _messages(result) if op.endswith("show_output")]
+        assert app_advice in str(dialog) and python_advice not in str(dialog)
+        kwargs = dict(params)
+        if "target_class" in kwargs:
+            kwargs = {"target": kwargs["target_class"]}
+        with pytest.raises(ValueError, match=re.escape(python_advice)):
+            ge.compute_cams(photos17, MODEL, run_key="advice", progress=False, **kwargs)
+    assert "advice" not in photos17.list_runs()
+
+
+def test_progress_ends_on_the_last_count_and_lists_every_field(photos17):
+    """The last progress notice is the final count; "Fields written" holds
+    what the form said the run would write, score fields included."""
+    from test_operators import resolve_form
+
+    params = dict(
+        model="plugin-test-model",
+        layers=["block", "stem"],
+        batch_size=2,
+        score=True,
+        gt_field="ground_truth",
+    )
+    form = resolve_form("compute_cams", photos17, dict(params, run_key="fields"))
+    notice = form.type.properties["writes"].view.description
+    promised = set(re.findall(r"`([^`]+)`", notice))
+    result = _run(photos17, "compute_cams", run_key="fields", **params)
+    try:
+        assert result.error is None, result.error
+        progress = [n for n in _notes(result, "info") if n.startswith("Computing")]
+        assert progress and progress[-1] == f"Computing CAMs: {len(PHOTOS)}/17"
+        (shown,) = [p for op, p in _messages(result) if op.endswith("show_output")]
+        assert "Most common errors" not in str(shown["outputs"])  # none here
+        written = set(shown["results"]["fields"])
+        assert "fields_seen" in written and "fields_block_focus" in written
+        assert written == promised, written ^ promised
+    finally:
+        photos17.delete_run("fields")
+
+
+def test_suggest_layers_names_the_default_layer(photos17):
+    from test_operators import resolve_form
+
+    form = resolve_form(
+        "compute_cams",
+        photos17,
+        {"model": "plugin-test-model", "list_layers": True, "run_key": "x"},
+    )
+    notice = form.type.properties["default_layers"].view
+    assert notice.label == "Default layer of plugin-test-model: block", notice.label
+    choices = form.type.properties["layers"].view.choices
+    labels = {c.value: c.label for c in choices}
+    assert labels["block"] == "block (default)" and labels["stem"] == "stem"
+
+
+def test_class_report_says_when_labels_are_not_the_models_classes(photos17):
+    if "look_block_focus" not in photos17.get_field_schema():  # run alone (-k)
+        ge.score_cams(photos17, RUN, gt_field="ground_truth")
+    other = {"cat": "feline", "coffee": "drink", "rocket": "spacecraft"}
+    photos17.set_values(
+        "kind",
+        [fo.Classification(label=other[c.label]) for c in photos17.values("label")],
+    )
+    try:
+        report = foo_call(photos17, "cam_class_report", label_field="kind")
+        assert "not among the model's class names" in report["note"], report
+        assert "'feline'" in report["note"]
+        assert all(row["accuracy"] is None for row in report["rows"]), report
+        dialog = _report_dialog(photos17, report)
+        assert "note" in dialog.type.properties  # the dialog says it too
+        with pytest.warns(UserWarning, match="not among the model's class names"):
+            frame = ge.class_report(photos17, RUN, "block", label_field="kind")
+        assert "not among" in format_report(frame)
+        # the model's own class names: accuracy measured, nothing said
+        fine = foo_call(photos17, "cam_class_report", label_field="label")
+        assert fine["note"] is None
+        assert any(row["accuracy"] is not None for row in fine["rows"])
+    finally:
+        photos17.delete_sample_field("kind")
+
+
+def test_cluster_help_names_the_runs_own_brain_key(photos17):
+    from fiftyone.operators.executor import ExecutionContext
+
+    from operators import discovery_panel, review_data
+
+    if "look_block_cluster" not in photos17.get_field_schema():  # run alone (-k)
+        test_cluster_cams_on_17_samples_through_the_operator(photos17)
+    if "look_block_focus" not in photos17.get_field_schema():
+        ge.score_cams(photos17, RUN, gt_field="ground_truth")
+    ctx = ExecutionContext(request_params=dict(dataset_name=photos17.name))
+    src = review_data.sources(photos17)[f"{RUN}/block"]
+    text = discovery_panel.cluster_help(ctx, src)
+    assert "brain key `look_block_clusters`" in text, text
+    assert "colour by `look_block_cluster`" in text and "<" not in text
+
+
+def test_the_panel_says_why_samples_have_no_score(tmp_root):
+    """A sample whose image cannot be read and one without boxes: the panel's
+    summary counts each reason instead of leaving them out silently."""
+    from test_operators import make_dataset
+
+    from operators import review_data
+
+    ds = make_dataset(pathlib.Path(tmp_root) / "reason_images", "cam-reasons")
+    try:
+        broken = pathlib.Path(tmp_root) / "reason_images" / "broken.png"
+        broken.write_bytes(b"not a png")
+        ds.add_sample(fo.Sample(filepath=str(broken)))
+        ge.compute_cams(ds, MODEL, layers=["block"], run_key="why", progress=False)
+        first = ds.first()
+        first.ground_truth = fo.Detections()
+        first.save()
+        ge.score_cams(ds, "why", gt_field="ground_truth")
+        src = review_data.sources(ds)["why/block"]
+        text = review_data.unscored(ds.view(), src, None)
+        assert text.startswith("2 without a score: "), text
+        assert "1 failed (their `why_error` says why)" in text
+        assert "1 no objects in `ground_truth` to score against" in text
+        assert review_data.unscored(ds.exists("why_block_focus"), src, None) == ""
+    finally:
+        ds.delete()
+
+
+def _report_dialog(ds, results: dict):
+    """The class report's dialog (resolve_output) for ``results``."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ctx = ExecutionContext(
+        request_params=dict(
+            dataset_name=ds.name,
+            view=ds.view()._serialize(),
+            params={"run_key": RUN},
+            results=results,
+        ),
+        operator_uri=uri("cam_class_report"),
+    )
+    return foo.get_operator(uri("cam_class_report")).resolve_type(ctx, "outputs")

@@ -195,6 +195,26 @@ def test_scoring_in_the_app_confirms_with_counts(page, fresh_app, artifacts_dir)
     _close_dialogs(page)
 
 
+def test_class_report_says_the_labels_are_not_the_models_classes(
+    page, fresh_app, artifacts_dir
+):
+    """The run explains ImageNet classes ("Egyptian cat"); the dataset's
+    labels are "cat", "coffee", "rocket": no accuracy 0 per class, but why."""
+    _operator(page, "CAM class report")
+    field = page.get_by_text("Class field", exact=True).first
+    field.wait_for(timeout=30_000)
+    field.locator(
+        "xpath=following::*[@role='combobox' or @aria-haspopup='listbox'][1]"
+    ).click()
+    page.get_by_role("option", name="label", exact=True).click()
+    time.sleep(1)
+    page.get_by_role("button", name="Execute").click()
+    shown = _wait_text(page, "are not among the classes the run predicted", 60)
+    _shot(page, artifacts_dir, "class_report")
+    assert shown, "the class report does not say why accuracy is missing"
+    _close_dialogs(page)
+
+
 def test_a_failing_operator_shows_its_error(page, fresh_app, artifacts_dir):
     ds, _, _ = fresh_app
     _operator(page, "CAM faithfulness (ROAD)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import fiftyone as fo
+from readme_claims import clever_hans_claims
 from trained_models import trained
 
 from gradcam_engine.demo import clever_hans as ch
@@ -25,6 +26,8 @@ def test_demo_finds_and_proves_the_watermark(tmp_path, monkeypatch):
     # Proven: the background test agrees with the counterfactual truth.
     agreement = float(re.search(r"truth .*: ([\d.]+)% agreement", text).group(1))
     assert agreement >= 95.0, text
+    # README.md quotes this printout (issue 22, point 11)
+    assert not clever_hans_claims(text), clever_hans_claims(text)
     assert (tmp_path / "demo" / "clever_hans_review.html").exists()
     # In the App: the heatmap-space plot and the cluster field are there.
     assert f"{ch.HEAT}_clusters" in dataset.list_brain_runs()

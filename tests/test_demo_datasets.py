@@ -1,12 +1,18 @@
-"""The demo datasets: built from offline material, reused, rebuilt on request."""
+"""The demo datasets: built from offline material, reused, rebuilt on request;
+and the numbers README.md quotes are what the demo prints."""
 
+import inspect
 import os
 
 import fiftyone as fo
 import numpy as np
 import pytest
+from readme_claims import photo_claims, shortcut_claims
+from trained_models import trained
 
 from gradcam_engine.demo import datasets as dd
+from gradcam_engine.demo import main as demo
+from gradcam_engine.demo import shortcut_model as sm
 from gradcam_engine.demo.shortcut_data import CLASSES
 
 
@@ -94,3 +100,42 @@ def test_shortcut_models_are_cached(tmp_path):
             assert np.array_equal(v.numpy(), w.numpy()), k
     assert set(first.metrics) == {"shortcut", "control"}
     assert first.metrics["shortcut"]["n"] == 16
+
+
+def test_readme_quotes_the_demos_printout(capsys):
+    """The photos and planted-shortcut steps of ``make demo`` whose printout
+    README.md quotes (the Clever-Hans part: test_demo_clever_hans), and the
+    README's numbers against that printout. The demo's models are the tests'
+    cached ones: same recipe."""
+    epochs = inspect.signature(sm.train_classifier).parameters["epochs"].default
+    assert epochs == dd.SHORTCUT_EPOCHS  # else the cached models are others
+    root = dd.demo_dir() / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    for kind, split in (("shortcut", "train"), ("control", "control")):
+        model = trained("shortcut", dd.SHORTCUT_N_TRAIN, split, seed=0)
+        sm.save(
+            model,
+            dd.shortcut_model_path(root, kind, dd.SHORTCUT_N_TRAIN, epochs, 0, 64),
+        )
+    try:
+        # the photo runs README.md quotes (the demo also runs GradCAM++ and
+        # EigenCAM, and GradCAM on all photos): the two-subject images' table
+        photos = dd.build_photos_dataset(fresh=True)
+        two = photos.match_tags("two_subjects")
+        quoted = ("cat_gradcam", "cup_gradcam")  # the forced rows README quotes
+        demo.compute_photo_runs(photos, {"gradcam": "gradcam"}, two, quoted)
+        demo.print_subject_focus(photos)
+        photos = capsys.readouterr().out
+        # the planted-shortcut part up to its table (the demo then prints the
+        # class report and suspects, saves views and writes HTML reviews)
+        dataset = dd.build_shortcut_dataset(fresh=True)
+        demo.print_shortcut_table(dataset, demo.compute_shortcut_runs(dataset))
+        shortcut = capsys.readouterr().out
+        assert "training the" not in shortcut  # the cached models were used
+        print(photos, shortcut)
+        assert not photo_claims(photos), photo_claims(photos)
+        assert not shortcut_claims(shortcut), shortcut_claims(shortcut)
+    finally:
+        for name in (dd.PHOTOS_DATASET, dd.SHORTCUT_DATASET):
+            if fo.dataset_exists(name):
+                fo.delete_dataset(name)

@@ -22,6 +22,7 @@ import fiftyone.core.collections as foc
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..engine.errors import AdvisedError
 from ..runs import cam_runs as runs
 from ..runs.arguments import progress_args
 from ..runs.naming import cluster_field, clusters_brain_key
@@ -132,7 +133,15 @@ def cluster_cams(
         runs.set_run_entries(
             runs.root_dataset(samples),
             run_key,
-            {f"clusters.{f}": {"by": by, "clusters": c} for f, c in summary.items()},
+            {
+                f"clusters.{f}": {
+                    "by": by,
+                    "clusters": c,
+                    # the Embeddings panel's key, for the App's help text
+                    "brain_key": brain_keys[f] if visualization else None,
+                }
+                for f, c in summary.items()
+            },
         )
         return {
             "fields": list(out),
@@ -170,9 +179,10 @@ def _group_path(samples, info, by, label_field) -> str | None:
         return f"{info.prediction_field}.label"
     field = label_field or info.config.get("label_field")
     if not field:
-        raise ValueError(
-            f"by='label' needs a class field: run {info.run_key!r} has no label_field; "
-            "pass label_field=<a fo.Classification field>"
+        raise AdvisedError(
+            f"by='label' needs a class field: run {info.run_key!r} has no label_field;",
+            python="pass label_field=<a fo.Classification field>",
+            app="set 'Within' to 'Predicted class' or 'All'",
         )
     return _classification_path(samples, field, "label_field")
 

@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageOps
 from scipy import ndimage
 
+from ..engine.errors import AdvisedError
 from ..engine.hooks import eval_mode
 from ..runs import cam_runs as runs
 from ..runs.arguments import progress_args
@@ -320,10 +321,11 @@ def _run_model(info: runs.CamRunInfo):
             return load_model(spec)
         except (ValueError, TypeError, OSError):
             continue
-    raise ValueError(
+    raise AdvisedError(
         f"model: run {info.run_key!r} was computed with {source!r}, which is not a "
-        "model source that can be loaded again; pass model=<the nn.Module or model "
-        "source used for the run>"
+        "model source that can be loaded again;",
+        python="pass model=<the nn.Module or model source used for the run>",
+        app="type the registered model source of that model in 'Model source'",
     )
 
 

@@ -10,6 +10,7 @@ lists a reviewer walks through in the App.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -20,9 +21,11 @@ import numpy as np
 import pandas as pd
 from fiftyone import ViewField as F
 
+from ..engine.errors import AdvisedError
 from ..runs import cam_runs as runs
 from ..runs.naming import BG_DROP, BG_FLIP, cluster_field, run_field
 from ..runs.ownership import claim
+from .class_names import foreign_labels, foreign_note
 from .detection_audit import (
     detection_focus_path,
     detection_review_views,
@@ -70,9 +73,10 @@ def _focus_field(
     if field not in samples.get_field_schema():
         if not required:
             return None
-        raise ValueError(
-            f"No focus scores {field!r} for run {info.run_key!r}: run "
-            f"score_cams(samples, {info.run_key!r}, gt_field=...) first"
+        raise AdvisedError(
+            f"No focus scores {field!r} for run {info.run_key!r}:",
+            python=f"run score_cams(samples, {info.run_key!r}, gt_field=...) first",
+            app="run 'Score CAMs' on this run first",
         )
     return field
 
@@ -107,9 +111,13 @@ def class_rows(
     if label_field is None:
         target = info.target_field
         if target not in schema:
-            raise ValueError(
-                f"Run {info.run_key!r} has no target field {target!r}: pass "
-                "label_field (a Classification or Detections field) to group by"
+            raise AdvisedError(
+                f"Run {info.run_key!r} has no target field {target!r}:",
+                python=(
+                    "pass label_field (a Classification or Detections field) "
+                    "to group by"
+                ),
+                app="pick a 'Class field' to group by",
             )
         paths.append(f"{target}.label")
     else:
@@ -225,7 +233,10 @@ def class_report(
     i.e. what it gets from the context is unreliable). Accuracies are NaN without
     ``label_field``. Rows sorted by mean focus (most suspect first), then an
     ``"(all)"`` row. The DataFrame is indexed by ``class``; ``attrs`` hold
-    ``run_key``, ``layer``, ``focus_field`` and ``low_focus``.
+    ``run_key``, ``layer``, ``focus_field``, ``low_focus`` and ``note``.
+    Labels of ``label_field`` that are not the model's class names (the run's
+    recorded classes) get no accuracy: ``note`` says so, and a
+    ``UserWarning`` too.
 
     When the run has them, ``bg_flip_rate`` and ``mean_bg_drop``
     (``background_test``) and ``cluster_mix`` (``cluster_cams``: the class's
@@ -245,6 +256,18 @@ def class_report(
         focus = _focus_field(samples, info, layer, required=not extra)
         data = class_rows(samples, info, focus, label_field, prediction_field, extra)
     data = data[data["class"].notna()]
+    note = None
+    # accuracy needs labels the model can predict (a detection run's right/wrong
+    # comes from FiftyOne's evaluate_detections instead)
+    if label_field is not None and not is_detection_run(info):
+        pred = prediction_field or info.prediction_field
+        foreign, basis = foreign_labels(samples, info, data["class"].unique(), pred)
+        if foreign:
+            note = foreign_note(label_field, foreign, basis)
+            data = data.assign(
+                correct=data["correct"].where(~data["class"].isin(foreign))
+            )
+            warnings.warn(note, UserWarning, stacklevel=2)
     rows = [
         {"class": cls, **_summarise(group, low_focus)}
         for cls, group in data.groupby("class", sort=True)
@@ -257,6 +280,7 @@ def class_report(
         "focus_field": focus,
         "low_focus": low_focus,
         "label_field": label_field,
+        "note": note,
     }
     if not as_dataframe:
         return rows
@@ -288,7 +312,8 @@ def format_report(report: pd.DataFrame | Sequence[dict[str, Any]]) -> str:
             f": run {attrs.get('run_key')!r}, layer {attrs.get('layer')!r}, "
             f"low focus < {attrs.get('low_focus')}"
         )
-    return f"{title}\n{shown.to_string()}"
+    note = f"\n{attrs['note']}" if attrs.get("note") else ""
+    return f"{title}\n{shown.to_string()}{note}"
 
 
 def _isnan(value: Any) -> bool:

@@ -34,10 +34,13 @@ __all__ = [
     "PHOTOS",
     "PHOTOS_DATASET",
     "SHORTCUT_DATASET",
+    "SHORTCUT_EPOCHS",
+    "SHORTCUT_N_TRAIN",
     "ShortcutModels",
     "build_photos_dataset",
     "build_shortcut_dataset",
     "demo_dir",
+    "shortcut_model_path",
     "shortcut_models",
 ]
 
@@ -285,10 +288,24 @@ class ShortcutModels:
         self.metrics = metrics
 
 
+# The demo's training recipe: the same as the tests' (tests/trained_models.py,
+# test_shortcut), so that the test comparing README.md with the demo's
+# printout reuses their trained models instead of training two more.
+SHORTCUT_N_TRAIN, SHORTCUT_EPOCHS = 1000, 6
+
+
+def shortcut_model_path(
+    root: pathlib.Path, kind: str, n_train: int, epochs: int, seed: int, size: int
+) -> pathlib.Path:
+    """Where :func:`shortcut_models` caches the ``kind`` model of a recipe."""
+    name = f"{kind}-n{n_train}-e{epochs}-s{seed}-{size}px-{_code_version()}.pt"
+    return pathlib.Path(root) / name
+
+
 def shortcut_models(
     directory: str | os.PathLike | None = None,
-    n_train: int = 1500,
-    epochs: int = 8,
+    n_train: int = SHORTCUT_N_TRAIN,
+    epochs: int = SHORTCUT_EPOCHS,
     n_test: int = 200,
     seed: int = 0,
     size: int = 64,
@@ -305,10 +322,9 @@ def shortcut_models(
     root = pathlib.Path(directory) if directory else demo_dir() / "models"
     root.mkdir(parents=True, exist_ok=True)
     test = shortcut_data.generate(n_test, "test", seed=seed, size=size)
-    version = _code_version()
     models = {}
     for kind, split in (("shortcut", "train"), ("control", "control")):
-        path = root / f"{kind}-n{n_train}-e{epochs}-s{seed}-{size}px-{version}.pt"
+        path = shortcut_model_path(root, kind, n_train, epochs, seed, size)
         if path.exists() and not retrain:
             models[kind] = shortcut_model.load(path)
             continue

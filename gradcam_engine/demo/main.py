@@ -85,17 +85,7 @@ def run_photos(fresh: bool = False) -> fo.Dataset:
     """Build/reuse ``cam-audit-photos``, compute and score its runs, print a summary."""
     _say("== cam-audit-photos: real photos, pretrained EfficientNet-Lite0 ==")
     dataset = dd.build_photos_dataset(fresh=fresh)
-    classes = load_model(PHOTO_MODEL).classes
-    common = dict(layers=PHOTO_LAYERS, num_workers=0, batch_size=8)
-    two = dataset.match_tags("two_subjects")
-    for run_key, method in PHOTO_METHODS.items():
-        # EigenCAM (an SVD per layer, class-agnostic) only where it is compared.
-        samples = two if method == "eigencam" else dataset
-        _compute(samples, PHOTO_MODEL, run_key, method=method, **common)
-    for run_key, (target, label) in FORCED_RUNS.items():
-        view = two.filter_labels("ground_truth", fo.ViewField("label") == label)
-        _compute(view, PHOTO_MODEL, run_key, method="gradcam", target=target, **common)
-
+    compute_photo_runs(dataset, PHOTO_METHODS)
     _say("\nPredictions (top-1 ImageNet class of EfficientNet-Lite0):")
     names, preds, gray = dataset.values(["filepath", "gradcam_prediction", "grayscale"])
     for path, pred, is_gray in zip(names, preds, gray, strict=True):
@@ -103,8 +93,38 @@ def run_photos(fresh: bool = False) -> fo.Dataset:
         _say(
             f"  {path.rsplit('/', 1)[-1]:<24} {label}{'  [grayscale]' if is_gray else ''}"
         )
+    print_subject_focus(dataset)
+    _say()
+    return dataset
 
-    # Per-subject focus: the fraction of each map's energy inside each subject's box.
+
+def compute_photo_runs(
+    dataset: fo.Dataset,
+    methods: dict[str, str],
+    samples=None,
+    forced: Sequence[str] = tuple(FORCED_RUNS),
+) -> None:
+    """The runs of ``methods`` (run key -> method) on ``samples`` (default: the
+    dataset; EigenCAM on the two-subject images only), then the ``forced``
+    class runs (keys of ``FORCED_RUNS``) on their subjects' images."""
+    common = dict(layers=PHOTO_LAYERS, num_workers=0, batch_size=8)
+    two = dataset.match_tags("two_subjects")
+    for run_key, method in methods.items():
+        # EigenCAM (an SVD per layer, class-agnostic) only where it is compared.
+        where = two if method == "eigencam" else (samples or dataset)
+        _compute(where, PHOTO_MODEL, run_key, method=method, **common)
+    for run_key in forced:
+        target, label = FORCED_RUNS[run_key]
+        view = two.filter_labels("ground_truth", fo.ViewField("label") == label)
+        _compute(view, PHOTO_MODEL, run_key, method="gradcam", target=target, **common)
+
+
+def print_subject_focus(dataset: fo.Dataset) -> None:
+    """Per two-subject image and run: the class explained, its probability
+    and the focus on each subject's box (README.md quotes this table); then
+    each run is left scored against its own subject (or all subjects)."""
+    classes = load_model(PHOTO_MODEL).classes
+    two = dataset.match_tags("two_subjects")
     layer = PHOTO_LAYERS[0]
     _say(
         f"\nTwo-subject images: focus = share of the map inside each subject's box "
@@ -130,11 +150,11 @@ def run_photos(fresh: bool = False) -> fo.Dataset:
             )
     # Leave each run scored against its own subject (or all subjects).
     for run_key in PHOTO_METHODS:
-        score_cams(two, run_key, "ground_truth")
+        if _has_run(two, run_key):
+            score_cams(two, run_key, "ground_truth")
     for run_key, (_, label) in FORCED_RUNS.items():
-        score_cams(two, run_key, "ground_truth", label_classes=[label])
-    _say()
-    return dataset
+        if _has_run(two, run_key):
+            score_cams(two, run_key, "ground_truth", label_classes=[label])
 
 
 def _has_run(samples, run_key: str) -> bool:
@@ -155,53 +175,8 @@ def run_shortcut(fresh: bool = False) -> fo.Dataset:
     """Build/reuse ``cam-audit-shortcut``; audit the shortcut and control models."""
     _say("== cam-audit-shortcut: planted shortcut (background predicts the class) ==")
     dataset = dd.build_shortcut_dataset(fresh=fresh)
-    models = dd.shortcut_models(log=lambda m: _say("  " + m))
-    demo_sources.register()  # also without the installed entry point (a checkout)
-    for run_key, kind in SHORTCUT_RUNS.items():
-        # by model source name, recorded on the run: the App can rerun it
-        _compute(
-            dataset,
-            f"demo-{kind}-cnn",
-            run_key,
-            method="gradcam",
-            layers=SHORTCUT_LAYERS,
-            num_workers=0,
-            batch_size=64,
-        )
-        score_cams(dataset, run_key, "objects")
-
+    print_shortcut_table(dataset, compute_shortcut_runs(dataset))
     layer = SHORTCUT_LAYERS[0]
-    _say(
-        "\nAccuracy on the test split (background agrees / disagrees with the "
-        "class's training background), mean focus on the object box "
-        f"(layer {layer}):"
-    )
-    _say(
-        f"  {'model':<10}{'accuracy':>10}{'agree':>8}{'disagree':>10}"
-        f"{'focus':>8}{'agree':>8}{'disagree':>10}"
-    )
-    focus_by = {}
-    for run_key, kind in SHORTCUT_RUNS.items():
-        m = models.metrics[kind]
-        focus, agrees = dataset.values(
-            [heatmap_field(run_key, layer) + "_focus", "agrees"]
-        )
-        focus = np.array([np.nan if f is None else f for f in focus], dtype=float)
-        agrees = np.array(agrees, dtype=bool)
-        focus_by[kind] = (
-            np.nanmean(focus),
-            np.nanmean(focus[agrees]),
-            np.nanmean(focus[~agrees]),
-        )
-        _say(
-            f"  {kind:<10}{m['accuracy']:>10.3f}{m['accuracy_agree']:>8.3f}"
-            f"{m['accuracy_disagree']:>10.3f}"
-            + "".join(
-                f"{_fmt(x, '.3f'):>{w}}"
-                for x, w in zip(focus_by[kind], (8, 8, 10), strict=True)
-            )
-        )
-
     run_key, field = "shortcut_gradcam", heatmap_field("shortcut_gradcam", layer)
     report = class_report(dataset, run_key, layer, label_field="ground_truth")
     _say("\n" + format_report(report))
@@ -250,6 +225,67 @@ def run_shortcut(fresh: bool = False) -> fo.Dataset:
         _say(f"HTML review report: {path}")
     _say()
     return dataset
+
+
+def compute_shortcut_runs(dataset: fo.Dataset) -> dd.ShortcutModels:
+    """The shortcut and control models (trained once, cached), their GradCAM
+    runs on ``dataset``, scored against the object boxes."""
+    models = dd.shortcut_models(log=lambda m: _say("  " + m))
+    demo_sources.register()  # also without the installed entry point (a checkout)
+    for run_key, kind in SHORTCUT_RUNS.items():
+        # by model source name, recorded on the run: the App can rerun it
+        _compute(
+            dataset,
+            f"demo-{kind}-cnn",
+            run_key,
+            method="gradcam",
+            layers=SHORTCUT_LAYERS,
+            num_workers=0,
+            batch_size=64,
+        )
+        score_cams(dataset, run_key, "objects")
+    return models
+
+
+def print_shortcut_table(dataset: fo.Dataset, models: dd.ShortcutModels) -> None:
+    """Accuracy and mean focus per model, and the low-focus shares (README.md
+    quotes this table)."""
+    layer = SHORTCUT_LAYERS[0]
+    _say(
+        "\nAccuracy on the test split (background agrees / disagrees with the "
+        "class's training background), mean focus on the object box "
+        f"(layer {layer}):"
+    )
+    _say(
+        f"  {'model':<10}{'accuracy':>10}{'agree':>8}{'disagree':>10}"
+        f"{'focus':>8}{'agree':>8}{'disagree':>10}"
+    )
+    focus_by, low = {}, {}
+    for run_key, kind in SHORTCUT_RUNS.items():
+        m = models.metrics[kind]
+        focus, agrees = dataset.values(
+            [heatmap_field(run_key, layer) + "_focus", "agrees"]
+        )
+        focus = np.array([np.nan if f is None else f for f in focus], dtype=float)
+        agrees = np.array(agrees, dtype=bool)
+        focus_by[kind] = (
+            np.nanmean(focus),
+            np.nanmean(focus[agrees]),
+            np.nanmean(focus[~agrees]),
+        )
+        _say(
+            f"  {kind:<10}{m['accuracy']:>10.3f}{m['accuracy_agree']:>8.3f}"
+            f"{m['accuracy_disagree']:>10.3f}"
+            + "".join(
+                f"{_fmt(x, '.3f'):>{w}}"
+                for x, w in zip(focus_by[kind], (8, 8, 10), strict=True)
+            )
+        )
+        low[kind] = float(np.mean(focus[~np.isnan(focus)] < LOW_FOCUS))
+    _say(
+        f"  focus < {LOW_FOCUS}: {low['shortcut']:.0%} of the shortcut model's "
+        f"samples, {low['control']:.0%} of the control model's"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

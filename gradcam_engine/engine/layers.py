@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .errors import AdvisedError
 from .model_layouts import hf_default_layers
 
 __all__ = ["resolve_layers", "default_layers", "layer_names", "suggest_layers"]
@@ -98,10 +99,14 @@ def resolve_layers(
             valid = layer_names(model)
             close = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)
             hint = f" Closest valid names: {', '.join(close)}." if close else ""
-            raise ValueError(
+            raise AdvisedError(
                 f"Unknown layer {name!r} in {type(model).__name__}.{hint} "
-                f"{len(valid)} modules exist; list them with "
-                "gradcam_engine.layer_names(model)."
+                f"{len(valid)} modules exist;",
+                python="list them with gradcam_engine.layer_names(model).",
+                app=(
+                    "tick 'Suggest this model's layers' on the form to list "
+                    "them, or leave 'Layers' empty for the model's default layer."
+                ),
             )
         canonical = by_module[id(module)]
         if canonical in (n for n, _ in resolved):

@@ -12,6 +12,7 @@ from typing import Any
 import fiftyone as fo
 import numpy as np
 
+from ..engine.errors import AdvisedError
 from .storage import STORAGE_MODES
 
 __all__ = [
@@ -107,10 +108,11 @@ def fixed_class(target, class_names) -> int | None:
         known = "the model has no class names" if not class_names else ""
         close = difflib.get_close_matches(target, class_names or [], n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
+        raise AdvisedError(
             f"target {target!r} is not 'predicted', 'label', an int or a known class "
-            f"name{'; ' + known if known else ''}.{hint} Pass classes=[...] to name "
-            "the model's classes."
+            f"name{'; ' + known if known else ''}.{hint}",
+            python="Pass classes=[...] to name the model's classes.",
+            app="Type one of the model's class names or a class index in 'Class'.",
         )
     return list(class_names).index(target)
 

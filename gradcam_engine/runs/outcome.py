@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import fiftyone.core.aggregations as foa
 import fiftyone.core.collections as foc
 
+from ..engine.errors import AdvisedError
+
 __all__ = ["CamRunFailed", "CamRunSummary", "check_label_classes", "exact_count"]
 
 _TOP_ERRORS = 3
@@ -147,18 +149,23 @@ def check_label_classes(
     if class_names:
         known = set(map(str, class_names))
         unknown = [x for x in labels if str(x) not in known]
-        fix = "pass classes=[...] naming the model's outputs"
+        fix = "pass classes=[...] naming the model's outputs."
     else:
         unknown = [x for x in labels if not str(x).isdigit()]
-        fix = "the model has no class names: pass classes=[...]"
+        fix = "the model has no class names: pass classes=[...]."
     if unknown:
         shown = ", ".join(map(repr, unknown[:10]))
         more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
-        raise ValueError(
+        raise AdvisedError(
             f"label_field {label_field!r} holds labels that are not classes of the "
-            f"model: {shown}{more}. Those samples cannot be explained; filter the "
-            f"view to the model's classes, or {fix}. Model classes: "
-            f"{_preview(class_names)}"
+            f"model: {shown}{more}. Model classes: {_preview(class_names)}. Those "
+            "samples cannot be explained:",
+            python=f"filter the view to the model's classes, or {fix}",
+            app=(
+                "filter the view to the model's classes, pick another 'Label "
+                "field' whose labels are the model's classes, or set 'Explain' "
+                "to 'Predicted class'."
+            ),
         )
 
 

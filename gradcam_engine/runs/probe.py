@@ -20,6 +20,7 @@ import torch
 
 from ..engine.cam_engine import CamEngine
 from ..engine.detection import check_detector_output
+from ..engine.errors import AdvisedError
 from ..engine.hooks import eval_mode
 from ..sources.images import ImageFiles
 
@@ -154,10 +155,14 @@ def _check_classes(
             if isinstance(target, str)
             else "a class index"
         )
-        raise ValueError(
+        raise AdvisedError(
             f"target={target!r} is {which}, but the model has {num_classes} "
-            f"outputs (0..{num_classes - 1}); pass a class index in that range, "
-            "or classes=[...] matching the model's outputs."
+            f"outputs (0..{num_classes - 1});",
+            python=(
+                "pass a class index in that range, or classes=[...] matching the "
+                "model's outputs."
+            ),
+            app="type a class index in that range in 'Class'.",
         )
     if task != "classification" or target != "label":
         return
@@ -170,8 +175,13 @@ def _check_classes(
     beyond = {k: v for k, v in indices.items() if v >= num_classes}
     if beyond:
         shown = ", ".join(f"{k!r} (index {v})" for k, v in list(beyond.items())[:5])
-        raise ValueError(
+        raise AdvisedError(
             f"label_field {label_field!r} holds labels whose class index is not "
-            f"an output of the model ({num_classes} outputs): {shown}. Pass "
-            "classes=[...] listing exactly the model's outputs in order."
+            f"an output of the model ({num_classes} outputs): {shown}.",
+            python="Pass classes=[...] listing exactly the model's outputs in order.",
+            app=(
+                "The model source's class names do not match its outputs: ask "
+                "the admin to fix the source, or set 'Explain' to 'Predicted "
+                "class'."
+            ),
         )
