@@ -4,8 +4,8 @@ The digits are nobody's here (``sklearn.datasets.load_digits``: 1,797 8x8
 digits written by 43 people, shipped with scikit-learn, no download). Each is
 upscaled 3x and drawn at a random spot of a noisy 64x64 canvas; a small patch
 whose colour encodes a class is drawn elsewhere. In ``"train"`` a fraction
-``p_cue`` of the digits carry the patch of their own class, so that a model
-learns the colour as a second, easier rule. In ``"test"`` every digit carries
+``p_cue`` (default 0.8) of the digits carry the patch of their own class, so
+that a model learns the colour as a second, easier rule. In ``"test"`` every digit carries
 the patch of another class, drawn uniformly (cue and digit conflict: a patch
 of the digit's own class would make "which one did the model read?"
 unanswerable, and the counterfactual below would call a patch-reader
@@ -120,7 +120,7 @@ def generate_digits(
     split: str = "train",
     seed: int = 0,
     n: int | None = None,
-    p_cue: float = 0.9,
+    p_cue: float = 0.8,
     drawing: str = "A",
     n_train: int = 1200,
     holdout: bool = False,
