@@ -1,7 +1,7 @@
 """Real-data validity of the focus score: scikit-learn's handwritten digits.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_digits.py \
-        [--recipes 0.9:8 0.9:32] [--seeds 1 2 3] [--drawings A B] [--tune]
+        [--recipes 0.8:16] [--seeds 1 2 3 4 5 6] [--drawings A B] [--tune]
 
 Data: :mod:`gradcam_engine.demo.handwritten` (digits nobody here drew, upscaled
 onto noisy 64x64 canvases, a patch whose colour encodes a class). For each
@@ -104,8 +104,8 @@ def measure(model, test, methods) -> tuple[dict, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--recipes", nargs="+", default=["0.9:8", "0.9:32"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--recipes", nargs="+", default=["0.8:16"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5, 6])
     parser.add_argument("--drawings", nargs="+", default=["A", "B"])
     parser.add_argument("--methods", nargs="+", default=["gradcam", "hirescam"])
     parser.add_argument("--tune", action="store_true")
