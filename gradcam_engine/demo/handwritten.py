@@ -1,15 +1,15 @@
 """Real handwriting with a planted colour cue: scikit-learn's digits on noisy canvases.
 
 The digits are nobody's here (``sklearn.datasets.load_digits``: 1,797 8x8
-digits written by 43 people, shipped with scikit-learn, no download). Each is
-upscaled 3x and drawn at a random spot of a noisy 64x64 canvas; a small patch
-whose colour encodes a class is drawn elsewhere. In ``"train"`` a fraction
-``p_cue`` (default 0.8) of the digits carry the patch of their own class, so
-that a model learns the colour as a second, easier rule. In ``"test"`` every digit carries
-the patch of another class, drawn uniformly (cue and digit conflict: a patch
-of the digit's own class would make "which one did the model read?"
-unanswerable, and the counterfactual below would call a patch-reader
-digit-reliant). Every sample keeps ``clean``, the same image without the
+digits, the UCI test set written by 13 people, shipped with scikit-learn, no
+download). Each is upscaled 3x and drawn at a random spot of a noisy 64x64
+canvas; a small patch whose colour encodes a class is drawn elsewhere. In
+``"train"`` a fraction ``p_cue`` (default 0.8) of the digits carry the patch
+of their own class, so that a model learns the colour as a second, easier
+rule. In ``"test"`` every digit carries the patch of another class, drawn
+uniformly (cue and digit conflict: a patch of the digit's own class would
+make "which one did the model read?" unanswerable, and the counterfactual
+below would call a patch-reader digit-reliant). Every sample keeps ``clean``, the same image without the
 patch: the prediction is cue-reliant when removing the patch changes it.
 
 Two drawings (:data:`DRAWINGS`) share the digits but not their look: ``"A"``
