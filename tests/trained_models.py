@@ -22,11 +22,13 @@ import pathlib
 
 import torch
 
-from gradcam_engine.demo import marked_data, shortcut_data, shortcut_model
+from gradcam_engine.demo import handwritten, marked_data, shortcut_data, shortcut_model
 
 GENERATORS = {
     "shortcut": shortcut_data.generate,  # circles / crosses on water or land
     "marked": marked_data.generate_marked,  # the Clever-Hans watermark data
+    # scikit-learn's digits with a colour cue (pass num_classes=10, hflip=False)
+    "digits": lambda n, split, seed=0: handwritten.generate_digits(split, seed, n=n),
 }
 _MEMORY: dict[str, shortcut_model.ShortcutCNN] = {}
 
@@ -41,7 +43,7 @@ def cache_dir() -> pathlib.Path:
 
 def code_version() -> str:
     digest = hashlib.sha256(torch.__version__.encode())
-    for module in (marked_data, shortcut_data, shortcut_model):
+    for module in (handwritten, marked_data, shortcut_data, shortcut_model):
         digest.update(pathlib.Path(module.__file__).read_bytes())
     return digest.hexdigest()[:12]
 

@@ -103,9 +103,12 @@ def train_classifier(
     lr: float = 3e-3,
     threads: int | None = 1,
     verbose: bool = False,
+    num_classes: int = len(CLASSES),
+    hflip: bool = True,
 ) -> ShortcutCNN:
     """Train a :class:`ShortcutCNN` on ``samples`` (Adam, one-cycle schedule,
-    random horizontal flips, CPU). Returns the model in eval mode.
+    random horizontal flips unless ``hflip=False``, CPU). Returns the model in
+    eval mode. ``num_classes``: the model's outputs (labels ``0..num_classes-1``).
 
     ``threads``: torch's intra-op thread count while training, restored
     afterwards; the default 1 makes the weights depend only on ``seed`` (not
@@ -120,7 +123,7 @@ def train_classifier(
         )
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = ShortcutCNN()
+    model = ShortcutCNN(num_classes=num_classes)
     x_all = preprocess([s.image for s in samples])
     y_all = torch.tensor([s.label_index for s in samples])
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -142,7 +145,8 @@ def train_classifier(
                 idx = order[i : i + batch_size]
                 x = x_all[idx]
                 flip = torch.rand(len(idx), generator=generator) < 0.5
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+                if hflip:  # drawn either way: the random stream stays the same
+                    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
                 loss = loss_fn(model(x), y_all[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
