@@ -19,44 +19,19 @@ started (and stopped) by the script.
 from __future__ import annotations
 
 import argparse
-import atexit
 import itertools
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from own_mongod import start_mongod  # noqa: E402  (benchmarks/ is on sys.path)
 
 TMP = Path(tempfile.mkdtemp(prefix="bench-bg-"))
 
 
-def _own_mongod() -> str:
-    import importlib.util
-
-    mongod = Path(importlib.util.find_spec("fiftyone").origin).parent / "db/bin/mongod"
-    (TMP / "db").mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [str(mongod), "--dbpath", str(TMP / "db"), "--port", str(port)]
-        + ["--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath", str(TMP / "m.log")],
-        stdout=subprocess.DEVNULL,
-    )
-    atexit.register(lambda: (proc.terminate(), proc.wait(), shutil.rmtree(TMP, True)))
-    for _ in range(300):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return f"mongodb://127.0.0.1:{port}"
-        time.sleep(0.2)
-    raise RuntimeError("mongod did not start")
-
-
 os.environ.update(
-    FIFTYONE_DATABASE_URI=_own_mongod(),
+    FIFTYONE_DATABASE_URI=start_mongod(TMP / "db", remove_on_exit=True),
     FIFTYONE_SHOW_PROGRESS_BARS="false",
     FIFTYONE_DO_NOT_TRACK="true",
     FIFTYONE_DATABASE_VALIDATION="false",

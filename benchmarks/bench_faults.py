@@ -21,47 +21,23 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import socket
-import subprocess
 import sys
 import tempfile
 import time
+
+from own_mongod import start_mongod  # noqa: E402  (benchmarks/ is on sys.path)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _own_mongod(db_dir: pathlib.Path) -> subprocess.Popen:
-    import importlib.util
-
-    spec = importlib.util.find_spec("fiftyone")
-    binary = pathlib.Path(spec.origin).parent / "db" / "bin" / "mongod"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [str(binary), "--dbpath", str(db_dir), "--port", str(port)]
-        + [
-            "--bind_ip",
-            "127.0.0.1",
-            "--nounixsocket",
-            "--logpath",
-            str(db_dir / "log"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(600):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
+def _use_own_mongod(db_dir: pathlib.Path) -> None:
     os.environ.update(
-        FIFTYONE_DATABASE_URI=f"mongodb://127.0.0.1:{port}",
+        FIFTYONE_DATABASE_URI=start_mongod(db_dir),
         FIFTYONE_DATABASE_VALIDATION="false",
         FIFTYONE_DO_NOT_TRACK="true",
         FIFTYONE_SHOW_PROGRESS_BARS="false",
     )
-    return proc
 
 
 def main() -> None:
@@ -72,12 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-faults-"))
     (tmp / "db").mkdir()
-    mongod = _own_mongod(tmp / "db")
-    try:
-        run(args, tmp)
-    finally:
-        mongod.terminate()
-        mongod.wait()
+    _use_own_mongod(tmp / "db")
+    run(args, tmp)
 
 
 def run(args, tmp: pathlib.Path) -> None:

@@ -26,44 +26,17 @@ import json
 import os
 import pathlib
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from own_mongod import start_mongod  # noqa: E402  (benchmarks/ is on sys.path)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
-
-
-def _own_mongod(db_dir: pathlib.Path) -> tuple[subprocess.Popen, str]:
-    import importlib.util
-
-    spec = importlib.util.find_spec("fiftyone")
-    binary = pathlib.Path(spec.origin).parent / "db" / "bin" / "mongod"
-    db_dir.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [str(binary), "--dbpath", str(db_dir), "--port", str(port)]
-        + [
-            "--bind_ip",
-            "127.0.0.1",
-            "--nounixsocket",
-            "--logpath",
-            str(db_dir / "log"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(600):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    return proc, f"mongodb://127.0.0.1:{port}"
 
 
 def _write_photos(folder: pathlib.Path, count: int) -> list[str]:
@@ -156,40 +129,36 @@ def main() -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-    mongod, uri = _own_mongod(tmp / "db")
-    try:
-        photos = tmp / "photos"
-        photos.mkdir()
-        listing = tmp / "paths.json"
-        listing.write_text(json.dumps(_write_photos(photos, args.images)))
-        env = {**os.environ, "FIFTYONE_DATABASE_URI": uri}
-        env.update(FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false")
-        env.update(FIFTYONE_SHOW_PROGRESS_BARS="false")
-        print(
-            f"device {device} ({name}), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {args.images} photos at 224x224, "
-            f"batch {args.batch}, EfficientNet-Lite0 {{_conv_head, _blocks.10}}"
-        )
-        rows = {}
-        for mode in ("engine", "compute_cams"):
-            for precision in args.precisions:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", mode, precision]
-                    + ["--paths", str(listing), "--batch", str(args.batch)]
-                    + ["--device", device],
-                    env=env, capture_output=True, text=True, check=True,
-                )  # fmt: skip
-                rows[mode, precision] = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"{mode:>12} {precision}: {json.dumps(rows[mode, precision])}")
-        for mode in ("engine", "compute_cams"):
-            base = rows.get((mode, "fp32"))
-            for precision in args.precisions:
-                if base and precision != "fp32":
-                    ratio = rows[mode, precision]["images_per_s"] / base["images_per_s"]
-                    print(f"{mode:>12} {precision} / fp32 images/s: {ratio:.2f}x")
-    finally:
-        mongod.terminate()
-        mongod.wait()
+    uri = start_mongod(tmp / "db")
+    photos = tmp / "photos"
+    photos.mkdir()
+    listing = tmp / "paths.json"
+    listing.write_text(json.dumps(_write_photos(photos, args.images)))
+    env = {**os.environ, "FIFTYONE_DATABASE_URI": uri}
+    env.update(FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false")
+    env.update(FIFTYONE_SHOW_PROGRESS_BARS="false")
+    print(
+        f"device {device} ({name}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {args.images} photos at 224x224, "
+        f"batch {args.batch}, EfficientNet-Lite0 {{_conv_head, _blocks.10}}"
+    )
+    rows = {}
+    for mode in ("engine", "compute_cams"):
+        for precision in args.precisions:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", mode, precision]
+                + ["--paths", str(listing), "--batch", str(args.batch)]
+                + ["--device", device],
+                env=env, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            rows[mode, precision] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{mode:>12} {precision}: {json.dumps(rows[mode, precision])}")
+    for mode in ("engine", "compute_cams"):
+        base = rows.get((mode, "fp32"))
+        for precision in args.precisions:
+            if base and precision != "fp32":
+                ratio = rows[mode, precision]["images_per_s"] / base["images_per_s"]
+                print(f"{mode:>12} {precision} / fp32 images/s: {ratio:.2f}x")
 
 
 if __name__ == "__main__":
