@@ -26,11 +26,12 @@ __all__ = [
 
 ProgressCallback = Callable[[int, int], Any]
 
-TASKS = ("classification", "segmentation", "detection")
+TASKS = ("classification", "segmentation", "detection", "multilabel")
 _LABEL_TYPES = {
     "classification": fo.Classification,
     "segmentation": fo.Segmentation,
     "detection": fo.Detections,
+    "multilabel": fo.Classifications,
 }
 
 
@@ -49,6 +50,12 @@ def check_args(task, target, label_field, storage, batch_size, max_size) -> None
             f"task='detection' explains detections: target must be 'predicted' "
             f"(the model's detections) or 'label' (the boxes of label_field), "
             f"got {target!r}"
+        )
+    if task == "multilabel" and target not in ("predicted", "label"):
+        raise ValueError(
+            f"task='multilabel' explains several labels per image: target must "
+            f"be 'predicted' (every class whose sigmoid is >= confidence_thresh) "
+            f"or 'label' (every label of label_field), got {target!r}"
         )
     if target == "label" and not label_field:
         raise ValueError("target='label' needs label_field=<name of the label field>")

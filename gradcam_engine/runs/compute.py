@@ -30,6 +30,7 @@ from .app_look import style_run
 from .batch_fields import field_names
 from .detections import detection_config, detection_engine, detector_input
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
+from .multilabel import multilabel_config
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
 from .plan import RunPlan as _RunPlan
 from .probe import probe_model
@@ -255,8 +256,9 @@ def _plan_run(
     layer_list = engine.layer_names
     fixed_class = arguments.fixed_class(target, class_names)
     arguments.check_label_field(samples, task, target, label_field)
-    if task == "classification" and target == "label":
-        check_label_classes(samples, label_field, class_names)
+    if task in ("classification", "multilabel") and target == "label":
+        path = f"{label_field}.classifications.label" if task == "multilabel" else None
+        check_label_classes(samples, label_field, class_names, path)
 
     names = field_names(run_key, layer_list, task)
     # One forward on one sample: an unusable output or an out-of-range target
@@ -299,6 +301,7 @@ def _plan_run(
         "precision": getattr(engine, "precision", "fp32"),
         "owned_fields": names.owned,
         "detection": detection_config(engine) if task == "detection" else None,
+        "multilabel": multilabel_config(options) if task == "multilabel" else None,
     }
     config["transforms_fingerprint"] = transforms_fingerprint(
         transforms, config.get("geometry")

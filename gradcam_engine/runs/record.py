@@ -75,6 +75,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     # task="detection": confidence_thresh, max_detections, iou_threshold and
     # map_size (runs/detections.py); None for the other tasks
     "detection": None,
+    # task="multilabel": threshold and map_size (runs/multilabel.py)
+    "multilabel": None,
     # set at registration
     "fields": {},  # layer -> fo.Heatmap field
     "run_dir": None,  # disk storage: the PNGs' directory, owned
@@ -118,6 +120,7 @@ IDENTITY_KEYS = (
     "aug_smooth",
     "precision",
     "detection",
+    "multilabel",
 )
 # Lists of what a run owns (besides ``run_dir``).
 OWNED_LISTS = ("owned_fields", "saved_views", "owned_paths", "brain_keys")

@@ -334,6 +334,8 @@ def _declare_fields(dataset: fo.Dataset, names: FieldNames) -> None:
     schema[names.seen] = fo.EmbeddedDocumentField(fo.Detection)
     if names.detections:  # task="detection"
         schema[names.detections] = fo.EmbeddedDocumentField(fo.Detections)
+    if names.labels:  # task="multilabel"
+        schema[names.labels] = fo.EmbeddedDocumentField(fo.Classifications)
     existing = dataset.get_field_schema()
     missing = {k: v for k, v in schema.items() if k not in existing}
     if missing:
