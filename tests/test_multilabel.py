@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import ToTensor
 
-from gradcam_engine import compute_cams, get_cam_run
+from gradcam_engine import compute_cams, get_cam_run, score_label_maps, show_label_maps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -65,11 +65,16 @@ def dataset(tmp_path_factory):
         path = root / f"img{k}.png"
         Image.fromarray(image).save(path)
         truth = [fo.Classification(label=name) for name in squares]
+        objects = [
+            fo.Detection(label=name, bounding_box=[left / SIZE, top / SIZE, 0.25, 0.25])
+            for name, (top, left) in squares.items()
+        ]
         samples.append(
             fo.Sample(
                 filepath=str(path),
                 ground_truth=fo.Classifications(classifications=truth),
                 single=fo.Classification(label=next(iter(squares))),
+                objects=fo.Detections(detections=objects),
             )
         )
     ds.add_samples(samples)
@@ -136,6 +141,26 @@ def test_ground_truth_labels_each_map_on_its_own_square(dataset):
     summary = _run(dataset, "ml_label", target="label", label_field="ground_truth")
     assert summary.num_computed == 3 and not summary.num_errors
     _check_labels_on_their_squares(dataset, "ml_label")
+    # the App draws sample heatmaps: the chosen label's map is copied there
+    assert show_label_maps(dataset, "ml_label", "green") == 2
+    for sample, squares in zip(dataset, SQUARES, strict=True):
+        chosen = sample["ml_label_features_label"]
+        if "green" not in squares:
+            assert chosen is None
+            continue
+        assert _inside(chosen, _square_mask(*squares["green"])) > 0.95
+    assert (
+        "ml_label_features_label"
+        in get_cam_run(dataset, "ml_label").config["owned_fields"]
+    )
+    with pytest.raises(ValueError, match="'blue' was not explained"):
+        show_label_maps(dataset, "ml_label", "blue")
+    # focus per label against the objects of its own class
+    means = score_label_maps(dataset, "ml_label", "objects")
+    assert means["red"] > 0.95 and means["green"] > 0.95
+    for sample in dataset:
+        for c in sample["ml_label_labels"].classifications:
+            assert c.features_focus > 0.95
 
 
 def test_refused_before_any_write(dataset):
