@@ -234,7 +234,10 @@ def field_names(
         error=run_field(run_key, ERROR),
         seen=run_field(run_key, SEEN),
         instance=run_field(run_key, INSTANCE),
-        detections=detections_field(run_key) if task == "detection" else None,
+        # a patches run stores its crops' maps like detections (patch_runs.py)
+        detections=(
+            detections_field(run_key) if task in ("detection", "patches") else None
+        ),
         detection_focus=(
             [detection_focus_attribute(layer) for layer in layers]
             if task == "detection"

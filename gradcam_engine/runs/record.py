@@ -77,6 +77,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "detection": None,
     # task="multilabel": threshold and map_size (runs/multilabel.py)
     "multilabel": None,
+    # a patches view (runs/patch_runs.py): its label field and map_size
+    "patches": None,
     # set at registration
     "fields": {},  # layer -> fo.Heatmap field
     "run_dir": None,  # disk storage: the PNGs' directory, owned
@@ -121,6 +123,7 @@ IDENTITY_KEYS = (
     "precision",
     "detection",
     "multilabel",
+    "patches",
 )
 # Lists of what a run owns (besides ``run_dir``).
 OWNED_LISTS = ("owned_fields", "saved_views", "owned_paths", "brain_keys")

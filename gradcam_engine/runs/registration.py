@@ -349,7 +349,8 @@ def _declare_detection_attributes(dataset: fo.Dataset, names: FieldNames) -> Non
     (str) attributes, so that the App's sidebar filters them; their own maps
     stay dynamic attributes (runs/detections.py)."""
     parent = f"{names.detections}.detections"
-    schema = {f"{parent}.{attr}": fo.FloatField() for attr in names.detection_focus}
+    focus = names.detection_focus or []  # a patches run stores no focus
+    schema = {f"{parent}.{attr}": fo.FloatField() for attr in focus}
     schema[f"{parent}.error"] = fo.StringField()
     schema[f"{parent}.gt_id"] = fo.StringField()
     existing = dataset.get_field_schema(flat=True)
