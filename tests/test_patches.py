@@ -14,6 +14,7 @@ from test_multilabel import SIZE, SQUARES, RedGreenModel, _inside, _square_mask
 from torchvision.transforms import ToTensor
 
 from gradcam_engine import compute_cams, get_cam_run
+from gradcam_engine.audit.detection_view import show_detection_maps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -82,6 +83,12 @@ def test_patch_maps_land_on_their_square_in_the_source_image(dataset, target):
         combined = sample[f"{key}_features"]
         for top, left in squares.values():
             assert _inside(combined, _square_mask(top, left)) > 0.2
+    # the App's "show the selected detection's CAM" works on a patch's map
+    det = dataset.first()[f"{key}_detections"].detections[0]
+    chosen = show_detection_maps(dataset, key, [det.id])
+    assert chosen == {dataset.first().id: det.id}
+    shown = dataset.first()[f"{key}_features_detection"].map
+    assert np.array_equal(shown, det.features_map.map)
     again = _run(patches, key, target=target, label_field=label_field)
     assert again.num_computed == 0 and again.num_skipped == 3  # resumes
 
