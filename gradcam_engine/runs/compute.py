@@ -94,6 +94,13 @@ def compute_cams(
     ``<slug(layer)>_focus`` and own map ``<slug(layer)>_map``, and per layer
     one combined heatmap per sample (see runs/detections.py).
 
+    ``task="multilabel"`` (sigmoid outputs, ``fo.Classifications`` labels):
+    explains each label of ``label_field`` (``target="label"``) or each class
+    whose sigmoid reaches ``confidence_thresh``; writes ``{run_key}_labels``,
+    each label with its own ``<slug(layer)>_map`` (see runs/multilabel.py).
+    On a patches view (``to_patches(field)``) each crop is explained and its
+    map placed on the source sample's ``{run_key}_detections`` (runs/patch_runs.py).
+
     ``delegate=True``: register the run here, then queue ``shards`` (default 1)
     FiftyOne delegated operations over disjoint parts of ``samples`` and return
     a ``QueuedRun`` with their ids at once, computing nothing here. ``model``
