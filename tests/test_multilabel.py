@@ -16,7 +16,13 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import ToTensor
 
-from gradcam_engine import compute_cams, get_cam_run, score_label_maps, show_label_maps
+from gradcam_engine import (
+    compute_cams,
+    get_cam_run,
+    score_cams,
+    score_label_maps,
+    show_label_maps,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -155,6 +161,9 @@ def test_ground_truth_labels_each_map_on_its_own_square(dataset):
     )
     with pytest.raises(ValueError, match="'blue' was not explained"):
         show_label_maps(dataset, "ml_label", "blue")
+    # the combined map per sample scores like any run's map
+    score_cams(dataset, "ml_label", gt_field="objects", progress=False)
+    assert min(dataset.values("ml_label_features_focus")) > 0.9
     # focus per label against the objects of its own class
     means = score_label_maps(dataset, "ml_label", "objects")
     assert means["red"] > 0.95 and means["green"] > 0.95

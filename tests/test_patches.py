@@ -13,7 +13,7 @@ from PIL import Image
 from test_multilabel import SIZE, SQUARES, RedGreenModel, _inside, _square_mask
 from torchvision.transforms import ToTensor
 
-from gradcam_engine import compute_cams, get_cam_run
+from gradcam_engine import compute_cams, delete_cam_run, get_cam_run
 from gradcam_engine.audit.detection_view import show_detection_maps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -91,6 +91,12 @@ def test_patch_maps_land_on_their_square_in_the_source_image(dataset, target):
     assert np.array_equal(shown, det.features_map.map)
     again = _run(patches, key, target=target, label_field=label_field)
     assert again.num_computed == 0 and again.num_skipped == 3  # resumes
+    replaced = _run(
+        patches, key, target=target, label_field=label_field, overwrite=True
+    )
+    assert replaced.num_computed == 3 and replaced.run_key == key
+    delete_cam_run(dataset, key)
+    assert not [f for f in dataset.get_field_schema() if f.startswith(key)]
 
 
 def test_unsupported_patch_runs_refused_before_any_write(dataset):
