@@ -57,6 +57,8 @@ _WORKFLOW = {
     "road_cams": ".audit.model_checks",
     "sanity_check": ".audit.sanity",
     "deletion_insertion_cams": ".audit.faithfulness",
+    "show_label_maps": ".audit.label_maps",
+    "score_label_maps": ".audit.label_maps",
 }
 
 __all__ = [

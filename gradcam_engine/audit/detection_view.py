@@ -39,10 +39,12 @@ def show_detection_maps(
     detections were selected on). Raises when ``run_key`` is not a detection
     run or none of ``detection_ids`` is one of its explained detections."""
     info = runs.get_cam_run(samples, run_key)
-    if not is_detection_run(info):
+    # a patches run stores its crops' maps the same way (runs/patch_runs.py)
+    if not is_detection_run(info) and info.config.get("task") != "patches":
         raise ValueError(
             f"run_key {run_key!r} is a {info.config.get('task')!r} run; "
-            "show_detection_maps needs a run of compute_cams(task='detection')"
+            "show_detection_maps needs a run of compute_cams(task='detection') "
+            "or of compute_cams on a patches view"
         )
     layer = resolve_layer(info, layer)
     field, _ = detection_focus_path(info, layer)

@@ -27,11 +27,12 @@ __all__ = [
 
 ProgressCallback = Callable[[int, int], Any]
 
-TASKS = ("classification", "segmentation", "detection")
+TASKS = ("classification", "segmentation", "detection", "multilabel")
 _LABEL_TYPES = {
     "classification": fo.Classification,
     "segmentation": fo.Segmentation,
     "detection": fo.Detections,
+    "multilabel": fo.Classifications,
 }
 
 
@@ -51,6 +52,12 @@ def check_args(task, target, label_field, storage, batch_size, max_size) -> None
             f"(the model's detections) or 'label' (the boxes of label_field), "
             f"got {target!r}"
         )
+    if task == "multilabel" and target not in ("predicted", "label"):
+        raise ValueError(
+            f"task='multilabel' explains several labels per image: target must "
+            f"be 'predicted' (every class whose sigmoid is >= confidence_thresh) "
+            f"or 'label' (every label of label_field), got {target!r}"
+        )
     if target == "label" and not label_field:
         raise ValueError("target='label' needs label_field=<name of the label field>")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -60,19 +67,14 @@ def check_args(task, target, label_field, storage, batch_size, max_size) -> None
 
 
 def check_collection(samples) -> None:
-    """Refuse a collection whose samples are not whole images that the run can
-    write back to by sample id: patches, frames and clips views (their samples
-    are generated: ids and filepaths are not the images the maps would cover),
-    and video or 3D collections."""
-    if getattr(samples, "_is_patches", False):
+    """Refuse a collection the run cannot write back to: evaluation patches,
+    frames and clips views (their samples are generated), and video or 3D
+    collections. A patches view is explained crop by crop (patch_runs.py)."""
+    if type(samples).__name__ == "EvaluationPatchesView":
         raise ValueError(
-            "samples is a patches view (to_patches / to_evaluation_patches): "
-            "compute_cams explains whole images and writes to their samples, not "
-            "to generated patch samples. Run it on the images the patches come "
-            "from (the view you called to_patches on), then score_cams(..., "
-            "gt_field=<the patches' field>) measures the heatmap inside each "
-            "object; to explain the crops themselves, export them as images first "
-            "(patches.export(..., dataset_type=fo.types.ImageDirectory))."
+            "samples is an evaluation patches view (to_evaluation_patches): "
+            "its patches pair ground truth with predictions. Explain the crops "
+            "of one field with dataset.to_patches(<field>) instead."
         )
     if getattr(samples, "_is_frames", False):
         raise ValueError(

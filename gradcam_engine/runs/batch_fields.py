@@ -46,6 +46,8 @@ class BatchContext:
     # whole batch), kept for the rest of the run, and how often it halved
     chunk: int | None = None
     oom_backoffs: int = 0
+    # task="multilabel", target="predicted": the sigmoid a class must reach
+    threshold: float = 0.5
 
 
 def label_reader(dataset, task, target, label_field):

@@ -25,11 +25,12 @@ from ..engine.layers import default_layers
 from ..engine.methods import get_method
 from ..sources.geometry import TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
-from . import arguments, cam_runs, registration, sharding, trust
+from . import arguments, cam_runs, patch_runs, registration, sharding, trust
 from .app_look import style_run
 from .batch_fields import field_names
 from .detections import detection_config, detection_engine, detector_input
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
+from .multilabel import multilabel_config
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
 from .plan import RunPlan as _RunPlan
 from .probe import probe_model
@@ -92,6 +93,13 @@ def compute_cams(
     writes ``{run_key}_detections`` whose detections carry, per layer, their
     ``<slug(layer)>_focus`` and own map ``<slug(layer)>_map``, and per layer
     one combined heatmap per sample (see runs/detections.py).
+
+    ``task="multilabel"`` (sigmoid outputs, ``fo.Classifications`` labels):
+    explains each label of ``label_field`` (``target="label"``) or each class
+    whose sigmoid reaches ``confidence_thresh``; writes ``{run_key}_labels``,
+    each label with its own ``<slug(layer)>_map`` (see runs/multilabel.py).
+    On a patches view (``to_patches(field)``) each crop is explained and its
+    map placed on the source sample's ``{run_key}_detections`` (runs/patch_runs.py).
 
     ``delegate=True``: register the run here, then queue ``shards`` (default 1)
     FiftyOne delegated operations over disjoint parts of ``samples`` and return
@@ -162,6 +170,8 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
         call["progress"], call["progress_callback"]
     )  # checked before any write
     queue = sharding.check_delegation(call["delegate"], call["shards"])
+    if queue and patch_runs.is_patches(samples):
+        raise ValueError("delegate=True is not supported on a patches view yet")
     if queue or shard is not None:
         sharding.check_remote_args(
             model,
@@ -189,7 +199,10 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
         retry_errors=call["retry_errors"],
     )
     with registration.replacement(plan.dataset, opened):  # a failed one is removed
-        summary = stream_run(plan, samples, options)
+        patched = plan.config["task"] == "patches"
+        summary = (patch_runs.stream_patches if patched else stream_run)(
+            plan, samples, options
+        )
         if shard is not None:  # reports through cam_run_status, not the run config
             # the run as a whole decides the swap, as in one process: a shard
             # whose samples all failed may still complete a run that has maps
@@ -254,11 +267,16 @@ def _plan_run(
         )
     layer_list = engine.layer_names
     fixed_class = arguments.fixed_class(target, class_names)
-    arguments.check_label_field(samples, task, target, label_field)
-    if task == "classification" and target == "label":
-        check_label_classes(samples, label_field, class_names)
-
-    names = field_names(run_key, layer_list, task)
+    patches = None
+    if patch_runs.is_patches(samples):  # the crops' own labels are the targets
+        patches = patch_runs.patches_config(samples, task, target, label_field, options)
+        label_field = patches["field"] if target == "label" else None
+    else:
+        arguments.check_label_field(samples, task, target, label_field)
+    if task in ("classification", "multilabel") and target == "label":
+        path = f"{label_field}.classifications.label" if task == "multilabel" else None
+        check_label_classes(samples, label_field, class_names, path)
+    names = field_names(run_key, layer_list, "patches" if patches else task)
     # One forward on one sample: an unusable output or an out-of-range target
     # is refused now, not by every sample of a registered run.
     probe_model(
@@ -285,7 +303,7 @@ def _plan_run(
         "weights": weights_fingerprint(module),
         "layers": layer_list,
         "method": method_name,
-        "task": task,
+        "task": "patches" if patches else task,  # patches: a classifier on crops
         "target": target,
         "label_field": label_field,
         "classes": arguments.describe_classes(class_names),
@@ -299,6 +317,8 @@ def _plan_run(
         "precision": getattr(engine, "precision", "fp32"),
         "owned_fields": names.owned,
         "detection": detection_config(engine) if task == "detection" else None,
+        "multilabel": multilabel_config(options) if task == "multilabel" else None,
+        "patches": patches,
     }
     config["transforms_fingerprint"] = transforms_fingerprint(
         transforms, config.get("geometry")

@@ -32,6 +32,7 @@ from .storage import make_heatmap, to_uint8_map
 
 __all__ = [
     "DETECTION_MAP_SIZE",
+    "attach_object_maps",
     "detection_config",
     "detection_engine",
     "detection_field_values",
@@ -267,13 +268,21 @@ def _explained(ctx, sample, e: ExplainedDetection, **fields) -> fo.Detection:
     det = fo.Detection(confidence=e.score, **fields)
     if e.maps is None:
         return det
-    for k, layer in enumerate(ctx.layers):
-        det[detection_focus_attribute(layer)] = float(e.focus[k])
-        u8 = to_uint8_map(
-            e.maps[k].numpy(), sample.size, DETECTION_MAP_SIZE, sample.geometry
-        )
-        det[detection_map_attribute(layer)] = make_heatmap(u8, "db")
-    return det
+    maps = [m.numpy() for m in e.maps]
+    return attach_object_maps(det, ctx.layers, maps, sample, focus=e.focus)
+
+
+def attach_object_maps(label, layers, maps, sample, focus=None):
+    """Store on ``label`` (an fo.Detection or fo.Classification), per layer,
+    its own map ``<slug>_map`` over the whole original image (longest side
+    ``DETECTION_MAP_SIZE``) and, given ``focus``, ``<slug>_focus``: the
+    per-object storage that detection and multi-label runs share."""
+    for k, layer in enumerate(layers):
+        if focus is not None:
+            label[detection_focus_attribute(layer)] = float(focus[k])
+        u8 = to_uint8_map(maps[k], sample.size, DETECTION_MAP_SIZE, sample.geometry)
+        label[detection_map_attribute(layer)] = make_heatmap(u8, "db")
+    return label
 
 
 def _ground_truth(ctx, sample, gt, request, found) -> fo.Detection:

@@ -28,6 +28,7 @@ __all__ = [
     "insertion_field",
     "FOCUS",
     "detections_field",
+    "labels_field",
     "detection_focus_attribute",
     "detection_map_attribute",
     "chosen_detection_field",
@@ -56,6 +57,8 @@ TARGET, PREDICTION, ERROR, SEEN, INSTANCE = (
 # task="detection": the explained detections, and per layer the attributes
 # of each one (named after the layer only, so that they survive a rename).
 DETECTIONS, MAP = "detections", "map"
+# task="multilabel": the explained labels (their attributes named as above)
+LABELS = "labels"
 LAYER_AGREEMENT, BG_FLIP, BG_DROP, BG_FLIP_RATE = (
     "layer_agreement",
     "bg_flip",
@@ -153,6 +156,12 @@ def detections_field(run_key: str) -> str:
     return run_field(run_key, DETECTIONS)
 
 
+def labels_field(run_key: str) -> str:
+    """``fo.Classifications``: the labels run ``run_key`` explained
+    (task="multilabel"), each carrying its own map like a detection."""
+    return run_field(run_key, LABELS)
+
+
 def detection_focus_attribute(layer: str) -> str:
     """float attribute of an explained detection: the share of its own map's
     energy inside its own box, for ``layer``."""
@@ -187,6 +196,8 @@ class FieldNames:
     # and the float focus attribute of each for every layer
     detections: str | None = None
     detection_focus: list[str] | None = None
+    # task="multilabel": the fo.Classifications field of the explained labels
+    labels: str | None = None
 
     @property
     def owned(self) -> list[str]:
@@ -199,14 +210,16 @@ class FieldNames:
             self.seen,
             self.instance,
         ]
-        return owned + ([self.detections] if self.detections else [])
+        owned += [self.detections] if self.detections else []
+        return owned + ([self.labels] if self.labels else [])
 
 
 def field_names(
     run_key: str, layers: list[str], task: str | None = "classification"
 ) -> FieldNames:
     """The fields of run ``run_key``; ``task="detection"`` adds
-    ``{run_key}_detections`` (``task`` None: a run stored before tasks)."""
+    ``{run_key}_detections``, ``task="multilabel"`` ``{run_key}_labels``
+    (``task`` None: a run stored before tasks)."""
     heatmaps = [heatmap_field(run_key, layer) for layer in layers]
     if len(set(heatmaps)) != len(heatmaps):
         raise ValueError(
@@ -221,10 +234,14 @@ def field_names(
         error=run_field(run_key, ERROR),
         seen=run_field(run_key, SEEN),
         instance=run_field(run_key, INSTANCE),
-        detections=detections_field(run_key) if task == "detection" else None,
+        # a patches run stores its crops' maps like detections (patch_runs.py)
+        detections=(
+            detections_field(run_key) if task in ("detection", "patches") else None
+        ),
         detection_focus=(
             [detection_focus_attribute(layer) for layer in layers]
             if task == "detection"
             else None
         ),
+        labels=labels_field(run_key) if task == "multilabel" else None,
     )

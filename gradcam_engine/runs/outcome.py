@@ -133,14 +133,17 @@ def check_label_classes(
     samples: foc.SampleCollection,
     label_field: str,
     class_names: Sequence[str] | None,
+    path: str | None = None,
 ) -> None:
-    """Refuse a ground-truth target whose labels the model cannot explain.
+    """Refuse a ground-truth target whose labels the model cannot explain
+    (``path``: where the labels are, default ``f"{label_field}.label"``).
 
     Every distinct label of ``label_field`` must be one of ``class_names`` (or,
     for a model without class names, an integer index): otherwise those samples
     would all fail, so the run would only record errors.
     """
-    labels = [x for x in samples.distinct(f"{label_field}.label") if x is not None]
+    path = path or f"{label_field}.label"
+    labels = [x for x in samples.distinct(path) if x is not None]
     if not labels:
         raise ValueError(
             f"label_field {label_field!r} has no labels in this view: nothing to "

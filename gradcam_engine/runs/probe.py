@@ -130,9 +130,9 @@ def _check_output(output, task: str, path: str) -> int:
             f"of logits. {wrap}."
         )
     shape = tuple(output.shape)
-    expected = {"classification": 2, "segmentation": 4}[task]
+    expected = {"classification": 2, "multilabel": 2, "segmentation": 4}[task]
     if output.ndim != expected or shape[0] != 1 or shape[1] < 1:
-        needs = "[B, K]" if task == "classification" else "[B, K, H, W]"
+        needs = "[B, K, H, W]" if task == "segmentation" else "[B, K]"
         hint = ""
         if output.ndim in (2, 4) and output.ndim != expected:
             other = "segmentation" if output.ndim == 4 else "classification"
@@ -164,10 +164,11 @@ def _check_classes(
             ),
             app="type a class index in that range in 'Class'.",
         )
-    if task != "classification" or target != "label":
+    if task not in ("classification", "multilabel") or target != "label":
         return
     indices = {}
-    for label in samples.distinct(f"{label_field}.label"):
+    path = f"{label_field}.classifications.label" if task == "multilabel" else None
+    for label in samples.distinct(path or f"{label_field}.label"):
         if class_names and label in class_names:
             indices[label] = list(class_names).index(label)
         elif not class_names and str(label).isdigit():

@@ -75,6 +75,10 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     # task="detection": confidence_thresh, max_detections, iou_threshold and
     # map_size (runs/detections.py); None for the other tasks
     "detection": None,
+    # task="multilabel": threshold and map_size (runs/multilabel.py)
+    "multilabel": None,
+    # a patches view (runs/patch_runs.py): its label field and map_size
+    "patches": None,
     # set at registration
     "fields": {},  # layer -> fo.Heatmap field
     "run_dir": None,  # disk storage: the PNGs' directory, owned
@@ -118,6 +122,8 @@ IDENTITY_KEYS = (
     "aug_smooth",
     "precision",
     "detection",
+    "multilabel",
+    "patches",
 )
 # Lists of what a run owns (besides ``run_dir``).
 OWNED_LISTS = ("owned_fields", "saved_views", "owned_paths", "brain_keys")

@@ -334,6 +334,8 @@ def _declare_fields(dataset: fo.Dataset, names: FieldNames) -> None:
     schema[names.seen] = fo.EmbeddedDocumentField(fo.Detection)
     if names.detections:  # task="detection"
         schema[names.detections] = fo.EmbeddedDocumentField(fo.Detections)
+    if names.labels:  # task="multilabel"
+        schema[names.labels] = fo.EmbeddedDocumentField(fo.Classifications)
     existing = dataset.get_field_schema()
     missing = {k: v for k, v in schema.items() if k not in existing}
     if missing:
@@ -347,7 +349,8 @@ def _declare_detection_attributes(dataset: fo.Dataset, names: FieldNames) -> Non
     (str) attributes, so that the App's sidebar filters them; their own maps
     stay dynamic attributes (runs/detections.py)."""
     parent = f"{names.detections}.detections"
-    schema = {f"{parent}.{attr}": fo.FloatField() for attr in names.detection_focus}
+    focus = names.detection_focus or []  # a patches run stores no focus
+    schema = {f"{parent}.{attr}": fo.FloatField() for attr in focus}
     schema[f"{parent}.error"] = fo.StringField()
     schema[f"{parent}.gt_id"] = fo.StringField()
     existing = dataset.get_field_schema(flat=True)

@@ -20,6 +20,7 @@ from torch import nn
 from ..sources.images import ImageFiles, collate
 from .batch_fields import BatchContext, batch_field_values, label_reader
 from .detections import detection_field_values
+from .multilabel import multilabel_field_values
 from .outcome import CamRunSummary, exact_count
 from .plan import RunPlan as _RunPlan
 from .record import done_expression
@@ -89,11 +90,10 @@ def stream_run(plan: _RunPlan, samples, options: StreamOptions) -> CamRunSummary
             fou.ProgressBar(total=total, progress=options.progress)
         )
         context, labels = _batch_context(plan), _labels(plan)
-        field_values = (
-            detection_field_values
-            if plan.config["task"] == "detection"
-            else batch_field_values
-        )
+        field_values = {
+            "detection": detection_field_values,
+            "multilabel": multilabel_field_values,
+        }.get(plan.config["task"], batch_field_values)
         done = 0
         for batch in loader:
             batch_ids = ids[batch.indices[0] : batch.indices[-1] + 1]
@@ -141,6 +141,7 @@ def _batch_context(plan: _RunPlan) -> BatchContext:
         storage=config["storage"],
         run_dir=config["run_dir"],
         max_size=config["max_size"],
+        threshold=(config.get("multilabel") or {}).get("threshold", 0.5),
     )
 
 
