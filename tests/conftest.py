@@ -124,15 +124,24 @@ atexit.register(_stop_database_and_clean_up)
 # worker processes, fresh interpreters) belongs in this list; other browser
 # modules (test_app_*.py) come right after it.
 SLOWEST_FILES_FIRST = (
-    "test_notebooks.py",
     "test_app_browser.py",
+    "test_notebooks.py",
     "test_app_review.py",
+    "test_live_runs.py",
     "test_app_discovery.py",
     "test_app_eval_metrics.py",
-    "test_live_runs.py",
     "test_proof.py",
+    "test_discovery.py",
+    "test_engine.py",
     "test_scale_out.py",
     "test_layout.py",
+    "test_operators.py",
+    "test_geometry.py",
+    "test_app_outcomes.py",
+    "test_demo_clever_hans.py",
+    "test_engine_models.py",
+    "test_faults.py",
+    "test_runs.py",
 )
 
 

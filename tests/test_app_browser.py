@@ -222,6 +222,14 @@ def test_review_panel_opens_the_selected_heatmap_without_errors(
     opened = scored_dataset.match(fo.ViewField("filepath").ends_with(lowest)).first()
     values = opened.cam_block.map
     assert (values < 60).mean() > 0.05 and (values > 180).mean() > 0.05
+    # the panel has switched (cam and cam_b are the same model's maps: the
+    # table's first row alone does not tell the runs apart, and an Open before
+    # the switch would open cam_b's heatmap)
+    page.wait_for_function(
+        "() => document.body.innerText.includes('cam** / `block`')"
+        " || document.body.innerText.includes('cam / block')",
+        timeout=30_000,
+    )
     page.wait_for_function(
         "name => document.querySelector('table tbody tr')?.innerText.includes(name)",
         arg=lowest,
