@@ -40,8 +40,13 @@ $(PLUGINS_DIR)/cam-audit:
 demo: install $(PLUGINS_DIR)/cam-audit
 	FIFTYONE_PLUGINS_DIR=$(PLUGINS_DIR) $(PY) -m gradcam_engine.demo $(ARGS)
 
+# Two pytest-xdist workers, one test file each at a time (a module's fixtures,
+# App server and browser stay in one process), the slowest files first
+# (tests/conftest.py orders them). Serial: `make test PYTEST_PARALLEL=` or
+# `make test PYTEST_ARGS="-n 0"`.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: install browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

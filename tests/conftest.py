@@ -19,6 +19,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # bundled images (both.png: the GradCAM lesson photo), package data of the demo
 DATA = ROOT / "gradcam_engine" / "demo" / "data"
 
+# Under pytest-xdist (`make test` runs two workers) every worker is a test
+# session of its own: it imports this file, so it has its own mongod, temporary
+# directory, FiftyOne datasets and free ports. What workers share is on disk:
+# the trained-model cache (tests/trained_models.py: locked, atomic writes),
+# artifacts/ (one file per test module), the checkout (test_layout's wheel
+# build) and ~/.cache.
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if XDIST_WORKERS > 1:
+    # One torch/BLAS thread per worker and per process a test starts (workers,
+    # kernels, child interpreters inherit it): two workers with two threads
+    # each on 2 cores spin against each other. Read when torch is imported.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 _TMP = pathlib.Path(tempfile.mkdtemp(prefix="cam-audit-tests-"))
 _PLUGINS = _TMP / "plugins"
 _PLUGINS.mkdir()
@@ -101,6 +115,47 @@ def _stop_database_and_clean_up() -> None:
 
 
 atexit.register(_stop_database_and_clean_up)
+
+
+# Under xdist the longest test files go first (`--dist loadfile
+# --no-loadscope-reorder` hands each worker the next file when it is done): the
+# short files then fill the end and no worker is left alone with a long one.
+# Measured in BENCHMARKS.md "Test suite". A new slow file (browser, notebook,
+# worker processes, fresh interpreters) belongs in this list; other browser
+# modules (test_app_*.py) come right after it.
+SLOWEST_FILES_FIRST = (
+    "test_app_browser.py",
+    "test_notebooks.py",
+    "test_app_review.py",
+    "test_live_runs.py",
+    "test_app_discovery.py",
+    "test_app_eval_metrics.py",
+    "test_proof.py",
+    "test_discovery.py",
+    "test_engine.py",
+    "test_scale_out.py",
+    "test_layout.py",
+    "test_operators.py",
+    "test_geometry.py",
+    "test_app_outcomes.py",
+    "test_demo_clever_hans.py",
+    "test_engine_models.py",
+    "test_faults.py",
+    "test_runs.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if XDIST_WORKERS <= 1:
+        return
+
+    def rank(item) -> int:
+        name = item.path.name
+        if name in SLOWEST_FILES_FIRST:
+            return SLOWEST_FILES_FIRST.index(name)
+        return len(SLOWEST_FILES_FIRST) + (not name.startswith("test_app_"))
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,10 @@ of the modules that make the data and train the model: a changed generator,
 architecture or training loop trains again.
 
 Kept in memory for the session and on disk between sessions, in
-``$CAM_AUDIT_TEST_MODELS`` or else ``~/.cache/cam-audit/test-models`` (written
-atomically, so that parallel test processes can share it).
+``$CAM_AUDIT_TEST_MODELS`` or else ``~/.cache/cam-audit/test-models``, shared by
+parallel test processes (pytest-xdist workers, other checkouts): a file lock per
+model lets one process train it while the others wait and then load it, and
+the file is written atomically (a reader never sees half a model).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import pathlib
 
 import torch
+from filelock import FileLock
 
 from gradcam_engine.demo import handwritten, marked_data, shortcut_data, shortcut_model
 
@@ -59,13 +62,16 @@ def trained(
     key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
     if key not in _MEMORY:
         path = cache_dir() / f"{data}-{split}-n{n}-s{seed}-{key}.pt"
-        if path.exists():
-            model = shortcut_model.load(path)
-        else:
-            samples = GENERATORS[data](n, split, seed=seed)
-            model = shortcut_model.train_classifier(samples, seed=seed, **train_kwargs)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            shortcut_model.save(model, partial)
-            os.replace(partial, path)
+        with FileLock(path.with_name(f"{path.name}.lock")):
+            if path.exists():
+                model = shortcut_model.load(path)
+            else:
+                samples = GENERATORS[data](n, split, seed=seed)
+                model = shortcut_model.train_classifier(
+                    samples, seed=seed, **train_kwargs
+                )
+                partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+                shortcut_model.save(model, partial)
+                os.replace(partial, path)
         _MEMORY[key] = model
     return copy.deepcopy(_MEMORY[key])
