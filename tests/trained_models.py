@@ -75,3 +75,30 @@ def trained(
                 os.replace(partial, path)
         _MEMORY[key] = model
     return copy.deepcopy(_MEMORY[key])
+
+
+_DETECTORS: dict[str, object] = {}
+
+
+def trained_detector(n: int, seed: int = 0, epochs: int = 8):
+    """``mark_detector.train_detector(marked_data.generate_marked(n, "train",
+    seed=seed), epochs=epochs, seed=seed)`` (the demo's detector), cached
+    like :func:`trained`."""
+    from gradcam_engine.demo import mark_detector
+
+    digest = hashlib.sha256(code_version().encode())
+    digest.update(pathlib.Path(mark_detector.__file__).read_bytes())
+    recipe = ["mark-detector", n, seed, epochs, digest.hexdigest()[:12]]
+    key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
+    if key not in _DETECTORS:
+        path = cache_dir() / f"mark-detector-n{n}-e{epochs}-s{seed}-{key}.pt"
+        if path.exists():
+            model = mark_detector.load(path)
+        else:
+            samples = marked_data.generate_marked(n, "train", seed=seed)
+            model = mark_detector.train_detector(samples, epochs=epochs, seed=seed)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            mark_detector.save(model, partial)
+            os.replace(partial, path)
+        _DETECTORS[key] = model
+    return copy.deepcopy(_DETECTORS[key])

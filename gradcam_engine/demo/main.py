@@ -12,6 +12,9 @@
 3. ``cam-audit-clever-hans``: a watermark nobody labelled, found by heatmap
    clusters without boxes and proven by the background test
    (:mod:`gradcam_engine.demo.clever_hans`).
+4. ``cam-audit-detection``: a small detector explained per detection; the
+   lowest-focus detections are those the watermark explains
+   (:mod:`gradcam_engine.demo.detection_case`).
 
 Datasets are persistent and reused (CAM runs resume, so a second run only
 prints); ``--fresh`` rebuilds them. Model weights are cached under the demo
@@ -38,6 +41,7 @@ from ..sources.models import load_model
 from . import datasets as dd
 from . import sources as demo_sources
 from .clever_hans import CLEVER_HANS_DATASET, run_clever_hans
+from .detection_case import DETECTION_DATASET, run_detection
 
 __all__ = ["main", "run_photos", "run_shortcut"]
 
@@ -300,7 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dataset",
-        choices=[dd.SHORTCUT_DATASET, dd.PHOTOS_DATASET, CLEVER_HANS_DATASET],
+        choices=[
+            dd.SHORTCUT_DATASET,
+            dd.PHOTOS_DATASET,
+            CLEVER_HANS_DATASET,
+            DETECTION_DATASET,
+        ],
         default=dd.SHORTCUT_DATASET,
         help="the dataset --app opens",
     )
@@ -310,10 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     photos = run_photos(fresh=args.fresh)
     shortcut = run_shortcut(fresh=args.fresh)
     clever = run_clever_hans(fresh=args.fresh, say=_say)
+    detection = run_detection(fresh=args.fresh, say=_say)
     _say(f"Demo data: {dd.demo_dir()}")
     _say(
         f"Datasets: {photos.name!r} ({len(photos)} samples), {shortcut.name!r} "
-        f"({len(shortcut)} samples), {clever.name!r} ({len(clever)} samples)"
+        f"({len(shortcut)} samples), {clever.name!r} ({len(clever)} samples), "
+        f"{detection.name!r} ({len(detection)} samples)"
     )
     _say(f"Done in {time.perf_counter() - start:.0f}s.")
     _say(

@@ -1,6 +1,7 @@
 """The demo's model sources, so that the App (and any script) can rerun the
 demo's runs by name: ``demo-shortcut-cnn``, ``demo-control-cnn`` (trained by
-``make demo``, loaded from its cache) and ``clever-hans-cnn``.
+``make demo``, loaded from its cache), ``clever-hans-cnn`` and
+``demo-mark-detector``.
 
 :func:`register` is the entry point of group ``gradcam_engine.model_sources``
 (pyproject.toml): ``sources.models`` loads that group on its first lookup, so
@@ -41,12 +42,19 @@ def _clever_hans_source() -> LoadedModel:
     return clever_hans.load_source()
 
 
+def _detector_source() -> LoadedModel:
+    from . import detection_case
+
+    return detection_case.load_detector_source()
+
+
 def register() -> None:
     """Register the demo's model sources (once: names already there are kept)."""
     sources = {
         "demo-shortcut-cnn": _shortcut_source("shortcut"),
         "demo-control-cnn": _shortcut_source("control"),
         "clever-hans-cnn": _clever_hans_source,
+        "demo-mark-detector": _detector_source,
     }
     registered = set(list_model_sources())
     for name, loader in sources.items():
