@@ -261,6 +261,7 @@ def test_review_panel_opens_the_selected_heatmap_without_errors(
     # "off" until the heatmap is gone (was a fixed 3 s). A loaded machine may
     # not have drawn the heatmap when "on" was taken: then it is switched on
     # again and both are taken again.
+    open_errors = None  # page errors before this test redraws the view itself
     for _ in range(3):
         on = _settled_shot(page, artifacts_dir, "open", 10)
         _toggle(modal, "cam_block")
@@ -272,11 +273,16 @@ def test_review_panel_opens_the_selected_heatmap_without_errors(
             if drawn or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
+        if open_errors is None:
+            open_errors = list(page.errors)
         if drawn:
             break
         _toggle(modal, "cam_block")
     assert yellow.sum() > 500 and purple.sum() > 500, (yellow.sum(), purple.sum())
-    assert not [e for e in page.errors if "DataCloneError" in e or "detached" in e]
+    # The panel's Open must not make FiftyOne's looker lose its buffers. Switching
+    # the heatmap on again while the view still draws (the retry above) can, in
+    # FiftyOne alone (tests/chromium.py, "looker-detached"): not counted here.
+    assert not [e for e in open_errors if "DataCloneError" in e or "detached" in e]
     page.mouse.click(5, 500)  # the backdrop closes the sample view
     page.locator("[data-cy=modal]").first.wait_for(state="detached", timeout=30_000)
     _settled_shot(page, artifacts_dir, "grid_after_open", 2)
