@@ -39,6 +39,7 @@
     useHooks() {
       return {
         copyGridState: fos.useSetModalState(),
+        updateSamples: fos.useUpdateSamples(),
         openSample: fos.useSetExpandedSample(),
         setSampleViewFields: recoil.useRecoilCallback(
           function (cb) {
@@ -57,6 +58,13 @@
         return;
       }
       await ctx.hooks.copyGridState();
+      // A sample the App has cached (e.g. open in the sample view) is drawn
+      // from its cache, without a field written since: the caller passes the
+      // sample as the server serves it, and the cache takes it (what the App
+      // does after tagging a sample).
+      if (params.sample && typeof params.sample === "object") {
+        ctx.hooks.updateSamples([[params.sample_id, params.sample]]);
+      }
       if (Array.isArray(params.fields)) {
         ctx.hooks.setSampleViewFields(params.fields);
       }

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from fiftyone.core.json import stringify
+from fiftyone.server.filters import SampleFilter
+from fiftyone.server.samples import paginate_samples
 
 from gradcam_engine.audit.detection_view import show_detection_maps
 from gradcam_engine.runs import cam_runs as runs
@@ -24,6 +27,25 @@ def _detection_runs(dataset) -> list[str]:
 def _selected(ctx, run_key: str) -> list[dict]:
     field = detections_field(run_key)
     return [s for s in ctx.selected_labels or [] if s.get("field") == field]
+
+
+async def _modal_sample(ctx, sample_id: str) -> dict | None:
+    """The sample as the App's sample view receives it, new map included.
+
+    The App caches the open sample (Relay store, keyed by sample id and view):
+    neither reload_dataset nor reload_samples fetch it again, so the map just
+    written would not be drawn. The server's own query builds the sample here
+    and ``open_cam_sample`` puts it into that cache (FiftyOne's
+    ``useUpdateSamples``, what the App does after tagging)."""
+    page = await paginate_samples(
+        ctx.dataset.name,
+        ctx.view._serialize(),
+        None,
+        1,
+        sample_filter=SampleFilter(id=sample_id),
+        pagination_data=False,
+    )
+    return stringify(page.edges[0].node.sample) if page.edges else None
 
 
 class ShowDetectionCam(foo.Operator):
@@ -68,7 +90,7 @@ class ShowDetectionCam(foo.Operator):
             )
         return types.Property(inputs, view=types.View(label="Detection CAM"))
 
-    def execute(self, ctx):
+    async def execute(self, ctx):
         run_key = ctx.params["run_key"]
         selected = _selected(ctx, run_key)
         if not selected:
@@ -87,6 +109,7 @@ class ShowDetectionCam(foo.Operator):
             params={
                 "sample_id": first,
                 "fields": [field, detections_field(run_key)],
+                "sample": await _modal_sample(ctx, first),
             },
         )
         return {"samples": chosen, "field": field}

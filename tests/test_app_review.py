@@ -308,19 +308,11 @@ def _checked_in(scope, field: str) -> bool:
     return box.locator("input[type='checkbox']").first.is_checked()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="show_detection_cam writes the map to a field new to the App "
-    "(pick_features_detection), which the open sample view neither lists "
-    "nor draws (also with ctx.ops.reload_dataset() before opening)",
-)
 def test_show_detection_cam_shows_the_clicked_detections_map(
     page, fresh_app, artifacts_dir
 ):
     """Issue 20: click a detection's box in the sample view, run "Show the
-    selected detection's CAM": the sample shows that detection's own map.
-    Known to fail today (see the mark): the map is written (asserted) but
-    the App does not draw it."""
+    selected detection's CAM": the sample shows that detection's own map."""
     from detection_models import CLASSES, KnownTruthDetector, regions
 
     from gradcam_engine import compute_cams

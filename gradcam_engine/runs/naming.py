@@ -196,6 +196,10 @@ class FieldNames:
     # and the float focus attribute of each for every layer
     detections: str | None = None
     detection_focus: list[str] | None = None
+    # task="detection" or "patches": per layer the fo.Heatmap field of the own
+    # map of the detection chosen on each sample (show_detection_maps),
+    # declared with the run so that an open App knows it before it is written
+    chosen_detections: list[str] | None = None
     # task="multilabel": the fo.Classifications field of the explained labels
     labels: str | None = None
 
@@ -211,6 +215,7 @@ class FieldNames:
             self.instance,
         ]
         owned += [self.detections] if self.detections else []
+        owned += self.chosen_detections or []
         return owned + ([self.labels] if self.labels else [])
 
 
@@ -241,6 +246,11 @@ def field_names(
         detection_focus=(
             [detection_focus_attribute(layer) for layer in layers]
             if task == "detection"
+            else None
+        ),
+        chosen_detections=(
+            [chosen_detection_field(name) for name in heatmaps]
+            if task in ("detection", "patches")
             else None
         ),
         labels=labels_field(run_key) if task == "multilabel" else None,

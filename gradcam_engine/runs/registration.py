@@ -325,7 +325,8 @@ def _register(dataset, run_key, final_key, config, names) -> OpenedRun:
 def _declare_fields(dataset: fo.Dataset, names: FieldNames) -> None:
     """All of the run's fields in one schema update (``add_sample_field`` reloads
     the dataset once per field: ~0.3 s each)."""
-    schema = {name: fo.EmbeddedDocumentField(fo.Heatmap) for name in names.heatmaps}
+    heatmaps = [*names.heatmaps, *(names.chosen_detections or [])]
+    schema = {name: fo.EmbeddedDocumentField(fo.Heatmap) for name in heatmaps}
     schema.update({name: fo.FloatField() for name in names.strengths})
     for name in (names.target, names.prediction):
         schema[name] = fo.EmbeddedDocumentField(fo.Classification)
