@@ -35,9 +35,10 @@ from torch import nn
 from torch.nn import functional as nnf
 from torchvision.transforms import ToTensor
 
+from . import shortcut_model
 from .marked_data import MarkedSample
 from .shortcut_data import CLASSES
-from .shortcut_model import MEAN, STD, _block
+from .shortcut_model import MEAN, STD, _block, deterministic_training, save
 
 __all__ = [
     "DETECTOR_CLASSES",
@@ -153,12 +154,7 @@ def train_detector(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * ((len(samples) + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    previous_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with deterministic_training(threads):
         model.train()
         for _ in range(epochs):
             order = torch.randperm(len(samples), generator=generator)
@@ -179,21 +175,9 @@ def train_detector(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.set_num_threads(previous_threads)
     return model.eval()
-
-
-def save(model: MarkDetector, path: str | os.PathLike) -> None:
-    """Save the weights and architecture arguments with ``torch.save``."""
-    config = {"num_classes": model.num_classes, "widths": list(model.widths)}
-    torch.save({"config": config, "state_dict": model.state_dict()}, path)
 
 
 def load(path: str | os.PathLike) -> MarkDetector:
     """Load a model written by :func:`save`, in eval mode, on the CPU."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = MarkDetector(**checkpoint["config"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
+    return shortcut_model.load(path, MarkDetector)

@@ -7,6 +7,7 @@ No ImageNet statistics: inputs are scaled with :data:`MEAN` and :data:`STD`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -95,6 +96,23 @@ def transforms() -> T.Compose:
     return T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
+@contextlib.contextmanager
+def deterministic_training(threads: int | None):
+    """Deterministic algorithms and ``threads`` torch threads (None: as set)
+    for a training loop, restored afterwards: the demo's models come out the
+    same on every run of the same machine type."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(previous_threads)
+
+
 def train_classifier(
     samples: Sequence[ShortcutSample],
     epochs: int = 6,
@@ -130,13 +148,8 @@ def train_classifier(
     steps = epochs * ((len(samples) + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
     loss_fn = nn.CrossEntropyLoss()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    previous_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True)
-    if threads is not None:
-        torch.set_num_threads(threads)
     start = time.perf_counter()
-    try:
+    with deterministic_training(threads):
         model.train()
         for epoch in range(epochs):
             order = torch.randperm(len(samples), generator=generator)
@@ -158,9 +171,6 @@ def train_classifier(
                     f"epoch {epoch + 1}/{epochs} loss {total / len(samples):.4f} "
                     f"({time.perf_counter() - start:.1f}s)"
                 )
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.set_num_threads(previous_threads)
     return model.eval()
 
 
@@ -200,15 +210,16 @@ def evaluate(model: nn.Module, samples: Sequence[ShortcutSample]) -> dict[str, f
     }
 
 
-def save(model: ShortcutCNN, path: str | os.PathLike) -> None:
+def save(model: nn.Module, path: str | os.PathLike) -> None:
     """Save the weights and architecture arguments with ``torch.save``."""
     config = {"num_classes": model.num_classes, "widths": list(model.widths)}
     torch.save({"config": config, "state_dict": model.state_dict()}, path)
 
 
-def load(path: str | os.PathLike) -> ShortcutCNN:
-    """Load a model written by :func:`save`, in eval mode, on the CPU."""
+def load(path: str | os.PathLike, model_class: type[nn.Module] = ShortcutCNN):
+    """Load a model written by :func:`save` (a ``model_class`` built from
+    ``num_classes`` and ``widths``), in eval mode, on the CPU."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = ShortcutCNN(**checkpoint["config"])
+    model = model_class(**checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
