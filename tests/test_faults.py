@@ -228,16 +228,13 @@ def _refused(samples, match: str) -> None:
     assert root.list_runs() == [] and set(root.get_field_schema()) == before
 
 
-def test_frames_and_video_collections_are_refused_up_front(image_dir):
-    # patches views are explained crop by crop (test_patches.py)
+def test_video_and_clips_collections_are_refused_up_front(image_dir):
+    # patches and frames views are explained (test_patches.py, test_frames.py)
     video = fo.Dataset()
     sample = fo.Sample(filepath="/no/such/video.mp4")
     for number, path in enumerate(image_dir[:3], start=1):
         sample.frames[number] = fo.Frame(filepath=path)
     video.add_sample(sample)
-    frames = video.to_frames()
-    assert len(frames) == 3
-    _refused(frames, r"frames view .* frames\.clone\(\)")
     _refused(video, r"'video' media")
     clips = video.to_clips([[(1, 2)]])
     _refused(clips, r"clips view")

@@ -12,6 +12,7 @@ import logging
 import fiftyone.core.collections as foc
 
 from ..runs import cam_runs
+from ..runs.frame_fields import declare_run_fields
 from ..runs.ownership import claim
 
 __all__ = ["claim_fields", "claim_brain_key"]
@@ -37,10 +38,9 @@ def claim_fields(
     claim(
         dataset, run_key, fields=list(fields), overwrite=overwrite, writer="this call"
     )
-    schema = dataset.get_field_schema()
-    missing = {name: ftype() for name, ftype in fields.items() if name not in schema}
-    if missing:  # one schema update (add_sample_field reloads once per field)
-        dataset._merge_sample_field_schema(missing)
+    info = cam_runs.get_cam_run(dataset, run_key)
+    schema = {name: ftype() for name, ftype in fields.items()}
+    declare_run_fields(dataset, info, schema)
 
 
 def claim_brain_key(

@@ -41,6 +41,7 @@ from ..runs import cam_runs as runs
 from ..runs import sharding
 from ..runs.app_look import add_to_run_group
 from ..runs.arguments import progress_args
+from ..runs.frame_fields import declare_run_fields
 from ..runs.naming import (
     LAYER_AGREEMENT,
     focus_field,
@@ -341,15 +342,12 @@ def _finish_scoring(samples, plan: _ScorePlan, ids, out: dict[str, list]) -> Non
 
 
 def _declare_scores(dataset: fo.Dataset, plan: _ScorePlan) -> None:
-    schema = dataset.get_field_schema()
     hit_names = {hit_field(f) for f in plan.heat_fields}
-    missing = {
+    schema = {
         name: fo.BooleanField() if name in hit_names else fo.FloatField()
         for name in plan.output_fields()
-        if name not in schema
     }
-    if missing:  # one schema update (add_sample_field reloads once per field)
-        dataset._merge_sample_field_schema(missing)
+    declare_run_fields(dataset, plan.info, schema)
 
 
 def _record_scoring(dataset: fo.Dataset, plan: _ScorePlan, shard_plan=None) -> None:

@@ -67,36 +67,30 @@ def check_args(task, target, label_field, storage, batch_size, max_size) -> None
 
 
 def check_collection(samples) -> None:
-    """Refuse a collection the run cannot write back to: evaluation patches,
-    frames and clips views (their samples are generated), and video or 3D
-    collections. A patches view is explained crop by crop (patch_runs.py)."""
+    """Refuse a collection the run cannot write back to: evaluation patches
+    and clips views (their samples are generated), and video or 3D
+    collections. A patches view is explained crop by crop (patch_runs.py), a
+    frames view frame by frame (frame_fields.py)."""
     if type(samples).__name__ == "EvaluationPatchesView":
         raise ValueError(
             "samples is an evaluation patches view (to_evaluation_patches): "
             "its patches pair ground truth with predictions. Explain the crops "
             "of one field with dataset.to_patches(<field>) instead."
         )
-    if getattr(samples, "_is_frames", False):
-        raise ValueError(
-            "samples is a frames view (to_frames): its samples are generated "
-            "from the videos' frames and are not written back. Make an image "
-            "dataset of the frames first, e.g. frames.clone() (a dataset of one "
-            "image sample per frame), and run compute_cams on that."
-        )
     if getattr(samples, "_is_clips", False):
         raise ValueError(
             "samples is a clips view (to_clips): compute_cams explains images, "
-            "not video clips. Sample the clips' frames into images "
-            "(to_frames(sample_frames=True)), clone that view into an image "
-            "dataset, and run compute_cams on it."
+            "not video clips. Run it on the clips' frames view instead: "
+            "clips.to_frames() (sample_frames=True if the frames have no "
+            "image files yet); the maps become frame fields of the videos."
         )
     media_type = getattr(samples, "media_type", "image")
     if media_type not in ("image", "group"):
         raise ValueError(
             f"samples holds {media_type!r} media; compute_cams explains images "
-            "(media_type 'image'). For videos, sample their frames into images "
-            "(to_frames(sample_frames=True)) and clone that view into an image "
-            "dataset first."
+            "(media_type 'image'). For videos, run it on their frames view: "
+            "dataset.to_frames() (sample_frames=True if the frames have no "
+            "image files yet); the maps become frame fields of the videos."
         )
 
 

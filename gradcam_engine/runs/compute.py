@@ -30,6 +30,7 @@ from .app_look import style_run
 from .batch_fields import field_names
 from .detections import detection_config, detection_engine, detector_input
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
+from .frame_fields import check_frames_run, is_frames, view_schema
 from .multilabel import multilabel_config
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
 from .plan import RunPlan as _RunPlan
@@ -172,6 +173,8 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
     queue = sharding.check_delegation(call["delegate"], call["shards"])
     if queue and patch_runs.is_patches(samples):
         raise ValueError("delegate=True is not supported on a patches view yet")
+    if queue and is_frames(samples):
+        raise ValueError("delegate=True is not supported on a frames view yet")
     if queue or shard is not None:
         sharding.check_remote_args(
             model,
@@ -190,6 +193,8 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
         return _queue_run(plan, samples, call, overwrite, queue, target)
     else:
         opened = _open_run(plan, overwrite)
+    if plan.config.get("frames"):  # the view reads the fields declared on the video
+        view_schema(samples, plan.names.owned)
     options = StreamOptions(
         batch_size=call["batch_size"],
         num_workers=call["num_workers"],
@@ -219,7 +224,9 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
             raise CamRunFailed(summary)
     summary = _finish_run(plan, opened, summary)
     layers, task = plan.config["layers"], plan.config["task"]
-    style_run(plan.dataset, summary.run_key, field_names(summary.run_key, layers, task))
+    if not plan.config.get("frames"):  # the App styles sample fields only
+        names = field_names(summary.run_key, layers, task)
+        style_run(plan.dataset, summary.run_key, names)
     return summary
 
 
@@ -267,7 +274,9 @@ def _plan_run(
         )
     layer_list = engine.layer_names
     fixed_class = arguments.fixed_class(target, class_names)
-    patches = None
+    patches, frames = None, is_frames(samples)
+    if frames:  # frame fields of the video dataset (frame_fields.py)
+        check_frames_run(samples, task)
     if patch_runs.is_patches(samples):  # the crops' own labels are the targets
         patches = patch_runs.patches_config(samples, task, target, label_field, options)
         label_field = patches["field"] if target == "label" else None
@@ -276,7 +285,7 @@ def _plan_run(
     if task in ("classification", "multilabel") and target == "label":
         path = f"{label_field}.classifications.label" if task == "multilabel" else None
         check_label_classes(samples, label_field, class_names, path)
-    names = field_names(run_key, layer_list, "patches" if patches else task)
+    names = field_names(run_key, layer_list, "patches" if patches else task, frames)
     # One forward on one sample: an unusable output or an out-of-range target
     # is refused now, not by every sample of a registered run.
     probe_model(
@@ -319,6 +328,7 @@ def _plan_run(
         "detection": detection_config(engine) if task == "detection" else None,
         "multilabel": multilabel_config(options) if task == "multilabel" else None,
         "patches": patches,
+        "frames": frames,
     }
     config["transforms_fingerprint"] = transforms_fingerprint(
         transforms, config.get("geometry")
@@ -362,8 +372,9 @@ def _finish_run(
     summary.run_key = registration.finish_run(plan.dataset, opened)
     info = cam_runs.get_cam_run(plan.dataset, summary.run_key)
     summary.fields = dict(info.fields)
+    task, frames = info.config.get("task"), info.config.get("frames")
     summary.fields_written = list(
-        field_names(summary.run_key, info.layers, info.config.get("task")).owned
+        field_names(summary.run_key, info.layers, task, frames).owned
     )
     summary.run_dir = info.config.get("run_dir")
     return summary

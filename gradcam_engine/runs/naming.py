@@ -33,7 +33,9 @@ __all__ = [
     "detection_map_attribute",
     "chosen_detection_field",
     "FieldNames",
+    "FRAMES_PREFIX",
     "field_names",
+    "frame_path",
 ]
 
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
@@ -202,6 +204,9 @@ class FieldNames:
     chosen_detections: list[str] | None = None
     # task="multilabel": the fo.Classifications field of the explained labels
     labels: str | None = None
+    # a run on a frames view: the fields are frame fields of the video
+    # dataset; the names above are the frames view's, ``owned`` the dataset's
+    frames: bool = False
 
     @property
     def owned(self) -> list[str]:
@@ -216,15 +221,29 @@ class FieldNames:
         ]
         owned += [self.detections] if self.detections else []
         owned += self.chosen_detections or []
-        return owned + ([self.labels] if self.labels else [])
+        owned += [self.labels] if self.labels else []
+        return [frame_path(f) for f in owned] if self.frames else owned
+
+
+# A video dataset's frame fields, as FiftyOne names them on the dataset.
+FRAMES_PREFIX = "frames."
+
+
+def frame_path(name: str) -> str:
+    """Frame field ``name`` as a path of the video dataset: ``frames.<name>``."""
+    return name if name.startswith(FRAMES_PREFIX) else FRAMES_PREFIX + name
 
 
 def field_names(
-    run_key: str, layers: list[str], task: str | None = "classification"
+    run_key: str,
+    layers: list[str],
+    task: str | None = "classification",
+    frames: bool = False,
 ) -> FieldNames:
     """The fields of run ``run_key``; ``task="detection"`` adds
     ``{run_key}_detections``, ``task="multilabel"`` ``{run_key}_labels``
-    (``task`` None: a run stored before tasks)."""
+    (``task`` None: a run stored before tasks); ``frames``: a run on a frames
+    view, whose owned fields are ``frames.<name>`` of the video dataset."""
     heatmaps = [heatmap_field(run_key, layer) for layer in layers]
     if len(set(heatmaps)) != len(heatmaps):
         raise ValueError(
@@ -254,4 +273,5 @@ def field_names(
             else None
         ),
         labels=labels_field(run_key) if task == "multilabel" else None,
+        frames=bool(frames),
     )

@@ -22,7 +22,9 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 
 from . import cam_runs
+from .frame_fields import delete_fields, existing_fields
 from .locks import run_lock
+from .naming import frame_path
 
 __all__ = ["Conflict", "claim", "find_conflicts", "remove_conflicts"]
 
@@ -61,7 +63,7 @@ def find_conflicts(
         if key != run_key:
             for kind, names in _owned(dataset, key).items():
                 owners.update({(kind, n): key for n in names})
-    existing = set(dataset.get_field_schema())
+    existing = existing_fields(dataset)
     found = [("field", f) for f in fields if f in existing]
     found += [("saved view", v) for v in saved_views if dataset.has_saved_view(v)]
     found += [("file", p) for p in paths if os.path.exists(p)]
@@ -84,7 +86,7 @@ def remove_conflicts(samples: foc.SampleCollection, conflicts: list[Conflict]) -
     dataset = cam_runs.root_dataset(samples)
     fields = [c.name for c in conflicts if c.kind == "field"]
     if fields:
-        dataset.delete_sample_fields(fields)
+        delete_fields(dataset, fields)
     for c in conflicts:
         if c.kind == "saved view":
             dataset.delete_saved_view(c.name)
@@ -117,7 +119,9 @@ def claim(
     dataset = cam_runs.root_dataset(samples)
     fields, saved_views, paths = list(fields), list(saved_views), list(paths)
     with run_lock(dataset, run_key):
-        cam_runs.get_cam_run(dataset, run_key)  # raises if there is no such run
+        info = cam_runs.get_cam_run(dataset, run_key)  # raises if there is no such run
+        if info.config.get("frames"):  # the frames view's names -> the dataset's
+            fields = [frame_path(f) for f in fields]
         conflicts = find_conflicts(
             dataset, run_key, fields=fields, saved_views=saved_views, paths=paths
         )

@@ -79,6 +79,9 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "multilabel": None,
     # a patches view (runs/patch_runs.py): its label field and map_size
     "patches": None,
+    # a frames view (runs/frame_fields.py): its fields are the video dataset's
+    # frame fields (``frames.<name>`` in owned_fields)
+    "frames": False,
     # set at registration
     "fields": {},  # layer -> fo.Heatmap field
     "run_dir": None,  # disk storage: the PNGs' directory, owned
@@ -124,6 +127,7 @@ IDENTITY_KEYS = (
     "detection",
     "multilabel",
     "patches",
+    "frames",
 )
 # Lists of what a run owns (besides ``run_dir``).
 OWNED_LISTS = ("owned_fields", "saved_views", "owned_paths", "brain_keys")

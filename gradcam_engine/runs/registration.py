@@ -33,8 +33,9 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 
 from . import cam_runs, live, ownership, record
+from .frame_fields import declare_fields
 from .locks import run_lock
-from .naming import FieldNames, field_names
+from .naming import FieldNames, field_names, frame_path
 from .run_parts import move_parts, remove_parts
 
 __all__ = [
@@ -93,7 +94,7 @@ def open_run(
                 f"run_key {run_key!r} is already used by a non-CAM run on "
                 f"{dataset.name!r}; pick another run_key"
             )
-        names = field_names(run_key, list(config["layers"]), config.get("task"))
+        names = _names(run_key, config)
         if overwrite:
             live.refuse_if_live(dataset, run_key, "overwrite")
             _remove_dead_replacements(dataset, run_key)
@@ -109,8 +110,13 @@ def open_run(
                 "pass overwrite=True to replace them"
             )
         temp = f"{run_key}_replacing_{uuid.uuid4().hex[:8]}"
-        names = field_names(temp, config["layers"], config.get("task"))
+        names = _names(temp, config)
         return _held(dataset, _register(dataset, temp, run_key, config, names))
+
+
+def _names(run_key: str, config: dict[str, Any]) -> FieldNames:
+    task, frames = config.get("task"), config.get("frames")
+    return field_names(run_key, list(config["layers"]), task, frames=frames)
 
 
 def _held(dataset: fo.Dataset, opened: OpenedRun) -> OpenedRun:
@@ -137,9 +143,7 @@ def finish_run(samples: foc.SampleCollection, opened: OpenedRun) -> str:
         if final in cam_runs.list_cam_runs(dataset):
             cam_runs.delete_cam_run(dataset, final)  # with all it owned
             logger.warning("Replaced CAM run %r on %r", final, dataset.name)
-        new_names = field_names(
-            final, opened.config["layers"], opened.config.get("task")
-        ).owned
+        new_names = _names(final, opened.config).owned
         conflicts = ownership.find_conflicts(dataset, final, fields=new_names)
         ownership.remove_conflicts(dataset, conflicts)
         found = record.require_record(dataset, opened.run_key)
@@ -337,10 +341,9 @@ def _declare_fields(dataset: fo.Dataset, names: FieldNames) -> None:
         schema[names.detections] = fo.EmbeddedDocumentField(fo.Detections)
     if names.labels:  # task="multilabel"
         schema[names.labels] = fo.EmbeddedDocumentField(fo.Classifications)
-    existing = dataset.get_field_schema()
-    missing = {k: v for k, v in schema.items() if k not in existing}
-    if missing:
-        dataset._merge_sample_field_schema(missing)
+    if names.frames:  # frame fields of the video dataset
+        schema = {frame_path(k): v for k, v in schema.items()}
+    declare_fields(dataset, schema)
     if names.detections:  # the detections' attributes, once their field exists
         _declare_detection_attributes(dataset, names)
 

@@ -20,6 +20,8 @@ from bson import json_util
 
 from . import record
 from .app_look import remove_run_look, rename_run_look
+from .frame_fields import delete_fields, existing_fields, rename_fields
+from .naming import FRAMES_PREFIX
 
 __all__ = ["remove_parts", "move_parts", "rename_plan"]
 
@@ -30,10 +32,10 @@ def remove_parts(
     """Delete what run ``key`` with ``config`` owns: fields (unless
     ``fields=False``: a newer run of the key owns them), saved views, brain
     runs, files, its run directory and its look in the App."""
-    existing = set(dataset.get_field_schema())
+    existing = existing_fields(dataset)
     owned = [f for f in config.get("owned_fields") or [] if f in existing]
     if owned and fields:
-        dataset.delete_sample_fields(owned)
+        delete_fields(dataset, owned)
     for name in config.get("saved_views") or []:
         if dataset.has_saved_view(name):
             dataset.delete_saved_view(name)
@@ -58,10 +60,10 @@ def move_parts(dataset: fo.Dataset, key: str, new_key: str, found) -> None:
     document has by then (FiftyOne moves it after ``CamRun.rename``)."""
     config = record.with_defaults(found.config)
     plan = rename_plan(dataset, key, config, new_key)
-    existing = set(dataset.get_field_schema())
+    existing = existing_fields(dataset)
     present = {o: n for o, n in plan.fields.items() if o in existing}
     if present:
-        dataset.rename_sample_fields(present)
+        rename_fields(dataset, present)
     for old, new in plan.views.items():
         if dataset.has_saved_view(old):
             _move_saved_view(dataset, old, new, plan.fields)
@@ -69,6 +71,14 @@ def move_parts(dataset: fo.Dataset, key: str, new_key: str, found) -> None:
         if dataset.has_brain_run(old):
             dataset.rename_brain_run(old, new)
     moved = {**plan.fields, **plan.views, **plan.brain_keys}
+    # a frames run's layer -> field map names the frames view's fields
+    moved.update(
+        {
+            old[len(FRAMES_PREFIX) :]: new[len(FRAMES_PREFIX) :]
+            for old, new in plan.fields.items()
+            if old.startswith(FRAMES_PREFIX)
+        }
+    )
     clusters = config["clusters"]
     record.set_by_id(
         found.id,
@@ -88,6 +98,9 @@ def move_parts(dataset: fo.Dataset, key: str, new_key: str, found) -> None:
 
 
 def _renamed(name: str, run_key: str, new_key: str, sep: str) -> str:
+    if name.startswith(FRAMES_PREFIX):  # a frame field stays one
+        tail = name[len(FRAMES_PREFIX) :]
+        return FRAMES_PREFIX + _renamed(tail, run_key, new_key, sep)
     prefix = run_key + sep
     return new_key + sep + name[len(prefix) :] if name.startswith(prefix) else name
 
@@ -108,7 +121,7 @@ def rename_plan(
     raises, before anything moves, if a new name is taken by something the run
     does not own. Brain keys without the run's prefix (a ``brain_key`` the
     user chose) keep their name."""
-    existing = set(dataset.get_field_schema())
+    existing = existing_fields(dataset)
     fields = {f: _renamed(f, key, new_key, "_") for f in config["owned_fields"]}
     views = {v: _renamed(v, key, new_key, "-") for v in config["saved_views"]}
     brain = {k: _renamed(k, key, new_key, "_") for k in config["brain_keys"]}

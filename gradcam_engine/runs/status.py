@@ -50,7 +50,12 @@ def _counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
     # samples of this run instance only (not of a deleted run of the same key)
     own = own_samples(
         samples,
-        field_names(info.run_key, info.layers, info.config.get("task")),
+        field_names(
+            info.run_key,
+            info.layers,
+            info.config.get("task"),
+            frames=info.config.get("frames"),
+        ),
         info.instance,
     )
     done = own.count(info.prediction_field)

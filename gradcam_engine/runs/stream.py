@@ -20,6 +20,7 @@ from torch import nn
 from ..sources.images import ImageFiles, collate
 from .batch_fields import BatchContext, batch_field_values, label_reader
 from .detections import detection_field_values
+from .frame_fields import is_frames
 from .multilabel import multilabel_field_values
 from .outcome import CamRunSummary, exact_count
 from .plan import RunPlan as _RunPlan
@@ -89,7 +90,9 @@ def stream_run(plan: _RunPlan, samples, options: StreamOptions) -> CamRunSummary
         bar = stack.enter_context(
             fou.ProgressBar(total=total, progress=options.progress)
         )
-        context, labels = _batch_context(plan), _labels(plan)
+        # a frames view's samples are generated: read and write through it
+        target = samples if is_frames(samples) else plan.dataset
+        context, labels = _batch_context(plan), _labels(plan, target)
         field_values = {
             "detection": detection_field_values,
             "multilabel": multilabel_field_values,
@@ -102,7 +105,7 @@ def stream_run(plan: _RunPlan, samples, options: StreamOptions) -> CamRunSummary
             if plan.live is not None:  # deleted or renamed meanwhile: stop
                 plan.live.check()
             values[names.instance] = {sid: instance for sid in batch_ids}
-            _write(plan.dataset, values)
+            _write(target, values)
             done += len(batch_ids)
             bar.update(len(batch_ids))
             if options.progress_callback is not None:
@@ -145,10 +148,10 @@ def _batch_context(plan: _RunPlan) -> BatchContext:
     )
 
 
-def _labels(plan: _RunPlan):
+def _labels(plan: _RunPlan, samples):
     config = plan.config
     return label_reader(
-        plan.dataset, config["task"], config["target"], config["label_field"]
+        samples, config["task"], config["target"], config["label_field"]
     )
 
 

@@ -22,6 +22,7 @@ from bson import Binary, ObjectId
 from pymongo import UpdateOne
 
 from .cam_runs import root_dataset
+from .frame_fields import is_frames, view_schema
 
 __all__ = ["encode_map", "set_fields"]
 
@@ -33,7 +34,14 @@ def set_fields(
     samples: foc.SampleCollection, updates: dict[str, dict[str, Any]]
 ) -> None:
     """Write ``{sample id: {field: value}}``; labels (``fo.Heatmap``,
-    ``fo.Classification``...) are serialised, other values stored as given."""
+    ``fo.Classification``...) are serialised, other values stored as given.
+
+    On a frames view the ids are frame ids: the values go into the view's own
+    dataset and, by FiftyOne's sync of frames views, into the video dataset's
+    frames (where the fields must be declared)."""
+    if is_frames(samples) and updates:
+        _set_frame_fields(samples, updates)
+        return
     dataset = root_dataset(samples)
     if not hasattr(dataset, "_bulk_write"):  # a FiftyOne without the hook
         by_field: dict[str, dict[str, Any]] = {}
@@ -55,6 +63,14 @@ def set_fields(
             for sample_id in chunk
         ]
         dataset._bulk_write(ops, ids=chunk)
+
+
+def _set_frame_fields(frames_view, updates: dict[str, dict[str, Any]]) -> None:
+    names = sorted({name for values in updates.values() for name in values})
+    view_schema(frames_view, names)
+    set_fields(frames_view._frames_dataset, updates)
+    # FiftyOne's own write-back of a frames view (FramesView.set_values does it)
+    frames_view._sync_source(fields=names, ids=list(updates))
 
 
 def encode_map(array: np.ndarray) -> Binary:

@@ -1,0 +1,179 @@
+"""compute_cams on a frames view (issue 21 item 4): frame-level heatmaps of a
+video dataset (``frames.{R}_{slug}``) with the whole run lifecycle.
+
+Known truth: a short video written here with OpenCV, in which a red square
+moves across the frames; the red/green model of test_multilabel.py (its red
+logit reads only red pixels): each frame's map lands on that frame's square.
+The frames are decoded from the video with OpenCV into image files, the
+frames' ``filepath`` (what ``to_frames(sample_frames=True)`` does with ffmpeg,
+which this machine lacks).
+"""
+
+from __future__ import annotations
+
+import cv2
+import fiftyone as fo
+import numpy as np
+import pytest
+from test_multilabel import SIZE, RedGreenModel, _inside, _square_mask
+from torchvision.transforms import ToTensor
+
+from gradcam_engine import compute_cams, get_cam_run, score_cams
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CLASSES = ["red", "green", "blue"]
+# (top, left) of the red square in each frame: it moves right and down
+MOVES = [(4, 2), (12, 12), (20, 22), (30, 34)]
+
+
+def _write_video(path) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (SIZE,) * 2)
+    for top, left in MOVES:
+        frame = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+        frame[top : top + 12, left : left + 12, 2] = 255  # BGR: red
+        writer.write(frame)
+    writer.release()
+
+
+def _decode_frames(video_path, out_dir) -> list[str]:
+    capture, paths = cv2.VideoCapture(str(video_path)), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        paths.append(str(out_dir / f"{len(paths) + 1:06d}.png"))
+        cv2.imwrite(paths[-1], frame)
+    capture.release()
+    return paths
+
+
+def _video(root, frame_paths) -> fo.Dataset:
+    video = fo.Dataset()
+    sample = fo.Sample(filepath=str(root / "moving.avi"))
+    for number, (path, (top, left)) in enumerate(
+        zip(frame_paths, MOVES, strict=True), start=1
+    ):
+        box = [left / SIZE, top / SIZE, 12 / SIZE, 12 / SIZE]
+        sample.frames[number] = fo.Frame(
+            filepath=path,
+            ground_truth=fo.Detections(
+                detections=[fo.Detection(label="red", bounding_box=box)]
+            ),
+        )
+    video.add_sample(sample)
+    return video
+
+
+@pytest.fixture(scope="module")
+def frame_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("frames")
+    _write_video(root / "moving.avi")
+    paths = _decode_frames(root / "moving.avi", root)
+    assert len(paths) == len(MOVES)
+    return root, paths
+
+
+def _run(frames, run_key, **kwargs):
+    return compute_cams(
+        frames,
+        RedGreenModel(),
+        ["features"],
+        "gradcam",
+        run_key,
+        classes=CLASSES,
+        transforms=ToTensor(),
+        num_workers=0,
+        **{"progress": False, **kwargs},
+    )
+
+
+def _frame_values(video, path):
+    return video.values(f"frames.{path}")[0]
+
+
+def test_frame_maps_land_on_the_moving_square(frame_files):
+    video = _video(*frame_files)
+    frames = video.to_frames()
+    summary = _run(frames, "vid", batch_size=3)
+    assert summary.num_computed == len(MOVES) and not summary.num_errors
+    config = get_cam_run(video, "vid").config
+    assert config["frames"] is True
+    assert config["owned_fields"] and all(
+        f.startswith("frames.vid_") for f in config["owned_fields"]
+    )
+    assert summary.fields_written == config["owned_fields"]
+    # frame fields of the video dataset, nothing on its samples
+    assert "vid_features" in video.get_frame_field_schema()
+    assert not [f for f in video.get_field_schema() if f.startswith("vid")]
+    maps = _frame_values(video, "vid_features")
+    labels = [p.label for p in _frame_values(video, "vid_prediction")]
+    assert labels == ["red"] * len(MOVES)
+    for heatmap, (top, left) in zip(maps, MOVES, strict=True):
+        assert heatmap.map.shape == (SIZE, SIZE)
+        assert _inside(heatmap, _square_mask(top, left)) > 0.9, (top, left)
+    # the frames view reads them too, and a new frames view of the video
+    assert frames.values("vid_features")[2].map.shape == (SIZE, SIZE)
+    assert video.to_frames().count("vid_features") == len(MOVES)
+
+    scores = score_cams(frames, "vid", gt_field="ground_truth")
+    assert scores.mean_focus["features"] > 0.9
+    focus = _frame_values(video, "vid_features_focus")
+    assert len(focus) == len(MOVES) and min(focus) > 0.9
+    assert "frames.vid_features_focus" in get_cam_run(video, "vid").owned_fields
+
+    video.rename_run("vid", "moved")
+    schema = video.get_frame_field_schema()
+    assert not [f for f in schema if f.startswith("vid_")]
+    assert {"moved_features", "moved_features_focus"} <= set(schema)
+    info = get_cam_run(video, "moved")
+    assert info.fields == {"features": "moved_features"}
+    assert all(f.startswith("frames.moved_") for f in info.owned_fields)
+    assert _inside(_frame_values(video, "moved_features")[3], _square_mask(30, 34))
+
+    video.delete_run("moved")
+    assert not [f for f in video.get_frame_field_schema() if f.startswith("moved")]
+    assert video.list_runs() == []
+    video.delete()
+
+
+def test_failed_frames_are_retried_and_done_frames_are_not_recomputed(frame_files):
+    root, paths = frame_files
+    missing = root / "missing.png"
+    video = _video(root, [*paths[:3], str(missing)])
+    frames = video.to_frames()
+
+    def interrupt(done, total):  # killed after its first batch of two frames
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(frames, "vid", batch_size=2, progress=interrupt)
+    assert video.to_frames().count("vid_prediction") == 2
+
+    resumed = _run(video.to_frames(), "vid", batch_size=2)
+    assert (resumed.num_skipped, resumed.num_computed, resumed.num_errors) == (2, 1, 1)
+    errors = _frame_values(video, "vid_error")
+    assert errors[:3] == [None] * 3 and "missing.png" in errors[3]
+
+    cv2.imwrite(str(missing), cv2.imread(paths[3]))  # the frame's image comes back
+    retried = _run(video.to_frames(), "vid", batch_size=2)
+    assert (retried.num_skipped, retried.num_computed, retried.num_errors) == (3, 1, 0)
+    assert _frame_values(video, "vid_error") == [None] * 4
+    maps = _frame_values(video, "vid_features")
+    assert _inside(maps[3], _square_mask(*MOVES[3])) > 0.9
+    video.delete()
+
+
+def test_what_frames_runs_cannot_do_is_refused_before_any_write(frame_files):
+    video = _video(*frame_files)
+    frames = video.to_frames()
+    before = set(video.get_frame_field_schema())
+    with pytest.raises(
+        ValueError, match="task='multilabel' .* not supported on frames"
+    ):
+        _run(frames, "bad", task="multilabel")
+    with pytest.raises(ValueError, match="delegate=True is not supported on a frames"):
+        _run(frames, "bad", delegate=True)
+    assert set(video.get_frame_field_schema()) == before
+    assert video.list_runs() == []
+    video.delete()
