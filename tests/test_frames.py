@@ -18,7 +18,13 @@ import pytest
 from test_multilabel import SIZE, RedGreenModel, _inside, _square_mask
 from torchvision.transforms import ToTensor
 
-from gradcam_engine import compute_cams, get_cam_run, score_cams
+from gradcam_engine import (
+    class_report,
+    compute_cams,
+    get_cam_run,
+    save_review_views,
+    score_cams,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,6 +127,12 @@ def test_frame_maps_land_on_the_moving_square(frame_files):
     focus = _frame_values(video, "vid_features_focus")
     assert len(focus) == len(MOVES) and min(focus) > 0.9
     assert "frames.vid_features_focus" in get_cam_run(video, "vid").owned_fields
+    # one report row per frame; review views of frames saved on the video dataset
+    report = class_report(frames, "vid", label_field="ground_truth")
+    assert report.loc["red", "count"] == len(MOVES)
+    assert report.loc["red", "accuracy"] == 1.0
+    views = save_review_views(frames, "vid", label_field="ground_truth", low_focus=1.0)
+    assert len(video.load_saved_view(views[0])) == len(MOVES)
 
     video.rename_run("vid", "moved")
     schema = video.get_frame_field_schema()
@@ -130,10 +142,12 @@ def test_frame_maps_land_on_the_moving_square(frame_files):
     assert info.fields == {"features": "moved_features"}
     assert all(f.startswith("frames.moved_") for f in info.owned_fields)
     assert _inside(_frame_values(video, "moved_features")[3], _square_mask(30, 34))
+    assert video.list_saved_views() == ["moved-suspects", "moved-misfocus-errors"]
+    assert len(video.load_saved_view("moved-suspects")) == len(MOVES)
 
     video.delete_run("moved")
     assert not [f for f in video.get_frame_field_schema() if f.startswith("moved")]
-    assert video.list_runs() == []
+    assert video.list_runs() == [] and video.list_saved_views() == []
     video.delete()
 
 

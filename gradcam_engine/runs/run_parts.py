@@ -64,21 +64,20 @@ def move_parts(dataset: fo.Dataset, key: str, new_key: str, found) -> None:
     present = {o: n for o, n in plan.fields.items() if o in existing}
     if present:
         rename_fields(dataset, present)
+    # a frames run's fields by the names its frames view (and the layer ->
+    # field map, and its saved views of frames) gives them
+    as_frames = {
+        old[len(FRAMES_PREFIX) :]: new[len(FRAMES_PREFIX) :]
+        for old, new in plan.fields.items()
+        if old.startswith(FRAMES_PREFIX)
+    }
     for old, new in plan.views.items():
         if dataset.has_saved_view(old):
-            _move_saved_view(dataset, old, new, plan.fields)
+            _move_saved_view(dataset, old, new, {**plan.fields, **as_frames})
     for old, new in plan.brain_keys.items():  # cluster_cams' plots
         if dataset.has_brain_run(old):
             dataset.rename_brain_run(old, new)
-    moved = {**plan.fields, **plan.views, **plan.brain_keys}
-    # a frames run's layer -> field map names the frames view's fields
-    moved.update(
-        {
-            old[len(FRAMES_PREFIX) :]: new[len(FRAMES_PREFIX) :]
-            for old, new in plan.fields.items()
-            if old.startswith(FRAMES_PREFIX)
-        }
-    )
+    moved = {**plan.fields, **as_frames, **plan.views, **plan.brain_keys}
     clusters = config["clusters"]
     record.set_by_id(
         found.id,
@@ -152,7 +151,16 @@ def _move_saved_view(
         # whole field names only: "cam_layer4" must not hit "cam_layer4_focus"
         pattern = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(old)}(?![A-Za-z0-9_])")
         stages = [pattern.sub(new, s) for s in stages]
-    view = fov.DatasetView._build(dataset, [json_util.loads(s) for s in stages])
+    view = fov.DatasetView._build(dataset, [_regenerated(s) for s in stages])
     description, color = doc.description, doc.color
     dataset.delete_saved_view(name)
     dataset.save_view(new_name, view, description=description, color=color)
+
+
+def _regenerated(stage: str) -> dict:
+    """A stage of a saved view, without the generated dataset a ``to_frames``
+    or ``to_patches`` stage remembers (``_state``): that snapshot has the old
+    field names, so the stage makes a new one from the renamed fields."""
+    d = json_util.loads(stage)
+    d["kwargs"] = [[k, None if k == "_state" else v] for k, v in d["kwargs"]]
+    return d
