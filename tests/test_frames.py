@@ -20,6 +20,7 @@ from torchvision.transforms import ToTensor
 
 from gradcam_engine import (
     class_report,
+    cluster_cams,
     compute_cams,
     get_cam_run,
     save_review_views,
@@ -133,11 +134,15 @@ def test_frame_maps_land_on_the_moving_square(frame_files):
     assert report.loc["red", "accuracy"] == 1.0
     views = save_review_views(frames, "vid", label_field="ground_truth", low_focus=1.0)
     assert len(video.load_saved_view(views[0])) == len(MOVES)
+    cluster_cams(frames, "vid", n_clusters=2, visualization=None)
+    assert len(_frame_values(video, "vid_features_cluster")) == len(MOVES)
 
     video.rename_run("vid", "moved")
     schema = video.get_frame_field_schema()
     assert not [f for f in schema if f.startswith("vid_")]
-    assert {"moved_features", "moved_features_focus"} <= set(schema)
+    assert {"moved_features", "moved_features_focus", "moved_features_cluster"} <= set(
+        schema
+    )
     info = get_cam_run(video, "moved")
     assert info.fields == {"features": "moved_features"}
     assert all(f.startswith("frames.moved_") for f in info.owned_fields)
@@ -175,6 +180,11 @@ def test_failed_frames_are_retried_and_done_frames_are_not_recomputed(frame_file
     assert _frame_values(video, "vid_error") == [None] * 4
     maps = _frame_values(video, "vid_features")
     assert _inside(maps[3], _square_mask(*MOVES[3])) > 0.9
+    # overwrite: computed under a temporary key, swapped in with its frame fields
+    replaced = _run(video.to_frames(), "vid", overwrite=True)
+    assert (replaced.run_key, replaced.num_computed) == ("vid", len(MOVES))
+    assert not [f for f in video.get_frame_field_schema() if "_replacing_" in f]
+    assert video.list_runs() == ["vid"]
     video.delete()
 
 

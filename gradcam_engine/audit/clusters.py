@@ -25,7 +25,8 @@ from threadpoolctl import threadpool_limits
 from ..engine.errors import AdvisedError
 from ..runs import cam_runs as runs
 from ..runs.arguments import progress_args
-from ..runs.naming import cluster_field, clusters_brain_key
+from ..runs.frame_fields import delete_fields, existing_fields
+from ..runs.naming import cluster_field, clusters_brain_key, frame_path
 from . import spray
 from .owned import claim_brain_key, claim_fields
 from .raw_reads import raw_heatmap
@@ -96,7 +97,7 @@ def cluster_cams(
     spray.check_options(n_clusters, select, max_clusters)
     spray.map_vectors([], size)  # checks size before anything is written
     brain_keys = {f: brain_key or visualization_key(f) for f in fields}
-    declared = set(runs.root_dataset(samples).get_field_schema())
+    declared = existing_fields(runs.root_dataset(samples))
     claim_fields(
         samples, run_key, {cluster_field(f): fo.StringField for f in fields}, overwrite
     )
@@ -158,10 +159,13 @@ def cluster_cams(
 def _undo(dataset, run_key, fields, brain_keys: list[str], declared) -> None:
     """Remove what a failed ``cluster_cams`` call made: the cluster fields it
     declared and the brain runs it registered (and their records on the run)."""
-    new = [cluster_field(f) for f in fields if cluster_field(f) not in declared]
-    present = set(dataset.get_field_schema())
+    names = [cluster_field(f) for f in fields]
+    if runs.get_cam_run(dataset, run_key).config.get("frames"):
+        names = [frame_path(f) for f in names]  # frame fields (a frames view's run)
+    new = [f for f in names if f not in declared]
+    present = existing_fields(dataset)
     if any(f in present for f in new):
-        dataset.delete_sample_fields([f for f in new if f in present])
+        delete_fields(dataset, [f for f in new if f in present])
     for key in brain_keys:
         if dataset.has_brain_run(key):
             dataset.delete_brain_run(key)
