@@ -8,9 +8,15 @@ one autocast pass (bf16, fp16) capture the layer's activations A and the
 gradients G of the predicted class; Grad-CAM (ReLU of the gradient-weighted
 channel sum, bilinear to 224x224) is computed in fp32 from each pair, and
 from the mixed pairs (A of one pass with G of the other), which tells whether
-the activations or the gradients carry the loss. Prints the Spearman
-correlation with the all-fp32 map per photo. CPU; a few minutes (fp16 is
-slow on a CPU). Results in BENCHMARKS.md.
+the activations or the gradients carry the loss. Also a bf16 pass that runs
+in fp32 from the layer on (autocast switched off in the layer's hook: the
+backward to the layer in fp32, at bf16 activations): what computing the
+gradients in fp32 would buy without giving up bf16 upstream. Prints the
+Spearman correlation with the all-fp32 map per photo, then, for bf16, the
+Pearson correlation, the share of zero (tied) pixels and the Spearman over
+the fp32 map's upper half (are ties in flat regions what drags Spearman
+down?). CPU; a few minutes (fp16 is slow on a CPU). Results in
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy.stats import spearmanr
+from scipy.stats import pearsonr, spearmanr
 from skimage import data as skdata
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -34,12 +40,18 @@ from gradcam_engine.sources.models import load_model  # noqa: E402
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def capture(model, x, layer: str, precision: str):
-    """A and G (float32) at ``layer`` for the predicted classes."""
+def capture(model, x, layer: str, precision: str, fp32_after: bool = False):
+    """A and G (float32) at ``layer`` for the predicted classes; ``fp32_after``:
+    autocast off from the layer on (the rest of the forward, and so the
+    backward to the layer, in fp32)."""
     store = {}
 
     def hook(module, inputs, output):
-        store["a"] = output.detach().requires_grad_(True)
+        store["a"] = output.detach()
+        if fp32_after:
+            store["a"] = store["a"].float()
+            torch.set_autocast_enabled("cpu", False)  # the autocast exit restores it
+        store["a"].requires_grad_(True)
         return store["a"].clone()
 
     handle = model.get_submodule(layer).register_forward_hook(hook)
@@ -83,13 +95,31 @@ def main() -> None:
                 f"{precision} A + fp32 G": (a, g32),
                 f"fp32 A + {precision} G": (a32, g),
             }
+            if precision == "bf16":
+                pairs["bf16, fp32 from the layer on"] = capture(
+                    model, x, layer, precision, fp32_after=True
+                )
             for name, (act, grad) in pairs.items():
                 cam = gradcam(act, grad)
                 rho = [
                     spearmanr(reference[i].flatten(), cam[i].flatten()).statistic
                     for i in range(len(x))
                 ]
-                print(f"{layer:>11} {name:>16}: {np.round(rho, 4).tolist()}")
+                print(f"{layer:>11} {name:>29}: {np.round(rho, 4).tolist()}")
+            if precision == "bf16":
+                ties(layer, reference, gradcam(a, g))
+
+
+def ties(layer: str, reference: torch.Tensor, cam: torch.Tensor) -> None:
+    """Pearson, zero (tied) share, Spearman over the fp32 map's upper half."""
+    for i in range(len(cam)):
+        ref, got = reference[i].flatten().numpy(), cam[i].flatten().numpy()
+        upper = ref >= np.median(ref)
+        print(
+            f"{layer:>11} bf16 photo {i}: pearson {pearsonr(ref, got).statistic:.4f}, "
+            f"zeros fp32 {np.mean(ref == 0):.2f} bf16 {np.mean(got == 0):.2f}, "
+            f"spearman upper half {spearmanr(ref[upper], got[upper]).statistic:.4f}"
+        )
 
 
 if __name__ == "__main__":
