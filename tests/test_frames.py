@@ -19,6 +19,7 @@ from test_multilabel import SIZE, RedGreenModel, _inside, _square_mask
 from torchvision.transforms import ToTensor
 
 from gradcam_engine import (
+    cam_run_status,
     class_report,
     cluster_cams,
     compute_cams,
@@ -173,6 +174,8 @@ def test_failed_frames_are_retried_and_done_frames_are_not_recomputed(frame_file
     assert (resumed.num_skipped, resumed.num_computed, resumed.num_errors) == (2, 1, 1)
     errors = _frame_values(video, "vid_error")
     assert errors[:3] == [None] * 3 and "missing.png" in errors[3]
+    status = cam_run_status(video, "vid")  # the video dataset: counts its frames
+    assert (status["total"], status["done"], status["errors"]) == (4, 3, 1)
 
     cv2.imwrite(str(missing), cv2.imread(paths[3]))  # the frame's image comes back
     retried = _run(video.to_frames(), "vid", batch_size=2)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import fiftyone.core.collections as foc
+from fiftyone import ViewField as VF
 
 from . import cam_runs
+from .frame_fields import is_frames
 from .live import live_holders
-from .naming import field_names, spread_field
+from .naming import field_names, frame_path, spread_field
 from .outcome import exact_count
 from .record import own_samples
 from .sharding import shard_operations, shard_view
@@ -46,16 +48,13 @@ def cam_run_status(samples: foc.SampleCollection, run_key: str) -> dict[str, Any
 
 
 def _counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
+    if info.config.get("frames") and not is_frames(samples):
+        return _frame_counts(samples, info)
     total = exact_count(samples)
     # samples of this run instance only (not of a deleted run of the same key)
     own = own_samples(
         samples,
-        field_names(
-            info.run_key,
-            info.layers,
-            info.config.get("task"),
-            frames=info.config.get("frames"),
-        ),
+        field_names(info.run_key, info.layers, info.config.get("task")),
         info.instance,
     )
     done = own.count(info.prediction_field)
@@ -66,6 +65,18 @@ def _counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
         "errors": errors,
         "pending": max(0, total - done - errors),
     }
+
+
+def _frame_counts(samples, info: cam_runs.CamRunInfo) -> dict[str, int]:
+    """A frames run read on its video collection: the frames with an image
+    file (those a frames view holds) are its samples."""
+    total = samples.count("frames.filepath")
+    instance = field_names(info.run_key, [], info.config.get("task")).instance
+    own = samples.match_frames(VF(instance) == info.instance)
+    done = own.count(frame_path(info.prediction_field))
+    errors = own.count(frame_path(info.error_field))
+    pending = max(0, total - done - errors)
+    return {"total": total, "done": done, "errors": errors, "pending": pending}
 
 
 def _scored_counts(scoring: dict[str, Any]):
