@@ -26,6 +26,7 @@ from gradcam_engine import (
     get_cam_run,
     save_review_views,
     score_cams,
+    show_label_maps,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -195,12 +196,42 @@ def test_what_frames_runs_cannot_do_is_refused_before_any_write(frame_files):
     video = _video(*frame_files)
     frames = video.to_frames()
     before = set(video.get_frame_field_schema())
-    with pytest.raises(
-        ValueError, match="task='multilabel' .* not supported on frames"
-    ):
-        _run(frames, "bad", task="multilabel")
+    with pytest.raises(ValueError, match="task='detection' .* not supported on"):
+        _run(frames, "bad", task="detection")
     with pytest.raises(ValueError, match="delegate=True is not supported on a frames"):
         _run(frames, "bad", delegate=True)
     assert set(video.get_frame_field_schema()) == before
     assert video.list_runs() == []
+    video.delete()
+
+
+def test_multilabel_maps_of_each_frame_land_on_their_own_square(frame_files):
+    """The issue's known truth through a frames view: frames with a red and a
+    green square at other places; each label's map on its own square."""
+    root = frame_files[0]
+    red, green = [(4, 2), (20, 20)], [(30, 30), (4, 30)]
+    video = fo.Dataset()
+    sample = fo.Sample(filepath=str(root / "two.avi"))
+    for number, (r, g) in enumerate(zip(red, green, strict=True), start=1):
+        image = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+        image[r[0] : r[0] + 12, r[1] : r[1] + 12, 2] = 255  # BGR
+        image[g[0] : g[0] + 12, g[1] : g[1] + 12, 1] = 255
+        cv2.imwrite(str(root / f"two{number}.png"), image)
+        sample.frames[number] = fo.Frame(filepath=str(root / f"two{number}.png"))
+    video.add_sample(sample)
+    frames = video.to_frames()
+    summary = _run(frames, "ml", task="multilabel")
+    assert summary.num_computed == 2 and "frames.ml_labels" in summary.fields_written
+    squares = [{"red": r, "green": g} for r, g in zip(red, green, strict=True)]
+    for labels, truth in zip(_frame_values(video, "ml_labels"), squares, strict=True):
+        assert sorted(c.label for c in labels.classifications) == ["green", "red"]
+        for c in labels.classifications:
+            assert _inside(c.features_map, _square_mask(*truth[c.label])) > 0.9
+    assert show_label_maps(frames, "ml", "green") == 2
+    for heatmap, g in zip(
+        _frame_values(video, "ml_features_label"), green, strict=True
+    ):
+        assert _inside(heatmap, _square_mask(*g)) > 0.9
+    video.delete_run("ml")
+    assert not [f for f in video.get_frame_field_schema() if f.startswith("ml_")]
     video.delete()

@@ -18,6 +18,7 @@ import fiftyone.core.collections as foc
 import numpy as np
 
 from ..runs import cam_runs as runs
+from ..runs.frame_fields import writable
 from ..runs.naming import (
     detection_focus_attribute,
     detection_map_attribute,
@@ -76,7 +77,7 @@ def show_label_maps(
     target = chosen_label_field(info.fields[layer])
     heatmap_field = functools.partial(fo.EmbeddedDocumentField, fo.Heatmap)
     claim_fields(samples, run_key, {target: heatmap_field}, overwrite)
-    runs.root_dataset(samples).set_values(target, maps, key_field="id")
+    writable(samples).set_values(target, maps, key_field="id")
     return len(maps)
 
 
@@ -120,7 +121,7 @@ def score_label_maps(
                 per_class.setdefault(c.label, []).append(focus)
             c[focus_attr] = focus
         updated[sid] = labels
-    runs.root_dataset(samples).set_values(field, updated, key_field="id")
+    writable(samples).set_values(field, updated, key_field="id")
     return {k: float(np.mean(v)) for k, v in sorted(per_class.items()) if v}
 
 

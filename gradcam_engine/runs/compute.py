@@ -244,6 +244,8 @@ def _plan_run(
     arguments.check_collection(samples)
     dataset = cam_runs.root_dataset(samples)
     arguments.check_args(task, target, label_field, storage, batch_size, max_size)
+    if is_frames(samples):  # frame fields of the video dataset (frame_fields.py)
+        check_frames_run(samples, task)
     if storage == "disk" and output_dir is not None:  # a file: refused up front
         trust.check_output_dir(output_dir)
     method_name = method.strip().lower() if isinstance(method, str) else method
@@ -275,8 +277,6 @@ def _plan_run(
     layer_list = engine.layer_names
     fixed_class = arguments.fixed_class(target, class_names)
     patches, frames = None, is_frames(samples)
-    if frames:  # frame fields of the video dataset (frame_fields.py)
-        check_frames_run(samples, task)
     if patch_runs.is_patches(samples):  # the crops' own labels are the targets
         patches = patch_runs.patches_config(samples, task, target, label_field, options)
         label_field = patches["field"] if target == "label" else None

@@ -26,6 +26,7 @@ __all__ = [
     "is_frames",
     "rename_fields",
     "view_schema",
+    "writable",
 ]
 
 
@@ -112,14 +113,20 @@ def view_schema(frames_view, names: Iterable[str]) -> None:
 
 def check_frames_run(samples, task: str) -> None:
     """Refuse, before any write, what a run on a frames view cannot do."""
-    if task not in ("classification", "segmentation"):
+    if task == "detection":
         raise ValueError(
-            f"samples is a frames view: compute_cams writes one heatmap per "
-            f"frame there, for task='classification' or 'segmentation'; "
-            f"task={task!r} (its per-object fields) is not supported on frames "
-            "yet. Clone the frames into an image dataset (frames.clone()) and "
-            "run it on that"
+            "samples is a frames view: task='detection' (its per-detection "
+            "attributes) is not supported on frames yet; task='classification', "
+            "'segmentation' and 'multilabel' are. Clone the frames into an "
+            "image dataset (frames.clone()) and run it on that"
         )
+
+
+def writable(samples):
+    """Where a writer sets values by sample id: a frames view itself (its
+    ids are frame ids; FiftyOne syncs its writes to the video), else the
+    root dataset."""
+    return samples if is_frames(samples) else samples._root_dataset
 
 
 def declare_run_fields(dataset: fo.Dataset, info, schema: dict[str, fo.Field]) -> None:
