@@ -15,6 +15,8 @@ import cv2
 import fiftyone as fo
 import numpy as np
 import pytest
+from detection_models import CLASSES as DETECTOR_CLASSES
+from detection_models import KnownTruthDetector, known_truth_image
 from test_multilabel import SIZE, RedGreenModel, _inside, _square_mask
 from torchvision.transforms import ToTensor
 
@@ -28,6 +30,7 @@ from gradcam_engine import (
     score_cams,
     show_label_maps,
 )
+from gradcam_engine.audit.detection_view import show_detection_maps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -196,8 +199,6 @@ def test_what_frames_runs_cannot_do_is_refused_before_any_write(frame_files):
     video = _video(*frame_files)
     frames = video.to_frames()
     before = set(video.get_frame_field_schema())
-    with pytest.raises(ValueError, match="task='detection' .* not supported on"):
-        _run(frames, "bad", task="detection")
     with pytest.raises(ValueError, match="delegate=True is not supported on a frames"):
         _run(frames, "bad", delegate=True)
     assert set(video.get_frame_field_schema()) == before
@@ -234,4 +235,49 @@ def test_multilabel_maps_of_each_frame_land_on_their_own_square(frame_files):
         assert _inside(heatmap, _square_mask(*g)) > 0.9
     video.delete_run("ml")
     assert not [f for f in video.get_frame_field_schema() if f.startswith("ml_")]
+    video.delete()
+
+
+def test_detection_maps_of_each_frame_are_their_own(frame_files):
+    """The known-truth detector of test_detection.py on frames: box A's map
+    lies inside A, box B's on its evidence P outside B."""
+    root = frame_files[0]
+    video = fo.Dataset()
+    sample = fo.Sample(filepath=str(root / "det.avi"))
+    for number in (1, 2):
+        path = str(root / f"det{number}.png")
+        image = known_truth_image(40 + 8 * number, 60)  # RGB
+        cv2.imwrite(path, image[:, :, ::-1])
+        sample.frames[number] = fo.Frame(filepath=path)
+    video.add_sample(sample)
+    frames = video.to_frames()
+    summary = compute_cams(
+        frames,
+        KnownTruthDetector().eval(),
+        ["features"],
+        "gradcam",
+        "det",
+        task="detection",
+        classes=DETECTOR_CLASSES,
+        transforms=ToTensor(),
+        confidence_thresh=0.0,
+        progress=False,
+        num_workers=0,
+    )
+    assert summary.num_computed == 2
+    # declared, so that the App's sidebar filters them
+    assert "det_detections.detections.features_focus" in (
+        video.get_frame_field_schema(flat=True)
+    )
+    for dets in _frame_values(video, "det_detections"):
+        focus = {d.label: d.features_focus for d in dets.detections}
+        assert focus["A"] > 0.9 and focus["B"] < 0.05
+    chosen = frames.first()["det_detections"].detections[1]
+    assert show_detection_maps(frames, "det", [chosen.id]) == {
+        frames.first().id: chosen.id
+    }
+    shown = _frame_values(video, "det_features_detection")[0].map
+    assert np.array_equal(shown, chosen.features_map.map)
+    video.delete_run("det")
+    assert not [f for f in video.get_frame_field_schema() if f.startswith("det_")]
     video.delete()

@@ -18,6 +18,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 
 from ..runs import cam_runs as runs
+from ..runs.frame_fields import writable
 from ..runs.naming import chosen_detection_field, detection_map_attribute
 from .detection_audit import detection_focus_path, is_detection_run
 from .owned import claim_fields
@@ -66,5 +67,5 @@ def show_detection_maps(
     target = chosen_detection_field(info.fields[layer])
     heatmap_field = functools.partial(fo.EmbeddedDocumentField, fo.Heatmap)
     claim_fields(samples, run_key, {target: heatmap_field}, overwrite)
-    runs.root_dataset(samples).set_values(target, maps, key_field="id")
+    writable(samples).set_values(target, maps, key_field="id")
     return chosen

@@ -30,7 +30,7 @@ from .app_look import style_run
 from .batch_fields import field_names
 from .detections import detection_config, detection_engine, detector_input
 from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
-from .frame_fields import check_frames_run, is_frames, view_schema
+from .frame_fields import is_frames, view_schema
 from .multilabel import multilabel_config
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
 from .plan import RunPlan as _RunPlan
@@ -244,8 +244,6 @@ def _plan_run(
     arguments.check_collection(samples)
     dataset = cam_runs.root_dataset(samples)
     arguments.check_args(task, target, label_field, storage, batch_size, max_size)
-    if is_frames(samples):  # frame fields of the video dataset (frame_fields.py)
-        check_frames_run(samples, task)
     if storage == "disk" and output_dir is not None:  # a file: refused up front
         trust.check_output_dir(output_dir)
     method_name = method.strip().lower() if isinstance(method, str) else method

@@ -18,7 +18,6 @@ import fiftyone.core.video as fov
 from .naming import FRAMES_PREFIX, frame_path
 
 __all__ = [
-    "check_frames_run",
     "declare_fields",
     "declare_run_fields",
     "delete_fields",
@@ -109,17 +108,6 @@ def view_schema(frames_view, names: Iterable[str]) -> None:
     missing = {n: source[n] for n in names if n in source and n not in present}
     if missing:
         own._merge_sample_field_schema(missing)
-
-
-def check_frames_run(samples, task: str) -> None:
-    """Refuse, before any write, what a run on a frames view cannot do."""
-    if task == "detection":
-        raise ValueError(
-            "samples is a frames view: task='detection' (its per-detection "
-            "attributes) is not supported on frames yet; task='classification', "
-            "'segmentation' and 'multilabel' are. Clone the frames into an "
-            "image dataset (frames.clone()) and run it on that"
-        )
 
 
 def writable(samples):

@@ -357,7 +357,14 @@ def _declare_detection_attributes(dataset: fo.Dataset, names: FieldNames) -> Non
     schema = {f"{parent}.{attr}": fo.FloatField() for attr in focus}
     schema[f"{parent}.error"] = fo.StringField()
     schema[f"{parent}.gt_id"] = fo.StringField()
-    existing = dataset.get_field_schema(flat=True)
+    if names.frames:  # attributes of a frame field (a frames view's run)
+        existing = dataset.get_frame_field_schema(flat=True)
+        merge = dataset._merge_frame_field_schema
+    else:
+        existing, merge = (
+            dataset.get_field_schema(flat=True),
+            dataset._merge_sample_field_schema,
+        )
     missing = {k: v for k, v in schema.items() if k not in existing}
     if missing:
-        dataset._merge_sample_field_schema(missing)
+        merge(missing)
