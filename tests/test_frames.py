@@ -201,6 +201,8 @@ def test_what_frames_runs_cannot_do_is_refused_before_any_write(frame_files):
     before = set(video.get_frame_field_schema())
     with pytest.raises(ValueError, match="delegate=True is not supported on a frames"):
         _run(frames, "bad", delegate=True)
+    with pytest.raises(ValueError, match="patches view of 'video' media"):
+        _run(frames.to_patches("ground_truth"), "bad")
     assert set(video.get_frame_field_schema()) == before
     assert video.list_runs() == []
     video.delete()

@@ -47,6 +47,13 @@ def patches_config(samples, task: str, target, label_field, options) -> dict:
     """The run config's ``patches`` entry; refuses what a patches run cannot do
     (before any write)."""
     field = samples._patches_field
+    if samples._root_dataset.media_type != "image":  # e.g. frames.to_patches()
+        raise ValueError(
+            f"samples is a patches view of {samples._root_dataset.media_type!r} "
+            "media (e.g. patches of a video's frames view): not supported; run "
+            "compute_cams on the frames view itself, or on the patches of an "
+            "image dataset of the frames (frames.clone().to_patches(...))"
+        )
     if task != "classification":
         raise ValueError(
             f"samples is a patches view: compute_cams explains a classifier on "
