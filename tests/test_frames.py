@@ -283,3 +283,15 @@ def test_detection_maps_of_each_frame_are_their_own(frame_files):
     video.delete_run("det")
     assert not [f for f in video.get_frame_field_schema() if f.startswith("det_")]
     video.delete()
+
+
+def test_the_frames_of_a_clip_are_explained_on_the_video(frame_files):
+    """What the clips-view refusal advises: ``clips.to_frames()``."""
+    video = _video(*frame_files)
+    frames = video.to_clips([[(2, 3)]]).to_frames()
+    assert _run(frames, "clip").num_computed == 2
+    maps = _frame_values(video, "clip_features")
+    assert maps[0] is None and maps[3] is None  # outside the clip
+    for heatmap, square in zip(maps[1:3], MOVES[1:3], strict=True):
+        assert _inside(heatmap, _square_mask(*square)) > 0.9
+    video.delete()
