@@ -101,6 +101,9 @@ def compute_cams(
     each label with its own ``<slug(layer)>_map`` (see runs/multilabel.py).
     On a patches view (``to_patches(field)``) each crop is explained and its
     map placed on the source sample's ``{run_key}_detections`` (runs/patch_runs.py).
+    On a frames view (``video.to_frames()``) each frame is explained and the
+    fields are frame fields of the video dataset (``frames.{run_key}_...``;
+    runs/frame_fields.py).
 
     ``delegate=True``: register the run here, then queue ``shards`` (default 1)
     FiftyOne delegated operations over disjoint parts of ``samples`` and return
