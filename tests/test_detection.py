@@ -10,7 +10,6 @@ for B. A real torchvision Faster R-CNN runs end to end too.
 from __future__ import annotations
 
 import pathlib
-import time
 
 import fiftyone as fo
 import pytest
@@ -287,22 +286,20 @@ def test_class_report_score_cams_and_review_views_on_detections(
     ds.delete_evaluation("aude")
 
 
-def test_compute_operator_detection_immediate_and_delegated(
-    known_dataset, tmp_root, monkeypatch
-):
+def test_compute_operator_detection_immediate(known_dataset, monkeypatch):
     """The App's compute operator with Task "Detection", on a model source the
-    admin registered; then queued and run by a real delegated worker."""
+    admin registered (delegated and sharded: test_detection_operators.py)."""
     import os
 
     import fiftyone.operators as foo
-    from fiftyone.operators.delegated import DelegatedOperationService
-    from workers import start_worker, stop_worker
 
     sources = os.environ.get("CAM_AUDIT_MODEL_SOURCES", "")
     sources += ",known-truth-detector=detection_models:build_known_truth"
     monkeypatch.setenv("CAM_AUDIT_MODEL_SOURCES", sources)
     compute = foo.get_operator("@cam-audit/cam-audit/compute_cams")
-    common = dict(
+    result = compute(
+        known_dataset,
+        run_key="op_det",
         model="known-truth-detector",
         layers=["features"],
         method="hirescam",
@@ -310,32 +307,10 @@ def test_compute_operator_detection_immediate_and_delegated(
         confidence_thresh=0.0,
         batch_size=2,
     )
-    result = compute(known_dataset, run_key="op_det", **common)
     assert result.error is None, result.error
     low = known_dataset.filter_labels("op_det_detections", F("features_focus") < 0.5)
     assert set(low.distinct("op_det_detections.detections.label")) == {"B"}
-
-    queued = compute(known_dataset, run_key="op_deleg", delegate=True, **common)
-    assert queued.delegated
-    service = DelegatedOperationService()
-    worker = start_worker(tmp_root / "detection-worker.log")
-    try:
-        deadline = time.monotonic() + 240
-        while service.get(queued.result["id"]).run_state not in (
-            "completed",
-            "failed",
-        ):
-            assert time.monotonic() < deadline, "the worker did not finish"
-            time.sleep(0.5)
-        op = service.get(queued.result["id"])
-        log = (tmp_root / "detection-worker.log").read_text()[-3000:]
-        assert op.run_state == "completed", (op.result, log)
-    finally:
-        stop_worker(worker)
-    known_dataset.reload()
-    assert known_dataset.count("op_deleg_detections.detections") == 6
-    for run_key in ("op_det", "op_deleg"):
-        known_dataset.delete_run(run_key)
+    known_dataset.delete_run("op_det")
 
 
 def test_show_detection_cam_writes_the_selected_detections_map(known_dataset):
