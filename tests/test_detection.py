@@ -9,6 +9,7 @@ for B. A real torchvision Faster R-CNN runs end to end too.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import fiftyone as fo
@@ -24,6 +25,7 @@ from gradcam_engine import (
     class_report,
     compute_cams,
     get_cam_run,
+    rename_cam_run,
     save_review_views,
     score_cams,
 )
@@ -283,7 +285,40 @@ def test_class_report_score_cams_and_review_views_on_detections(
     ds.delete_run("aud")
     assert suspects not in ds.list_saved_views()
     assert "aud_features_focus" not in ds.get_field_schema()
-    ds.delete_evaluation("aude")
+    assert "aude" not in ds.list_evaluations()  # went with its predictions
+
+
+def test_the_users_evaluation_moves_and_goes_with_the_run(known_dataset, caplog):
+    """FiftyOne's evaluation of a run's detections follows the run: a rename
+    (ours or FiftyOne's) points it at the renamed field, a delete removes it
+    with its marks on the ground truth, and says so."""
+    import fiftyone.operators as foo
+
+    ds = known_dataset
+    run(ds, KnownTruthDetector(), run_key="evr")
+    ds.evaluate_detections("evr_detections", gt_field="ground_truth", eval_key="ev")
+    tp = ds.sum("ev_tp")
+    ds.load_evaluation_results("ev")  # cached with the old config
+    rename_cam_run(ds, "evr", "evr2")
+    ds.rename_run("evr2", "evr3")  # FiftyOne's own rename
+    assert ds.get_evaluation_info("ev").config.pred_field == "evr3_detections"
+    view = ds.load_evaluation_view("ev")  # raised: no field 'evr_detections'
+    assert "evr3_detections" in view.get_field_schema()
+    assert ds.count_values("evr3_detections.detections.ev")["tp"] == tp
+    assert ds.load_evaluation_results("ev").report()["A"]["support"] == 6
+    with caplog.at_level(logging.WARNING, logger="gradcam_engine"):
+        deleted = foo.execute_operator(  # the App's delete names it too
+            "@cam-audit/cam-audit/delete_cam_run",
+            ctx=dict(view=ds.view(), params={"run_key": "evr3"}),
+        )
+    assert deleted.result == {"deleted": "evr3", "evaluations": ["ev"]}
+    assert "Deleted evaluation 'ev' of 'evr3_detections' with run 'evr3'" in (
+        caplog.text
+    )
+    assert "ev" not in ds.list_evaluations()
+    schema = ds.get_field_schema(flat=True)
+    assert not [f for f in schema if f.startswith("ev_") or f.endswith(".ev")]
+    assert "ground_truth.detections.ev_iou" not in schema
 
 
 def test_compute_operator_detection_immediate(known_dataset, monkeypatch):

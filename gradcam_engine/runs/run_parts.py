@@ -20,6 +20,7 @@ from bson import json_util
 
 from . import record
 from .app_look import remove_run_look, rename_run_look
+from .evaluations import move_evaluations, remove_evaluations
 
 __all__ = ["remove_parts", "move_parts", "rename_plan"]
 
@@ -29,10 +30,12 @@ def remove_parts(
 ) -> None:
     """Delete what run ``key`` with ``config`` owns: fields (unless
     ``fields=False``: a newer run of the key owns them), saved views, brain
-    runs, files, its run directory and its look in the App."""
+    runs, files, its run directory and its look in the App; the user's
+    evaluations of its fields go with them (``evaluations``)."""
     existing = set(dataset.get_field_schema())
     owned = [f for f in config.get("owned_fields") or [] if f in existing]
     if owned and fields:
+        remove_evaluations(dataset, key, owned)
         dataset.delete_sample_fields(owned)
     for name in config.get("saved_views") or []:
         if dataset.has_saved_view(name):
@@ -62,6 +65,7 @@ def move_parts(dataset: fo.Dataset, key: str, new_key: str, found) -> None:
     present = {o: n for o, n in plan.fields.items() if o in existing}
     if present:
         dataset.rename_sample_fields(present)
+        move_evaluations(dataset, present)
     for old, new in plan.views.items():
         if dataset.has_saved_view(old):
             _move_saved_view(dataset, old, new, plan.fields)
