@@ -18,6 +18,7 @@ import torch
 import torchvision
 from detection_models import CLASSES, KnownTruthDetector, known_truth_image, regions
 from fiftyone import ViewField as F
+from fiftyone.operators.executor import ExecutionError
 from PIL import Image
 from torch import nn
 
@@ -377,6 +378,24 @@ def test_show_detection_cam_writes_the_selected_detections_map(known_dataset):
     assert (shown == b["features_map"].map).all()  # B's map: over P, not B
     assert ds.count("pick_features_detection") == 1
     assert "pick_features_detection" in get_cam_run(ds, "pick").owned_fields
+    # from the patches view of the detections: refused, saying where to go
+    patches = ds.to_patches("pick_detections")
+    patch = patches.match(F("pick_detections.label") == "B").first()
+    with pytest.raises(ExecutionError, match="open the dataset's sample view"):
+        foo.execute_operator(
+            "@cam-audit/cam-audit/show_detection_cam",
+            ctx=dict(
+                view=patches,
+                selected_labels=[
+                    {
+                        "label_id": patch.pick_detections.id,
+                        "sample_id": patch.id,
+                        "field": "pick_detections",
+                    }
+                ],
+                params={"run_key": "pick"},
+            ),
+        )
     ds.delete_run("pick")
     assert "pick_features_detection" not in ds.get_field_schema()
 
