@@ -349,25 +349,28 @@ def test_compute_operator_detection_immediate(known_dataset, monkeypatch):
     known_dataset.delete_run("op_det")
 
 
+def show_detection_cam(view, run_key: str, sample_id: str, label_id: str):
+    """Run the App's "Show the selected detection's CAM" with one detection of
+    ``{run_key}_detections`` selected on ``sample_id`` of ``view``."""
+    import fiftyone.operators as foo
+
+    field = f"{run_key}_detections"
+    selected = {"label_id": label_id, "sample_id": sample_id, "field": field}
+    return foo.execute_operator(
+        "@cam-audit/cam-audit/show_detection_cam",
+        ctx=dict(view=view, selected_labels=[selected], params={"run_key": run_key}),
+    )
+
+
 def test_show_detection_cam_writes_the_selected_detections_map(known_dataset):
     """The App's way to see one detection's map: select it, run the operator;
     its own map lands in a run-owned heatmap field the App draws."""
-    import fiftyone.operators as foo
 
     ds = known_dataset
     run(ds, KnownTruthDetector(), run_key="pick")
     sample = ds.first()
     b = next(d for d in sample.pick_detections.detections if d.label == "B")
-    result = foo.execute_operator(
-        "@cam-audit/cam-audit/show_detection_cam",
-        ctx=dict(
-            view=ds.view(),
-            selected_labels=[
-                {"label_id": b.id, "sample_id": sample.id, "field": "pick_detections"}
-            ],
-            params={"run_key": "pick"},
-        ),
-    )
+    result = show_detection_cam(ds.view(), "pick", sample.id, b.id)
     result.raise_exceptions()
     assert result.result == {
         "samples": {sample.id: b.id},
@@ -382,20 +385,7 @@ def test_show_detection_cam_writes_the_selected_detections_map(known_dataset):
     patches = ds.to_patches("pick_detections")
     patch = patches.match(F("pick_detections.label") == "B").first()
     with pytest.raises(ExecutionError, match="open the dataset's sample view"):
-        foo.execute_operator(
-            "@cam-audit/cam-audit/show_detection_cam",
-            ctx=dict(
-                view=patches,
-                selected_labels=[
-                    {
-                        "label_id": patch.pick_detections.id,
-                        "sample_id": patch.id,
-                        "field": "pick_detections",
-                    }
-                ],
-                params={"run_key": "pick"},
-            ),
-        )
+        show_detection_cam(patches, "pick", patch.id, patch.pick_detections.id)
     ds.delete_run("pick")
     assert "pick_features_detection" not in ds.get_field_schema()
 

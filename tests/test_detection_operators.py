@@ -19,6 +19,7 @@ from detection_models import known_truth_image, regions
 from fiftyone import ViewField as F
 from fiftyone.operators.delegated import DelegatedOperationService
 from PIL import Image
+from test_detection import show_detection_cam
 from workers import start_worker, stop_worker
 
 import gradcam_engine as ge
@@ -127,16 +128,7 @@ def test_torchvision_detector_through_the_operators(dataset):
     # the selected detection's own map, drawn in the sample view
     sample = ds.first()
     det = sample.tv_detections.detections[-1]
-    shown = foo.execute_operator(
-        "@cam-audit/cam-audit/show_detection_cam",
-        ctx=dict(
-            view=ds.view(),
-            selected_labels=[
-                {"label_id": det.id, "sample_id": sample.id, "field": "tv_detections"}
-            ],
-            params={"run_key": "tv"},
-        ),
-    )
+    shown = show_detection_cam(ds.view(), "tv", sample.id, det.id)
     shown.raise_exceptions()
     assert shown.result == {
         "samples": {sample.id: det.id},
