@@ -40,6 +40,26 @@
       return {
         copyGridState: fos.useSetModalState(),
         updateSamples: fos.useUpdateSamples(),
+        refetchCounts: recoil.useRecoilCallback(
+          function (cb) {
+            return function () {
+              cb.set(fos.refresher, function (n) {
+                return n + 1;
+              });
+            };
+          },
+          []
+        ),
+        countsLoaded: recoil.useRecoilCallback(
+          function (cb) {
+            return function (path) {
+              return cb.snapshot.getPromise(
+                fos.count({ path: path, modal: true, extended: false })
+              );
+            };
+          },
+          []
+        ),
         openSample: fos.useSetExpandedSample(),
         setSampleViewFields: recoil.useRecoilCallback(
           function (cb) {
@@ -63,6 +83,20 @@
       // sample as the server serves it, and the cache takes it (what the App
       // does after tagging a sample).
       if (params.sample && typeof params.sample === "object") {
+        // The sidebar's counts are the App's aggregations, cached by the
+        // `refresher` index (their only reader): a field written since read
+        // 0 until it moved (FiftyOne's useRefreshSample moves it too). Moved
+        // and refetched before the sample view redraws: a sidebar refetch
+        // while the looker decodes the new map detaches its buffer
+        // ("Cannot perform Construct on a detached ArrayBuffer").
+        ctx.hooks.refetchCounts();
+        if (Array.isArray(params.fields) && params.fields.length) {
+          try {
+            await ctx.hooks.countsLoaded(params.fields[0]);
+          } catch (e) {
+            // the counts are a courtesy: the map is drawn without them
+          }
+        }
         ctx.hooks.updateSamples([[params.sample_id, params.sample]]);
       }
       if (Array.isArray(params.fields)) {

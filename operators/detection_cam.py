@@ -98,6 +98,12 @@ class ShowDetectionCam(foo.Operator):
                 f"no detection of {detections_field(run_key)!r} is selected; "
                 "select one in the sample view first"
             )
+        if ctx.view._is_patches:  # the App draws no label attribute there
+            raise ValueError(
+                "a patches view cannot show a detection's map (FiftyOne draws "
+                "heatmap fields of samples only); open the dataset's sample view, "
+                "click the detection's box there and run this again"
+            )
         sample_ids = sorted({s["sample_id"] for s in selected})
         view = ctx.dataset.select(sample_ids)
         chosen = show_detection_maps(view, run_key, [s["label_id"] for s in selected])

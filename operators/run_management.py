@@ -7,6 +7,7 @@ import fiftyone.operators.types as types
 
 from gradcam_engine.audit.sanity_line import sanity_line
 from gradcam_engine.runs import cam_runs as runs
+from gradcam_engine.runs.evaluations import evaluations_of
 
 from . import _forms, _outcome
 
@@ -139,10 +140,23 @@ class DeleteCamRun(foo.Operator):
                     description=", ".join(info.owned_fields),
                 ),
             )
+            evals = evaluations_of(ctx.dataset, info.owned_fields)
+            if evals:  # the user's own runs: say they go too
+                inputs.view(
+                    "evaluations",
+                    types.Warning(
+                        label=f"Deletes {len(evals)} evaluations of its fields",
+                        description=", ".join(
+                            f"{k} (of {f})" for k, f in sorted(evals.items())
+                        ),
+                    ),
+                )
         return types.Property(inputs, view=types.View(label="Delete CAM run"))
 
     def execute(self, ctx):
         key = ctx.params["run_key"]
+        owned = runs.get_cam_run(ctx.dataset, key).owned_fields
+        evals = sorted(evaluations_of(ctx.dataset, owned))
         runs.delete_cam_run(ctx.dataset, key)
         _outcome.run_look(ctx)  # groups and colours follow the run
-        return {"deleted": key}
+        return {"deleted": key, "evaluations": evals}

@@ -130,6 +130,7 @@ SLOWEST_FILES_FIRST = (
     "test_live_runs.py",
     "test_demo_datasets.py",
     "test_detection.py",
+    "test_detection_operators.py",
     "test_app_discovery.py",
     "test_app_eval_metrics.py",
     "test_proof.py",

@@ -76,3 +76,23 @@ def known_truth_image(h: int, w: int) -> np.ndarray:
 def build_known_truth():
     """A model source: ``(module, transforms, classes)``."""
     return KnownTruthDetector().eval(), ToTensor(), list(CLASSES)
+
+
+def build_torchvision_detector():
+    """A model source: torchvision's Faster R-CNN (MobileNetV3-FPN), seeded
+    random weights, a small internal canvas and few proposals (fast on CPU).
+    Its detections are real: every box scores about 1/3 (the softmax of an
+    untrained head over 3 classes), above a confidence_thresh of 0.3."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=len(CLASSES),
+        min_size=96,
+        max_size=128,
+        rpn_pre_nms_top_n_test=50,
+        rpn_post_nms_top_n_test=20,
+    )
+    return model.eval(), ToTensor(), list(CLASSES)

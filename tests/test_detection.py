@@ -9,8 +9,8 @@ for B. A real torchvision Faster R-CNN runs end to end too.
 
 from __future__ import annotations
 
+import logging
 import pathlib
-import time
 
 import fiftyone as fo
 import pytest
@@ -18,6 +18,7 @@ import torch
 import torchvision
 from detection_models import CLASSES, KnownTruthDetector, known_truth_image, regions
 from fiftyone import ViewField as F
+from fiftyone.operators.executor import ExecutionError
 from PIL import Image
 from torch import nn
 
@@ -25,6 +26,7 @@ from gradcam_engine import (
     class_report,
     compute_cams,
     get_cam_run,
+    rename_cam_run,
     save_review_views,
     score_cams,
 )
@@ -284,25 +286,56 @@ def test_class_report_score_cams_and_review_views_on_detections(
     ds.delete_run("aud")
     assert suspects not in ds.list_saved_views()
     assert "aud_features_focus" not in ds.get_field_schema()
-    ds.delete_evaluation("aude")
+    assert "aude" not in ds.list_evaluations()  # went with its predictions
 
 
-def test_compute_operator_detection_immediate_and_delegated(
-    known_dataset, tmp_root, monkeypatch
-):
+def test_the_users_evaluation_moves_and_goes_with_the_run(known_dataset, caplog):
+    """FiftyOne's evaluation of a run's detections follows the run: a rename
+    (ours or FiftyOne's) points it at the renamed field, a delete removes it
+    with its marks on the ground truth, and says so."""
+    import fiftyone.operators as foo
+
+    ds = known_dataset
+    run(ds, KnownTruthDetector(), run_key="evr")
+    ds.evaluate_detections("evr_detections", gt_field="ground_truth", eval_key="ev")
+    tp = ds.sum("ev_tp")
+    ds.load_evaluation_results("ev")  # cached with the old config
+    rename_cam_run(ds, "evr", "evr2")
+    ds.rename_run("evr2", "evr3")  # FiftyOne's own rename
+    assert ds.get_evaluation_info("ev").config.pred_field == "evr3_detections"
+    view = ds.load_evaluation_view("ev")  # raised: no field 'evr_detections'
+    assert "evr3_detections" in view.get_field_schema()
+    assert ds.count_values("evr3_detections.detections.ev")["tp"] == tp
+    assert ds.load_evaluation_results("ev").report()["A"]["support"] == 6
+    with caplog.at_level(logging.WARNING, logger="gradcam_engine"):
+        deleted = foo.execute_operator(  # the App's delete names it too
+            "@cam-audit/cam-audit/delete_cam_run",
+            ctx=dict(view=ds.view(), params={"run_key": "evr3"}),
+        )
+    assert deleted.result == {"deleted": "evr3", "evaluations": ["ev"]}
+    assert "Deleted evaluation 'ev' of 'evr3_detections' with run 'evr3'" in (
+        caplog.text
+    )
+    assert "ev" not in ds.list_evaluations()
+    schema = ds.get_field_schema(flat=True)
+    assert not [f for f in schema if f.startswith("ev_") or f.endswith(".ev")]
+    assert "ground_truth.detections.ev_iou" not in schema
+
+
+def test_compute_operator_detection_immediate(known_dataset, monkeypatch):
     """The App's compute operator with Task "Detection", on a model source the
-    admin registered; then queued and run by a real delegated worker."""
+    admin registered (delegated and sharded: test_detection_operators.py)."""
     import os
 
     import fiftyone.operators as foo
-    from fiftyone.operators.delegated import DelegatedOperationService
-    from workers import start_worker, stop_worker
 
     sources = os.environ.get("CAM_AUDIT_MODEL_SOURCES", "")
     sources += ",known-truth-detector=detection_models:build_known_truth"
     monkeypatch.setenv("CAM_AUDIT_MODEL_SOURCES", sources)
     compute = foo.get_operator("@cam-audit/cam-audit/compute_cams")
-    common = dict(
+    result = compute(
+        known_dataset,
+        run_key="op_det",
         model="known-truth-detector",
         layers=["features"],
         method="hirescam",
@@ -310,53 +343,34 @@ def test_compute_operator_detection_immediate_and_delegated(
         confidence_thresh=0.0,
         batch_size=2,
     )
-    result = compute(known_dataset, run_key="op_det", **common)
     assert result.error is None, result.error
     low = known_dataset.filter_labels("op_det_detections", F("features_focus") < 0.5)
     assert set(low.distinct("op_det_detections.detections.label")) == {"B"}
+    known_dataset.delete_run("op_det")
 
-    queued = compute(known_dataset, run_key="op_deleg", delegate=True, **common)
-    assert queued.delegated
-    service = DelegatedOperationService()
-    worker = start_worker(tmp_root / "detection-worker.log")
-    try:
-        deadline = time.monotonic() + 240
-        while service.get(queued.result["id"]).run_state not in (
-            "completed",
-            "failed",
-        ):
-            assert time.monotonic() < deadline, "the worker did not finish"
-            time.sleep(0.5)
-        op = service.get(queued.result["id"])
-        log = (tmp_root / "detection-worker.log").read_text()[-3000:]
-        assert op.run_state == "completed", (op.result, log)
-    finally:
-        stop_worker(worker)
-    known_dataset.reload()
-    assert known_dataset.count("op_deleg_detections.detections") == 6
-    for run_key in ("op_det", "op_deleg"):
-        known_dataset.delete_run(run_key)
+
+def show_detection_cam(view, run_key: str, sample_id: str, label_id: str):
+    """Run the App's "Show the selected detection's CAM" with one detection of
+    ``{run_key}_detections`` selected on ``sample_id`` of ``view``."""
+    import fiftyone.operators as foo
+
+    field = f"{run_key}_detections"
+    selected = {"label_id": label_id, "sample_id": sample_id, "field": field}
+    return foo.execute_operator(
+        "@cam-audit/cam-audit/show_detection_cam",
+        ctx=dict(view=view, selected_labels=[selected], params={"run_key": run_key}),
+    )
 
 
 def test_show_detection_cam_writes_the_selected_detections_map(known_dataset):
     """The App's way to see one detection's map: select it, run the operator;
     its own map lands in a run-owned heatmap field the App draws."""
-    import fiftyone.operators as foo
 
     ds = known_dataset
     run(ds, KnownTruthDetector(), run_key="pick")
     sample = ds.first()
     b = next(d for d in sample.pick_detections.detections if d.label == "B")
-    result = foo.execute_operator(
-        "@cam-audit/cam-audit/show_detection_cam",
-        ctx=dict(
-            view=ds.view(),
-            selected_labels=[
-                {"label_id": b.id, "sample_id": sample.id, "field": "pick_detections"}
-            ],
-            params={"run_key": "pick"},
-        ),
-    )
+    result = show_detection_cam(ds.view(), "pick", sample.id, b.id)
     result.raise_exceptions()
     assert result.result == {
         "samples": {sample.id: b.id},
@@ -367,6 +381,11 @@ def test_show_detection_cam_writes_the_selected_detections_map(known_dataset):
     assert (shown == b["features_map"].map).all()  # B's map: over P, not B
     assert ds.count("pick_features_detection") == 1
     assert "pick_features_detection" in get_cam_run(ds, "pick").owned_fields
+    # from the patches view of the detections: refused, saying where to go
+    patches = ds.to_patches("pick_detections")
+    patch = patches.match(F("pick_detections.label") == "B").first()
+    with pytest.raises(ExecutionError, match="open the dataset's sample view"):
+        show_detection_cam(patches, "pick", patch.id, patch.pick_detections.id)
     ds.delete_run("pick")
     assert "pick_features_detection" not in ds.get_field_schema()
 

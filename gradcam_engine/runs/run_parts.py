@@ -20,6 +20,7 @@ from bson import json_util
 
 from . import record
 from .app_look import remove_run_look, rename_run_look
+from .evaluations import move_evaluations, remove_evaluations
 from .frame_fields import delete_fields, existing_fields, rename_fields
 from .naming import FRAMES_PREFIX
 
@@ -31,10 +32,12 @@ def remove_parts(
 ) -> None:
     """Delete what run ``key`` with ``config`` owns: fields (unless
     ``fields=False``: a newer run of the key owns them), saved views, brain
-    runs, files, its run directory and its look in the App."""
+    runs, files, its run directory and its look in the App; the user's
+    evaluations of its fields go with them (``evaluations``)."""
     existing = existing_fields(dataset)
     owned = [f for f in config.get("owned_fields") or [] if f in existing]
     if owned and fields:
+        remove_evaluations(dataset, key, owned)
         delete_fields(dataset, owned)
     for name in config.get("saved_views") or []:
         if dataset.has_saved_view(name):
@@ -64,6 +67,7 @@ def move_parts(dataset: fo.Dataset, key: str, new_key: str, found) -> None:
     present = {o: n for o, n in plan.fields.items() if o in existing}
     if present:
         rename_fields(dataset, present)
+        move_evaluations(dataset, present)
     # a frames run's fields by the names its frames view (and the layer ->
     # field map, and its saved views of frames) gives them
     as_frames = {
