@@ -316,7 +316,8 @@ def _checked_in(scope, field: str) -> bool:
 def own_page(fresh_app, browser):
     """A page of its own: the module page's panel and field settings from the
     earlier steps move what a click in the sample view lands on."""
-    fresh_app[1].view = None  # the whole dataset, as the module page first saw it
+    if fresh_app[1].view is not None:  # (a new session may not be connected yet)
+        fresh_app[1].view = None  # the whole dataset, as the module page first saw it
     page = _new_page(browser, fresh_app[2])
     yield page
     page.close()
@@ -430,3 +431,161 @@ def test_show_detection_cam_shows_the_clicked_detections_map(
     page.keyboard.press("Escape")
     session.view = None
     ds.delete_run("pick")
+
+
+@pytest.fixture
+def object_runs(fresh_app):
+    """A detection run on chelsea and a multi-label run on coffee, computed
+    before the page loads (so the App's schema knows their fields)."""
+    from detection_models import CLASSES, KnownTruthDetector
+    from test_multilabel import CLASSES as COLOURS
+    from test_multilabel import RedGreenModel
+    from torchvision.transforms import ToTensor
+
+    from gradcam_engine import compute_cams
+
+    ds = fresh_app[0]
+    one = {
+        name: ds.match(fo.ViewField("filepath").ends_with(f"{name}.png"))
+        for name in ("chelsea", "coffee")
+    }
+    common = dict(layers=["features"], confidence_thresh=0.0, num_workers=0)
+    compute_cams(
+        one["chelsea"],
+        KnownTruthDetector(),
+        method="layercam",
+        run_key="objdet",
+        task="detection",
+        classes=list(CLASSES),
+        progress=False,
+        **common,
+    )
+    compute_cams(
+        one["coffee"],
+        RedGreenModel(),
+        method="gradcam",
+        run_key="objml",
+        task="multilabel",
+        classes=list(COLOURS),
+        transforms=ToTensor(),
+        progress=False,
+        **common,
+    )
+    yield {name: view.first() for name, view in one.items()}
+    for key in ("objdet", "objml"):
+        ds.delete_run(key)
+
+
+def _object_source(page, name: str) -> None:
+    page.get_by_text("Run / layer (objects)", exact=True).first.locator(
+        "xpath=following::*[@role='combobox' or @aria-haspopup='listbox'][1]"
+    ).click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def _open_object(page, label: str):
+    """Click the objects table's row of ``label`` (the panel's last table);
+    returns the open sample view."""
+    rows = page.locator("table").last.locator("tbody tr")
+    row = rows.filter(has=page.get_by_text(label, exact=True)).first
+    row.wait_for(timeout=30_000)
+    row.locator("td").nth(1).click()
+    modal = page.locator("[data-cy=modal]")
+    modal.first.wait_for(timeout=30_000)
+    return modal
+
+
+def test_the_panels_objects_open_a_detections_and_a_labels_own_map(
+    object_runs, own_page, fresh_app, artifacts_dir
+):
+    """Issues 20, 21: the review panel lists a detection run's detections and a
+    multi-label run's labels; Open shows the sample with that object's map."""
+    from detection_models import regions
+
+    page, (ds, _, _) = own_page, fresh_app
+    page.locator("[data-cy='new-panel-btn']").first.click()
+    page.get_by_text("CAM review", exact=True).first.click()
+    page.get_by_text("Objects (lowest focus first)").first.wait_for(timeout=90_000)
+
+    # a detection: B (its score reads patch P, elsewhere: the lowest focus)
+    _object_source(page, "objdet/features")
+    page.get_by_text("explained detections in view").first.wait_for(timeout=30_000)
+    modal = _open_object(page, "B")
+    field = "objdet_features_detection"
+    assert _eventually(lambda: _checked_in(modal, field), 30), "map not shown"
+    chelsea = ds[object_runs["chelsea"].id]
+    b = next(d for d in chelsea.objdet_detections.detections if d.label == "B")
+    assert (chelsea[field].map == b["features_map"].map).all()  # B's own map
+    # drawn where B's evidence is: over P, not over A
+
+    def change(region) -> float:
+        # inside the region's middle (box outlines are drawn on its border)
+        rx0, ry0, rx1, ry1 = (int(scale * (v)) for v in region)
+        dx, dy = (rx1 - rx0) // 5, (ry1 - ry0) // 5
+        inside = (slice(ry0 + dy, ry1 - dy), slice(rx0 + dx, rx1 - dx))
+        return float(np.abs(drawn[inside] - plain[inside]).mean())
+
+    r = regions(*Image.open(chelsea.filepath).size[::-1])
+    deadline = time.monotonic() + 20
+    while True:  # until the map is drawn
+        drawn, plain, scale = _sample_view_image(page, chelsea.filepath)
+        p, a = change(r["P"]), change(r["A"])
+        if p > 3 * a + 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    _shot(page, artifacts_dir, "object_detection_open")
+    assert p > 3 * a + 10, (p, a)
+    page.mouse.click(5, 500)  # the backdrop (the focus is on a sidebar box)
+    modal.first.wait_for(state="detached", timeout=30_000)
+
+    # a label of the multi-label run, on another sample
+    _object_source(page, "objml/features")
+    page.get_by_text("explained labels in view").first.wait_for(timeout=30_000)
+    modal = _open_object(page, "red")
+    field = "objml_features_label"
+    assert _eventually(lambda: _checked_in(modal, field), 30), "map not shown"
+    coffee = ds[object_runs["coffee"].id]
+    red = next(c for c in coffee.objml_labels.classifications if c.label == "red")
+    assert (coffee[field].map == red["features_map"].map).all()
+    assert not _checked_in(modal, "objml_features")  # the label's map alone
+    # drawn: the image changes more where red's map is high than where it is low
+    deadline = time.monotonic() + 20
+    while True:
+        drawn, plain, _ = _sample_view_image(page, coffee.filepath)
+        heat = Image.fromarray(red["features_map"].map).resize(drawn.shape[1::-1])
+        heat = np.asarray(heat)
+        diff = np.abs(drawn - plain).mean(axis=-1)
+        high, low = diff[heat >= 160].mean(), diff[heat <= 40].mean()
+        if high > low + 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    _shot(page, artifacts_dir, "object_label_open")
+    assert high > low + 10, (high, low)
+    page.mouse.click(5, 500)  # the backdrop (the focus is on a sidebar box)
+    modal.first.wait_for(state="detached", timeout=30_000)
+
+
+def _eventually(check, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return check()
+
+
+def _sample_view_image(page, filepath: str):
+    """The sample view's image as drawn now (a screenshot's crop), the image
+    file resized the same way (fit, centred: as drawn without any label) and
+    the scale: ``(drawn, plain, scale)``. No toggling of fields to get the
+    plain image: a redraw while a map decodes makes FiftyOne's looker raise
+    DataCloneError (docs/ARCHITECTURE.md)."""
+    frame = page.locator("[data-cy=modal-looker-container]").first.bounding_box()
+    image = Image.open(filepath).convert("RGB")
+    scale = min(frame["width"] / image.width, frame["height"] / image.height)
+    size = (round(scale * image.width), round(scale * image.height))
+    x0 = int(frame["x"] + (frame["width"] - size[0]) / 2)
+    y0 = int(frame["y"] + (frame["height"] - size[1]) / 2)
+    shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    drawn = np.asarray(shot, int)[y0 : y0 + size[1], x0 : x0 + size[0]]
+    return drawn, np.asarray(image.resize(size), int), scale
