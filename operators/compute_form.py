@@ -181,7 +181,7 @@ def run_key_inputs(ctx, inputs: types.Object) -> str | None:
         overwrite.invalid = True
         overwrite.error_message = f"{key!r} is another kind of run: pick another key"
         return None
-    diff = run_differences(ctx.dataset, key, ctx.params)
+    diff = run_differences(ctx.dataset, key, _as_recorded(ctx))
     if ctx.params.get("overwrite"):
         inputs.view(
             "replaces",
@@ -207,6 +207,22 @@ def run_key_inputs(ctx, inputs: types.Object) -> str | None:
 def patches_field(view) -> str | None:
     """The field whose objects a patches view's samples are (None otherwise)."""
     return view._patches_field if patch_runs.is_patches(view) else None
+
+
+def _task(ctx) -> str:
+    """The task the run will record ("patches" on a patches view)."""
+    if patches_field(ctx.view):
+        return "patches"
+    return ctx.params.get("task") or "classification"
+
+
+def _as_recorded(ctx) -> dict:
+    """The form's params as the run records them: on a patches view the task
+    is "patches" and the label field the crops' own."""
+    params = dict(ctx.params, task=_task(ctx))
+    if patches_field(ctx.view) and params.get("target") == "label_field":
+        params["label_field"] = patches_field(ctx.view)
+    return params
 
 
 def task_inputs(ctx, inputs: types.Object) -> None:
@@ -357,7 +373,7 @@ def fields_notice(ctx, inputs: types.Object, run_key: str | None) -> None:
     names = [
         *shown,
         *(naming.strength_field(h) for h in shown),
-        *naming.field_names(run_key, []).owned,
+        *naming.field_names(run_key, [], _task(ctx)).owned,
     ]
     if ctx.params.get("score"):
         names += [

@@ -144,4 +144,6 @@ def test_compute_operator_on_a_patches_view(dataset, red_green_source):
     rows = object_rows(dataset, "crops")
     assert len(rows) == len(patches)
     assert all(r["predicted"] == r["label"] for r in rows)
+    again = dict(COMMON, run_key="crops", target="label_field", task="classification")
+    assert "resumes" in _form(patches, again)  # same run: the form offers resume
     dataset.delete_run("crops")
