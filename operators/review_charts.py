@@ -34,43 +34,51 @@ def replace(ctx, data: dict) -> None:
         ctx.panel.data.set(chart(name, rev), traces)
 
 
-def render_ranking(panel, state, on_click, on_selected) -> None:
+def _plot(panel, state, name, title, height, on_click, **extra) -> None:
+    """One chart of the panel: its title inside, the y axis a focus in [0, 1]."""
+    layout = dict(title=dict(text=title, font=dict(size=13)), margin=_MARGIN)
+    layout.update(extra.pop("layout"))
     panel.plot(
-        chart("ranking", state.chart_rev),
+        chart(name, state.chart_rev),
+        layout=layout,
+        config=_PLOT_CONFIG,
+        on_click=on_click,
+        height=height,
+        **extra,
+    )
+
+
+def render_ranking(panel, state, on_click, on_selected) -> None:
+    _plot(
+        panel,
+        state,
+        "ranking",
+        "Focus, lowest first (click: open; box-select: filter)",
+        30,
+        on_click,
+        on_selected=on_selected,
         layout=dict(
-            title=dict(
-                text="Focus, lowest first (click: open; box-select: filter)",
-                font=dict(size=13),
-            ),
             xaxis=dict(title="rank", tick0=1, dtick=state.rank_tick or 1),
             yaxis=dict(title="focus", range=[0, 1], fixedrange=True),
             dragmode="select",
-            margin=_MARGIN,
             height=280,
         ),
-        config=_PLOT_CONFIG,
-        on_click=on_click,
-        on_selected=on_selected,
-        height=30,
     )
 
 
 def render_per_class(panel, state, on_click) -> None:
     if not state.classes:
         return
-    panel.plot(
-        chart("per_class", state.chart_rev),
+    _plot(
+        panel,
+        state,
+        "per_class",
+        "Mean focus per class (click: rank that class)",
+        25,
+        on_click,
         layout=dict(
-            title=dict(
-                text="Mean focus per class (click: rank that class)",
-                font=dict(size=13),
-            ),
             yaxis=dict(title="mean focus", range=[0, 1], fixedrange=True),
             xaxis=dict(fixedrange=True),
-            margin=_MARGIN,
             height=240,
         ),
-        config=_PLOT_CONFIG,
-        on_click=on_click,
-        height=25,
     )

@@ -24,6 +24,7 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+from test_app_browser import _eventually  # noqa: E402
 from test_operators import PHOTOS, make_dataset  # noqa: E402
 
 from gradcam_engine.runs import cam_runs  # noqa: E402
@@ -483,15 +484,21 @@ def _object_source(page, name: str) -> None:
     page.get_by_role("option", name=name, exact=True).click()
 
 
-def _open_object(page, label: str):
-    """Click the objects table's row of ``label`` (the panel's last table);
-    returns the open sample view."""
+def _open_object(page, sample, objects: str, label: str, shown: str):
+    """Click the objects table's row of ``label`` (the panel's last table):
+    the sample view opens with ``shown`` on, which holds the own map of
+    ``sample``'s ``label`` in its field ``objects``. Returns the sample view."""
     rows = page.locator("table").last.locator("tbody tr")
     row = rows.filter(has=page.get_by_text(label, exact=True)).first
     row.wait_for(timeout=30_000)
     row.locator("td").nth(1).click()
     modal = page.locator("[data-cy=modal]")
     modal.first.wait_for(timeout=30_000)
+    assert _eventually(lambda: _checked_in(modal, shown), 30), f"{shown} not shown"
+    sample.reload()
+    items = sample[objects][sample[objects]._LABEL_LIST_FIELD]
+    chosen = next(o for o in items if o.label == label)
+    assert (sample[shown].map == chosen["features_map"].map).all()  # its own map
     return modal
 
 
@@ -514,13 +521,9 @@ def test_the_panels_objects_open_a_detections_and_a_labels_own_map(
     # the newest object run is listed first: the multi-label run's labels
     page.get_by_text("explained labels in view").first.wait_for(timeout=90_000)
     step("panel open, labels listed")
-    modal = _open_object(page, "red")
-    field = "objml_features_label"
-    assert _eventually(lambda: _checked_in(modal, field), 30), "map not shown"
-    step("red opened, its map field on")
     coffee = ds[object_runs["coffee"].id]
-    red = next(c for c in coffee.objml_labels.classifications if c.label == "red")
-    assert (coffee[field].map == red["features_map"].map).all()  # red's own map
+    modal = _open_object(page, coffee, "objml_labels", "red", "objml_features_label")
+    step("red opened, its map field on")
     assert not _checked_in(modal, "objml_features")  # the label's map alone
     _shot(page, artifacts_dir, "object_label_open")
     page.mouse.click(5, 500)  # the backdrop (the focus is on a sidebar box)
@@ -531,13 +534,10 @@ def test_the_panels_objects_open_a_detections_and_a_labels_own_map(
     _object_source(page, "objdet/features")
     page.get_by_text("explained detections in view").first.wait_for(timeout=30_000)
     step("detections listed")
-    modal = _open_object(page, "B")
-    field = "objdet_features_detection"
-    assert _eventually(lambda: _checked_in(modal, field), 30), "map not shown"
-    step("B opened, its map field on")
     chelsea = ds[object_runs["chelsea"].id]
-    b = next(d for d in chelsea.objdet_detections.detections if d.label == "B")
-    assert (chelsea[field].map == b["features_map"].map).all()  # B's own map
+    field = "objdet_features_detection"
+    modal = _open_object(page, chelsea, "objdet_detections", "B", field)
+    step("B opened, its map field on")
 
     # drawn where B's evidence is: over P, not over A
     def change(region) -> float:
@@ -560,15 +560,6 @@ def test_the_panels_objects_open_a_detections_and_a_labels_own_map(
     assert p > 3 * a + 10, (p, a)
     page.mouse.click(5, 500)
     modal.first.wait_for(state="detached", timeout=30_000)
-
-
-def _eventually(check, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.5)
-    return check()
 
 
 def _sample_view_image(page, filepath: str):
