@@ -24,6 +24,7 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 from test_app_browser import _eventually  # noqa: E402
 from test_operators import PHOTOS, make_dataset  # noqa: E402
 
@@ -489,9 +490,17 @@ def _open_object(page, sample, objects: str, label: str, shown: str):
     the sample view opens with ``shown`` on, which holds the own map of
     ``sample``'s ``label`` in its field ``objects``. Returns the sample view."""
     rows = page.locator("table").last.locator("tbody tr")
-    row = rows.filter(has=page.get_by_text(label, exact=True)).first
-    row.wait_for(timeout=30_000)
-    row.locator("td").nth(1).click()
+    cell = rows.filter(has=page.get_by_text(label, exact=True)).first.locator("td")
+    # the panel redraws its table while it loads (slowly on a loaded machine):
+    # a click on a row that was just replaced is tried again
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            cell.nth(1).click(timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
     modal = page.locator("[data-cy=modal]")
     modal.first.wait_for(timeout=30_000)
     assert _eventually(lambda: _checked_in(modal, shown), 30), f"{shown} not shown"
