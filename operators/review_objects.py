@@ -35,12 +35,16 @@ COLUMNS = {
 
 def sources(dataset) -> dict[str, dict]:
     """``"run/layer"`` -> the run and layer, for every layer of every run
-    that explains objects (scored or not: their focus is per object)."""
+    that explains objects (scored or not: their focus is per object) and
+    whose objects field exists (not a run being deleted or not yet written)."""
     out = {}
+    schema = dataset.get_field_schema()
     for key in runs.list_cam_runs(dataset):
         info = runs.get_cam_run(dataset, key)
         store = object_store(info)
-        for layer in info.layers if store else []:
+        if store is None or store.field not in schema:
+            continue
+        for layer in info.layers:
             out[f"{key}/{layer}"] = dict(run_key=key, layer=layer, task=store.task)
     return out
 

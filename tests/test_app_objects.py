@@ -14,6 +14,7 @@ import pytest
 from fiftyone.operators.executor import ExecutionContext
 from PIL import Image
 from test_multilabel import CLASSES, SIZE, SQUARES
+from test_operators import _panel_event
 
 from gradcam_engine import score_label_maps
 from gradcam_engine.audit.object_maps import object_rows
@@ -129,6 +130,13 @@ def test_compute_operator_multilabel_then_the_panels_label_choice(
     label = next(c for c in sample.ml_labels.classifications if c.label == "green")
     assert np.array_equal(sample.ml_features_label.map, label.features_map.map)
     assert dataset.count("ml_features_label") == 1  # that sample only
+    # the review panel lists the labels; a run whose labels field is gone
+    # (a run being deleted while the App is open) is left out, not an error
+    state = {"obj_source": "ml/features"}
+    _panel_event(dataset, "on_load", state=state)
+    _panel_event(dataset, "on_click_object", state=state, row=0)
+    dataset.delete_sample_field("ml_labels")
+    _panel_event(dataset, "on_load", state=state)
     dataset.delete_run("ml")
     assert not [f for f in dataset.get_field_schema() if f.startswith("ml_")]
 
