@@ -17,8 +17,8 @@ from gradcam_engine.audit.object_maps import object_rows, object_store
 from gradcam_engine.runs import cam_runs as runs
 
 from . import _forms
+from .review_data import ALL_CLASSES as ALL
 
-ALL = "(all classes)"
 LIMIT = 25
 KINDS = {"detection": "detections", "patches": "patches", "multilabel": "labels"}
 # key -> header; "predicted" and "eval" only where the run has them
