@@ -99,20 +99,10 @@ class ComputeCams(foo.Operator):
         inputs.view_target(ctx, action_description="Compute CAMs for")
         form.model_inputs(ctx, inputs)
         run_key = form.run_key_inputs(ctx, inputs)
-        task_choices = types.RadioGroup(orientation="horizontal")
-        task_choices.add_choice("classification", label="Classification")
-        task_choices.add_choice("segmentation", label="Segmentation")
-        task_choices.add_choice("detection", label="Detection")
-        inputs.enum(
-            "task",
-            task_choices.values(),
-            default="classification",
-            label="Task",
-            view=task_choices,
-        )
+        form.task_inputs(ctx, inputs)
         form.target_inputs(ctx, inputs)
-        if ctx.params.get("task") == "detection":
-            _detection_inputs(inputs)
+        if ctx.params.get("task") in ("detection", "multilabel"):
+            _detection_inputs(inputs, ctx.params["task"])
         form.storage_inputs(ctx, inputs, _default_output_dir(ctx))
         inputs.int(
             "batch_size",
@@ -143,9 +133,12 @@ class ComputeCams(foo.Operator):
             progress=False,
             **form.target_kwargs(p),
         )
-        if kwargs["task"] == "detection":
+        if kwargs["task"] in ("detection", "multilabel"):
             kwargs["confidence_thresh"] = float(p.get("confidence_thresh", 0.5))
+        if kwargs["task"] == "detection":
             kwargs["max_detections"] = int(p.get("max_detections") or 20)
+        if form.patches_field(view) and kwargs["target"] == "label":
+            kwargs["label_field"] = form.patches_field(view)  # the crops' labels
         if kwargs["storage"] == "disk":
             output_dir = p.get("output_dir") or _default_output_dir(ctx)
             kwargs["output_dir"] = trust.check_app_output_dir(output_dir)
@@ -194,13 +187,16 @@ def _outcome_view(result: dict) -> types.Property:
     return types.Property(outputs, view=types.View(label="CAM run"))
 
 
-def _detection_inputs(inputs: types.Object) -> None:
+def _detection_inputs(inputs: types.Object, task: str) -> None:
+    what = "detections scoring" if task == "detection" else "labels whose sigmoid is"
     inputs.float(
         "confidence_thresh",
         default=0.5,
         label="Confidence threshold",
-        description="Explain the detections scoring at least this (Explain: predicted)",
+        description=f"Explain the {what} at least this (Explain: predicted)",
     )
+    if task != "detection":
+        return
     inputs.int(
         "max_detections",
         default=20,

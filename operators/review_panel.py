@@ -15,24 +15,12 @@ import fiftyone.operators.types as types
 
 from . import _forms
 from . import discovery_panel as discovery
+from . import review_charts as charts
 from . import review_data as data
+from . import review_objects as objects
 from .review_data import ALL_CLASSES
 
 DEFAULT_TAGS = "spurious,ok,needs-data"
-# Plotly: keep titles inside the figure, and let the mouse wheel scroll the
-# panel instead of zooming the chart.
-_PLOT_CONFIG = dict(displayModeBar=False, scrollZoom=False)
-_MARGIN = dict(t=48, l=56, r=16, b=40)
-# The panel's charts. The App copies a plot's data into the panel's state
-# and draws ``merge(state, data)``, index by index: a shorter new series kept
-# the old one's tail (stale bars), also when the state was cleared first (the
-# copy is made again while the new data is on its way). Each refresh draws
-# its series under new names (``_chart``), so nothing old is merged in.
-_CHARTS = ("ranking", "per_class")
-
-
-def _chart(name: str, rev: int | None) -> str:
-    return f"{name}_{rev or 0}"
 
 
 class CamReviewPanel(foo.Panel):
@@ -45,7 +33,9 @@ class CamReviewPanel(foo.Panel):
                 "Samples ranked by **focus** (fraction of CAM energy on the "
                 "objects), lowest first. Click a bar or a row to open the sample "
                 "with its heatmap and boxes; box-select bars to filter the grid; "
-                "tag selected samples with review outcomes."
+                "tag selected samples with review outcomes. Detection, patches "
+                "and multi-label runs also list their objects: Open shows one "
+                "object's own map."
             ),
             icon="troubleshoot",
             surfaces="grid",
@@ -69,6 +59,7 @@ class CamReviewPanel(foo.Panel):
         state.keys = list(sources)
         _is_new_view(ctx)  # the view this refresh shows
         self._refresh(ctx, sources)
+        objects.refresh(ctx)
         # the grid next to the panel, with the chosen heatmap visible
         ctx.ops.split_panel("cam_review", layout="horizontal")
 
@@ -78,6 +69,7 @@ class CamReviewPanel(foo.Panel):
         if not _is_new_view(ctx):
             return
         self._refresh(ctx, data.sources(ctx.dataset))
+        objects.refresh(ctx)
 
     def on_change_selected(self, ctx):
         self._refresh_tags(ctx)
@@ -101,6 +93,24 @@ class CamReviewPanel(foo.Panel):
     def on_change_compare(self, ctx):
         ctx.panel.state.compare = ctx.params.get("value")
         self._refresh_compare(ctx, data.sources(ctx.dataset))
+
+    def on_change_objects(self, ctx):
+        value = ctx.params.get("value")
+        if value == ctx.panel.state.obj_source:
+            return  # the form reporting its initial value: nothing changed
+        ctx.panel.state.obj_source = value
+        ctx.panel.state.obj_class = objects.ALL
+        objects.refresh(ctx)
+
+    def on_change_object_class(self, ctx):
+        value = ctx.params.get("value") or objects.ALL
+        if value == ctx.panel.state.obj_class:
+            return
+        ctx.panel.state.obj_class = value
+        objects.refresh(ctx)
+
+    def on_click_object(self, ctx):
+        objects.open_row(ctx)
 
     def on_change_lowest_n(self, ctx):
         ctx.panel.state.lowest_n = ctx.params.get("value") or 10
@@ -216,20 +226,19 @@ class CamReviewPanel(foo.Panel):
         state.ranked_ids = ids
         state.rank_tick = max(1, math.ceil(len(ids) / 10))
         state.table = data.table_rows(values)
-        old = state.chart_rev or 0
-        state.chart_rev = rev = old + 1  # see _CHARTS: fresh names, no stale tail
-        for chart in _CHARTS:
-            state.set(_chart(chart, old), None)
-            ctx.panel.data.set(_chart(chart, old), None)
-        ctx.panel.data.set(_chart("ranking", rev), data.ranking_chart(values))
         state.heatmap = src["heatmap"]
         state.clusters = discovery.cluster_rows(ctx, src)
         state.cluster_help = discovery.cluster_help(ctx, src)
         state.has_flips = "flip" in discovery.fields(ctx.dataset, src)
         order, means, counts = data.per_class(ctx.view, src)
         state.classes = order
-        chart = data.per_class_chart(order, means, counts)
-        ctx.panel.data.set(_chart("per_class", rev), chart)
+        charts.replace(  # fresh series names: no stale tail (review_charts)
+            ctx,
+            {
+                "ranking": data.ranking_chart(values),
+                "per_class": data.per_class_chart(order, means, counts),
+            },
+        )
         self._refresh_tags(ctx)
         self._refresh_compare(ctx, sources)
 
@@ -262,6 +271,7 @@ class CamReviewPanel(foo.Panel):
         )
         if not keys:
             panel.md(state.summary or "No scored CAM runs.", name="summary")
+            self._render_objects(panel, state)
             return types.Property(panel, view=types.GridView(orientation="vertical"))
 
         pick = panel.h_stack("pick", gap=2)
@@ -283,24 +293,7 @@ class CamReviewPanel(foo.Panel):
         )
 
         panel.md(state.summary or "", name="summary")
-        panel.plot(
-            _chart("ranking", state.chart_rev),
-            layout=dict(
-                title=dict(
-                    text="Focus, lowest first (click: open; box-select: filter)",
-                    font=dict(size=13),
-                ),
-                xaxis=dict(title="rank", tick0=1, dtick=state.rank_tick or 1),
-                yaxis=dict(title="focus", range=[0, 1], fixedrange=True),
-                dragmode="select",
-                margin=_MARGIN,
-                height=280,
-            ),
-            config=_PLOT_CONFIG,
-            on_click=self.on_click_bar,
-            on_selected=self.on_select_bars,
-            height=30,
-        )
+        charts.render_ranking(panel, state, self.on_click_bar, self.on_select_bars)
 
         table = types.TableView(on_click_row=self.on_click_row)
         for key, label in data.COLUMNS.items():
@@ -332,23 +325,8 @@ class CamReviewPanel(foo.Panel):
 
         discovery.render(panel, state, self.on_click_cluster, self.show_flips)
 
-        if state.classes:
-            panel.plot(
-                _chart("per_class", state.chart_rev),
-                layout=dict(
-                    title=dict(
-                        text="Mean focus per class (click: rank that class)",
-                        font=dict(size=13),
-                    ),
-                    yaxis=dict(title="mean focus", range=[0, 1], fixedrange=True),
-                    xaxis=dict(fixedrange=True),
-                    margin=_MARGIN,
-                    height=240,
-                ),
-                config=_PLOT_CONFIG,
-                on_click=self.on_click_class,
-                height=25,
-            )
+        charts.render_per_class(panel, state, self.on_click_class)
+        self._render_objects(panel, state)
 
         panel.md("#### Review outcomes", name="tags_title")
         panel.str(
@@ -384,6 +362,15 @@ class CamReviewPanel(foo.Panel):
 
         return types.Property(
             panel, view=types.GridView(orientation="vertical", gap=2, padding=1)
+        )
+
+    def _render_objects(self, panel, state) -> None:
+        objects.render(
+            panel,
+            state,
+            self.on_change_objects,
+            self.on_change_object_class,
+            self.on_click_object,
         )
 
 

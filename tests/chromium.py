@@ -33,9 +33,11 @@ NOT_OURS: dict[str, re.Pattern] = {
     "looker-detached": re.compile(
         r"(TypeError: )?Cannot perform Construct on a detached ArrayBuffer"
     ),
+    # (the console message may carry the looker's stack: "\n    at ...")
     "looker-clone": re.compile(
         r"DataCloneError: (Failed to execute 'postMessage' on 'Worker': )?"
         r"An (ArrayBuffer|ImageBitmap) is detached and could not be cloned\."
+        r"(\n\s+at [^\n]*)*"
     ),
 }
 # A resource outside this machine (the App's fonts, Chromium's own fetches)

@@ -24,6 +24,8 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
+from test_app_browser import _eventually  # noqa: E402
 from test_operators import PHOTOS, make_dataset  # noqa: E402
 
 from gradcam_engine.runs import cam_runs  # noqa: E402
@@ -453,3 +455,156 @@ def _sidebar_row(scope, field: str) -> str:
     row = scope.get_by_text(field, exact=True).first
     box = row.locator("xpath=ancestor::*[.//input[@type='checkbox']][1]")
     return "".join(box.first.inner_text().split())
+
+
+@pytest.fixture
+def object_runs(fresh_app):
+    """A detection run on chelsea and a multi-label run on coffee, computed
+    before the page loads (so the App's schema knows their fields)."""
+    from detection_models import CLASSES, KnownTruthDetector
+    from test_multilabel import CLASSES as COLOURS
+    from test_multilabel import RedGreenModel
+    from torchvision.transforms import ToTensor
+
+    from gradcam_engine import compute_cams
+
+    ds = fresh_app[0]
+    one = {
+        name: ds.match(fo.ViewField("filepath").ends_with(f"{name}.png"))
+        for name in ("chelsea", "coffee")
+    }
+    common = dict(layers=["features"], confidence_thresh=0.0, num_workers=0)
+    compute_cams(
+        one["chelsea"],
+        KnownTruthDetector(),
+        method="layercam",
+        run_key="objdet",
+        task="detection",
+        classes=list(CLASSES),
+        progress=False,
+        **common,
+    )
+    compute_cams(
+        one["coffee"],
+        RedGreenModel(),
+        method="gradcam",
+        run_key="objml",
+        task="multilabel",
+        classes=list(COLOURS),
+        transforms=ToTensor(),
+        progress=False,
+        **common,
+    )
+    yield {name: view.first() for name, view in one.items()}
+    for key in ("objdet", "objml"):
+        ds.delete_run(key)
+
+
+def _object_source(page, name: str) -> None:
+    page.get_by_text("Run / layer (objects)", exact=True).first.locator(
+        "xpath=following::*[@role='combobox' or @aria-haspopup='listbox'][1]"
+    ).click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def _open_object(page, sample, objects: str, label: str, shown: str):
+    """Click the objects table's row of ``label`` (the panel's last table):
+    the sample view opens with ``shown`` on, which holds the own map of
+    ``sample``'s ``label`` in its field ``objects``. Returns the sample view."""
+    rows = page.locator("table").last.locator("tbody tr")
+    cell = rows.filter(has=page.get_by_text(label, exact=True)).first.locator("td")
+    # the panel redraws its table while it loads (slowly on a loaded machine):
+    # a click on a row that was just replaced is tried again
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            cell.nth(1).click(timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
+    modal = page.locator("[data-cy=modal]")
+    modal.first.wait_for(timeout=30_000)
+    assert _eventually(lambda: _checked_in(modal, shown), 30), f"{shown} not shown"
+    sample.reload()
+    items = sample[objects][sample[objects]._LABEL_LIST_FIELD]
+    chosen = next(o for o in items if o.label == label)
+    assert (sample[shown].map == chosen["features_map"].map).all()  # its own map
+    return modal
+
+
+def test_the_panels_objects_open_a_detections_and_a_labels_own_map(
+    object_runs, own_page, fresh_app, artifacts_dir
+):
+    """Issues 20, 21: the review panel lists a detection run's detections and a
+    multi-label run's labels; Open shows the sample with that object's map."""
+    from detection_models import regions
+
+    page, (ds, _, _) = own_page, fresh_app
+    steps, start = [], time.monotonic()
+
+    def step(name: str) -> None:  # where the time goes (artifacts/)
+        steps.append(f"{time.monotonic() - start:6.1f} s  {name}")
+        (artifacts_dir / "app_review_object_steps.txt").write_text("\n".join(steps))
+
+    page.locator("[data-cy='new-panel-btn']").first.click()
+    page.get_by_text("CAM review", exact=True).first.click()
+    # the newest object run is listed first: the multi-label run's labels
+    page.get_by_text("explained labels in view").first.wait_for(timeout=90_000)
+    step("panel open, labels listed")
+    coffee = ds[object_runs["coffee"].id]
+    modal = _open_object(page, coffee, "objml_labels", "red", "objml_features_label")
+    step("red opened, its map field on")
+    assert not _checked_in(modal, "objml_features")  # the label's map alone
+    _shot(page, artifacts_dir, "object_label_open")
+    page.mouse.click(5, 500)  # the backdrop (the focus is on a sidebar box)
+    modal.first.wait_for(state="detached", timeout=30_000)
+
+    # a detection, on another sample: B (its score reads patch P, elsewhere)
+    step("closed")
+    _object_source(page, "objdet/features")
+    page.get_by_text("explained detections in view").first.wait_for(timeout=30_000)
+    step("detections listed")
+    chelsea = ds[object_runs["chelsea"].id]
+    field = "objdet_features_detection"
+    modal = _open_object(page, chelsea, "objdet_detections", "B", field)
+    step("B opened, its map field on")
+
+    # drawn where B's evidence is: over P, not over A
+    def change(region) -> float:
+        # inside the region's middle (box outlines are drawn on its border)
+        rx0, ry0, rx1, ry1 = (int(scale * (v)) for v in region)
+        dx, dy = (rx1 - rx0) // 5, (ry1 - ry0) // 5
+        inside = (slice(ry0 + dy, ry1 - dy), slice(rx0 + dx, rx1 - dx))
+        return float(np.abs(drawn[inside] - plain[inside]).mean())
+
+    r = regions(*Image.open(chelsea.filepath).size[::-1])
+    deadline = time.monotonic() + 30
+    while True:  # until the map is drawn
+        drawn, plain, scale = _sample_view_image(page, chelsea.filepath)
+        p, a = change(r["P"]), change(r["A"])
+        if p > 3 * a + 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    step("B map drawn")
+    _shot(page, artifacts_dir, "object_detection_open")
+    assert p > 3 * a + 10, (p, a)
+    page.mouse.click(5, 500)
+    modal.first.wait_for(state="detached", timeout=30_000)
+
+
+def _sample_view_image(page, filepath: str):
+    """The sample view's image as drawn now (a screenshot's crop), the image
+    file resized the same way (fit, centred: as drawn without any label) and
+    the scale: ``(drawn, plain, scale)``. No toggling of fields to get the
+    plain image: a redraw while a map decodes makes FiftyOne's looker raise
+    DataCloneError (docs/ARCHITECTURE.md)."""
+    frame = page.locator("[data-cy=modal-looker-container]").first.bounding_box()
+    image = Image.open(filepath).convert("RGB")
+    scale = min(frame["width"] / image.width, frame["height"] / image.height)
+    size = (round(scale * image.width), round(scale * image.height))
+    x0 = int(frame["x"] + (frame["width"] - size[0]) / 2)
+    y0 = int(frame["y"] + (frame["height"] - size[1]) / 2)
+    shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    drawn = np.asarray(shot, int)[y0 : y0 + size[1], x0 : x0 + size[0]]
+    return drawn, np.asarray(image.resize(size), int), scale

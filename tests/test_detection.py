@@ -31,6 +31,7 @@ from gradcam_engine import (
     score_cams,
 )
 from gradcam_engine.audit.export import export_review
+from gradcam_engine.audit.object_maps import object_rows
 from gradcam_engine.engine.detection import DetectionCamEngine
 from gradcam_engine.engine.detection_targets import DetectionScoreTarget
 from gradcam_engine.runs.detections import input_box, original_box
@@ -283,6 +284,11 @@ def test_class_report_score_cams_and_review_views_on_detections(
         "ground_truth",
         "aud_detections",
     ]
+    # ... and its object list: detections lowest focus first, tp / fp of the
+    # evaluation of aud_detections
+    rows = object_rows(ds, "aud")
+    assert [r["label"] for r in rows] == ["B"] * 3 + ["A"] * 3
+    assert {r["eval"] for r in rows} <= {"tp", "fp"} and rows[-1]["eval"] == "tp"
     ds.delete_run("aud")
     assert suspects not in ds.list_saved_views()
     assert "aud_features_focus" not in ds.get_field_schema()

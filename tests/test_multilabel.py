@@ -190,3 +190,9 @@ def test_refused_before_any_write(dataset):
         )
     assert set(dataset.get_field_schema()) == before
     assert "ml_bad" not in dataset.list_runs()
+
+
+def build_red_green():
+    """A model source (``CAM_AUDIT_MODEL_SOURCES``): ``(module, transforms,
+    classes)``, for the App's operators."""
+    return RedGreenModel().eval(), ToTensor(), list(CLASSES)

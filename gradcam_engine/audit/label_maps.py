@@ -20,22 +20,16 @@ import numpy as np
 from ..runs import cam_runs as runs
 from ..runs.frame_fields import writable
 from ..runs.naming import (
+    chosen_label_field,
     detection_focus_attribute,
     detection_map_attribute,
     labels_field,
-    map_field,
 )
 from .metrics import box_coverage
 from .owned import claim_fields
 from .writer_steps import resolve_layer
 
 __all__ = ["chosen_label_field", "score_label_maps", "show_label_maps"]
-
-
-def chosen_label_field(heatmap: str) -> str:
-    """``fo.Heatmap``: the own map of the label last chosen on each sample
-    (``show_label_maps``), drawn by the App like any heatmap field."""
-    return map_field(heatmap, "label")
 
 
 def _multilabel_run(samples, run_key):

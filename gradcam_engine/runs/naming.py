@@ -182,6 +182,12 @@ def chosen_detection_field(heatmap: str) -> str:
     return map_field(heatmap, "detection")
 
 
+def chosen_label_field(heatmap: str) -> str:
+    """``fo.Heatmap``: the own map of the label last chosen on each sample of
+    a multi-label run (``show_label_maps``, the review panel's Open)."""
+    return map_field(heatmap, "label")
+
+
 @dataclass
 class FieldNames:
     """The fields ``compute_cams`` writes for one run."""
@@ -198,9 +204,10 @@ class FieldNames:
     # and the float focus attribute of each for every layer
     detections: str | None = None
     detection_focus: list[str] | None = None
-    # task="detection" or "patches": per layer the fo.Heatmap field of the own
-    # map of the detection chosen on each sample (show_detection_maps),
-    # declared with the run so that an open App knows it before it is written
+    # task="detection", "patches" or "multilabel": per layer the fo.Heatmap
+    # field of the own map of the object (detection, patch, label) chosen on
+    # each sample (audit/object_maps.py), declared with the run so that an
+    # open App knows it before it is written
     chosen_detections: list[str] | None = None
     # task="multilabel": the fo.Classifications field of the explained labels
     labels: str | None = None
@@ -270,6 +277,8 @@ def field_names(
         chosen_detections=(
             [chosen_detection_field(name) for name in heatmaps]
             if task in ("detection", "patches")
+            else [chosen_label_field(name) for name in heatmaps]
+            if task == "multilabel"
             else None
         ),
         labels=labels_field(run_key) if task == "multilabel" else None,
