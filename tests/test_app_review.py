@@ -513,18 +513,19 @@ def _open_object(page, sample, objects: str, label: str, shown: str):
     ``sample``'s ``label`` in its field ``objects``. Returns the sample view."""
     rows = page.locator("table").last.locator("tbody tr")
     cell = rows.filter(has=page.get_by_text(label, exact=True)).first.locator("td")
+    modal = page.locator("[data-cy=modal]")
     # the panel redraws its table while it loads (slowly on a loaded machine):
-    # a click on a row that was just replaced is tried again
-    deadline = time.monotonic() + 90
+    # a click on a row that was just replaced (no Open sent, or none that
+    # reached the App) is tried again until the sample view opens
+    deadline = time.monotonic() + 120
     while True:
         try:
             cell.nth(1).click(timeout=5_000)
+            modal.first.wait_for(timeout=20_000)
             break
         except PlaywrightTimeout:
             if time.monotonic() > deadline:
                 raise
-    modal = page.locator("[data-cy=modal]")
-    modal.first.wait_for(timeout=30_000)
     assert _eventually(lambda: _checked_in(modal, shown), 30), f"{shown} not shown"
     sample.reload()
     items = sample[objects][sample[objects]._LABEL_LIST_FIELD]
