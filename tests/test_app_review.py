@@ -318,12 +318,15 @@ def _checked_in(scope, field: str) -> bool:
 def own_page(fresh_app, browser):
     """A page of its own: the module page's panel and field settings from the
     earlier steps move what a click in the sample view lands on."""
-    # the whole dataset, as the module page first saw it; run alone, the
-    # session may not have reached its new server yet ("Client is not connected")
+    # the whole dataset and the default layout, as the module page first saw
+    # them (the session keeps the panels the module page opened: a second CAM
+    # review panel would sit in a hidden tab); run alone, the session may not
+    # have reached its new server yet ("Client is not connected")
     deadline = time.monotonic() + 60
     while True:
         try:
             fresh_app[1].view = None
+            fresh_app[1].spaces = None
             break
         except RuntimeError:
             if time.monotonic() > deadline:
