@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .threads import one_intraop_thread
+
 __all__ = [
     "MAX_PIXELS",
     "DecodedBatch",
@@ -155,6 +157,10 @@ class ImageFiles:
         return len(self.filepaths)
 
     def __getitem__(self, index: int):
+        with one_intraop_thread():  # one image: torch's thread team only waits
+            return self._item(index)
+
+    def _item(self, index: int):
         path = self.filepaths[index]
         try:
             img = load_rgb(path)
