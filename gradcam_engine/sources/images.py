@@ -195,6 +195,11 @@ def collate(items) -> DecodedBatch:
     Runs in the DataLoader worker, so the main process receives one shared
     tensor per shape instead of stacking (a copy of the whole batch) itself.
     """
+    with one_intraop_thread():  # a copy of the batch (see sources/threads.py)
+        return _collate(items)
+
+
+def _collate(items) -> DecodedBatch:
     indices, tensors, sizes, errors, geometries = (
         list(column) for column in zip(*items, strict=True)
     )
