@@ -11,6 +11,7 @@ a busy 2-core machine a torchvision ``Resize + ToTensor + Normalize`` took
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -24,7 +25,7 @@ def one_intraop_thread() -> Iterator[None]:
     restored afterwards (setting it costs well under a microsecond). A no-op
     where torch already uses one thread (DataLoader workers)."""
     threads = torch.get_num_threads()
-    if threads <= 1:
+    if threads <= 1 or not _openmp_backend():
         yield
         return
     torch.set_num_threads(1)
@@ -32,3 +33,10 @@ def one_intraop_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@functools.cache
+def _openmp_backend() -> bool:
+    """Torch's native thread pool cannot change its size once used (it warns
+    and keeps it): the count is only changed under OpenMP, the usual backend."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
