@@ -152,3 +152,33 @@ def test_collate_stacks_each_input_shape_once():
     # each item's tensor is a view into its group's stack, not a second copy
     assert batch.tensors[3].data_ptr() == stacked[1].data_ptr()
     assert batch.tensors[1] is None and batch.errors[1] == "broken"
+
+
+def test_each_image_is_transformed_on_one_torch_thread(tmp_path):
+    """A user's torchvision transform runs on one intra-op thread (on a busy
+    machine a team of threads made it 4-30x slower), decoding and the geometry
+    probe alike; the caller's thread count comes back."""
+    import torch
+    from torchvision import transforms as T
+
+    from gradcam_engine.sources.geometry import TransformGeometry
+
+    Image.fromarray(skimage.data.chelsea()).save(tmp_path / "a.jpg")
+    pipeline = T.Compose([T.Resize((32, 32)), T.ToTensor()])
+    seen = []
+
+    def transforms(img):
+        seen.append(torch.get_num_threads())
+        return pipeline(img)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        geometry = TransformGeometry(transforms)
+        item = ImageFiles([str(tmp_path / "a.jpg")], transforms, geometry)[0]
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert item[3] is None and tuple(item[1].shape) == (3, 32, 32)
+    assert len(seen) > 20 and set(seen) == {1}
+    assert after == 2

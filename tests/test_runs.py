@@ -287,3 +287,42 @@ def test_overwrite_that_fails_leaves_the_old_run_intact(image_dir, model):
     assert list_cam_runs(ds) == ["cam"] and get_cam_run(ds, "cam").method == "hirescam"
     assert not [f for f in ds.get_field_schema() if "replacing" in f]
     ds.delete()
+
+
+def test_per_image_work_runs_on_one_torch_thread_and_batches_on_all(image_dir, model):
+    """Issue 23: the probe's one-image forward and the user's torchvision
+    transform run on one intra-op thread (a thread team waits on a busy
+    machine), the engine's batches on every thread; the count comes back."""
+    from torchvision import transforms as T
+
+    calls = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            calls.append((len(x), torch.is_grad_enabled(), torch.get_num_threads()))
+            return self.inner(x)
+
+    pipeline = T.Compose([T.Resize((64, 64)), T.ToTensor()])
+    transformed = []
+
+    def transforms(img):
+        transformed.append(torch.get_num_threads())
+        return pipeline(img)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    ds = make_dataset(image_dir)
+    try:
+        recording = Recording(model)
+        run(ds, recording, layers=["inner.layer4"], transforms=transforms, batch_size=4)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+        ds.delete()
+    assert calls[0] == (1, False, 1)  # the probe, before registration
+    assert calls[1:] == [(4, True, 2)]  # one batch of all four
+    assert set(transformed) == {1} and after == 2

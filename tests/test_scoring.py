@@ -463,3 +463,29 @@ def test_scores_follow_a_renamed_run_and_progress_bar_works():
     assert sorted(runs.get_cam_run(ds, "r2").owned_fields) == sorted(
         ["r2_l", "r2_l_focus", "r2_l_hit", "r2_l_spread"]
     )
+
+
+def test_layer_agreement_in_chunks_equals_pearson_and_skips_constant_maps():
+    """agreement() works a few samples at a time (memory; issue 23): across the
+    chunk boundary each value is the mean pairwise np.corrcoef of its maps,
+    a constant map's pairs left out, spread unchanged by the uint8 counting."""
+    from gradcam_engine.audit.metrics import _spread_float, agreement, score_layer
+
+    rng = np.random.default_rng(0)
+    n, layers = 37, 3
+    maps = [[rng.random((12, 16)).astype(np.float32) for _ in range(n)]]
+    for _ in range(layers - 1):
+        maps.append(
+            [m * 0.5 + rng.random((12, 16)).astype(np.float32) * 0.5 for m in maps[0]]
+        )
+    maps[2][5] = np.full((12, 16), 0.3, np.float32)  # constant: its pairs left out
+    values = agreement(maps)
+    for i in range(n):
+        corr = np.corrcoef(np.stack([maps[k][i].ravel() for k in range(layers)]))
+        pairs = [(0, 1)] if i == 5 else [(0, 1), (0, 2), (1, 2)]
+        assert values[i] == pytest.approx(
+            np.mean([corr[a, b] for a, b in pairs]), abs=1e-9
+        )
+    quantised = [np.rint(m * 255) / 255 for m in maps[0]]
+    spread, _, _ = score_layer(quantised, [None] * n, None, 0.05)
+    assert spread == pytest.approx([_spread_float(m) for m in quantised], abs=1 / 192)

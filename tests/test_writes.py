@@ -7,7 +7,7 @@ import zlib
 import fiftyone as fo
 import numpy as np
 
-from gradcam_engine.runs.writes import encode_map, set_fields
+from gradcam_engine.runs.writes import encode_map, heatmap_document, set_fields
 
 
 def test_heatmaps_written_at_zlib_level_1_read_back_through_fiftyone():
@@ -40,5 +40,34 @@ def test_heatmaps_written_at_zlib_level_1_read_back_through_fiftyone():
         assert bytes(raw) == bytes(encode_map(maps[0]))
         fiftyone_bytes = fo.Heatmap(map=maps[0]).to_dict()["map"]
         assert zlib.decompress(raw) == zlib.decompress(fiftyone_bytes)
+    finally:
+        ds.delete()
+
+
+def test_heatmap_document_is_what_fiftyone_stores_and_reads():
+    """compute_cams writes heatmaps as ready documents (no label objects):
+    the same keys and values as fo.Heatmap.to_dict(), read back as a Heatmap."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    array = (xx * 3 + yy).astype(np.uint8)
+    document = heatmap_document(array)
+    expected = fo.Heatmap(map=array, range=[0, 255]).to_dict()
+    assert set(document) == set(expected)
+    assert {k: v for k, v in document.items() if k not in ("_id", "map")} == {
+        k: v for k, v in expected.items() if k not in ("_id", "map")
+    }
+    assert bytes(document["map"]) == bytes(encode_map(array))
+    assert heatmap_document(array)["_id"] != document["_id"]  # one id per map
+
+    ds = fo.Dataset()
+    try:
+        ds.add_sample(fo.Sample(filepath="/tmp/doc.png"))
+        ds.add_sample_field(
+            "hm", fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap
+        )
+        sid = ds.first().id
+        set_fields(ds, {sid: {"hm": document}})
+        stored = ds[sid]["hm"]
+        assert isinstance(stored, fo.Heatmap) and stored.id == str(document["_id"])
+        assert np.array_equal(stored.map, array) and stored.range == [0, 255]
     finally:
         ds.delete()

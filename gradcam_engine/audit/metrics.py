@@ -147,10 +147,15 @@ def _spread_batch(stack: np.ndarray, usable: np.ndarray) -> list[float | None]:
     ``[H, W]`` map of ``stack`` (None where unusable). Exact for maps quantised
     to 256 levels (as stored), within 1/255 otherwise."""
     b = len(stack)
-    q = np.rint(np.clip(stack, 0.0, 1.0) * 255.0).astype(np.int64).reshape(b, -1)
+    # the same levels as rint(clip(m) * 255), in place and as uint8, counted
+    # per map: int64 levels offset per map were ~100 MB per batch of maps
+    q = np.clip(stack, 0.0, 1.0).reshape(b, -1)
+    q *= 255.0
+    np.rint(q, out=q)
+    q = q.astype(np.uint8)
     size = q.shape[1]
-    counts = np.bincount((q + 256 * np.arange(b)[:, None]).ravel(), minlength=256 * b)
-    counts = counts.reshape(b, 256)[:, ::-1].astype(np.float64)  # brightest first
+    counts = np.stack([np.bincount(row, minlength=256) for row in q])
+    counts = counts[:, ::-1].astype(np.float64)  # brightest first
     levels = np.arange(255, -1, -1, dtype=np.float64)
     energy = counts * levels
     half = energy.sum(axis=1) / 2.0
@@ -186,11 +191,21 @@ def agreement(layer_maps: list[list[np.ndarray | None]]) -> list[float | None]:
             groups.setdefault(shapes.pop(), []).append(i)
         else:
             result[i] = _mean_pairwise_corr(maps)
-    for idx in groups.values():
-        z = np.stack([np.stack([lm[i].ravel() for lm in layer_maps]) for i in idx])
-        for i, value in zip(idx, _mean_pairwise_pearson(z), strict=True):
-            result[i] = value
+    for shape, idx in groups.items():
+        # A few samples at a time: 256 samples of four 256x192 maps in float64
+        # are 400 MB, and passes over that were most of score_cams' time.
+        for start in range(0, len(idx), _AGREEMENT_CHUNK):
+            part = idx[start : start + _AGREEMENT_CHUNK]
+            z = np.empty((len(part), len(layer_maps), shape[0] * shape[1]))
+            for k, i in enumerate(part):
+                for layer, lm in enumerate(layer_maps):
+                    z[k, layer] = lm[i].ravel()
+            for i, value in zip(part, _mean_pairwise_pearson(z), strict=True):
+                result[i] = value
     return result
+
+
+_AGREEMENT_CHUNK = 16
 
 
 def _spread_float(m: np.ndarray) -> float:
@@ -224,13 +239,14 @@ def _mean_pairwise_pearson(z: np.ndarray) -> list[float | None]:
     """For each of ``B`` groups of ``L`` flat maps (``z``: ``[B, L, N]``), the mean
     Pearson correlation over pairs of maps, leaving out pairs with a constant
     map (None when no pair is left), clipped to [-1, 1]."""
-    z = z.astype(np.float64)
+    z = z.astype(np.float64)  # a copy: the caller's array is left as it was
     z -= z.mean(axis=2, keepdims=True)
-    norms = np.linalg.norm(z, axis=2)  # [B, L]
+    gram = z @ z.transpose(0, 2, 1)  # [B, L, L] centred dot products (BLAS)
+    norms = np.sqrt(np.maximum(np.diagonal(gram, axis1=1, axis2=2), 0.0))  # [B, L]
     ok = norms > 1e-12
-    z /= np.where(ok, norms, 1.0)[:, :, None]
+    unit = np.where(ok, norms, 1.0)
     iu = np.triu_indices(z.shape[1], k=1)
-    corr = np.einsum("bln,bmn->blm", z, z)[:, iu[0], iu[1]]  # [B, pairs]
+    corr = gram[:, iu[0], iu[1]] / (unit[:, iu[0]] * unit[:, iu[1]])  # [B, pairs]
     valid = ok[:, iu[0]] & ok[:, iu[1]]
     return [
         float(np.clip(corr[k][valid[k]].mean(), -1.0, 1.0)) if valid[k].any() else None

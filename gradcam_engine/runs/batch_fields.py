@@ -20,6 +20,7 @@ from ..engine.cam_engine import CamEngine
 from ..engine.targets import MaskSumTarget
 from .naming import FieldNames, field_names, slug  # re-exported
 from .storage import make_heatmap, to_uint8_map
+from .writes import heatmap_document
 
 __all__ = [
     "BatchContext",
@@ -270,7 +271,10 @@ def _sample_values(ctx: BatchContext, values, result, maps, strengths, j, row) -
             path = os.path.join(
                 ctx.run_dir, slug(ctx.layers[layer_index]), f"{sid}.png"
             )
-        values[hm_name][sid] = make_heatmap(u8, ctx.storage, path)
+        if ctx.storage == "db":  # the stored document itself (writes.py)
+            values[hm_name][sid] = heatmap_document(u8)
+        else:
+            values[hm_name][sid] = make_heatmap(u8, ctx.storage, path)
         if strengths is not None:
             values[st_name][sid] = float(strengths[j][layer_index])
     cls = result.target_classes[j]

@@ -86,11 +86,15 @@ def heatmap_to_float(heatmap: fo.Heatmap | dict | None) -> np.ndarray | None:
         arr = np.asarray(Image.open(get("map_path")))
     if arr is None:
         return None
+    stored_uint8 = np.asarray(arr).dtype == np.uint8
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim == 3:
         arr = arr[..., 0]
     lo, hi = get("range") or ([0.0, 255.0] if arr.max() > 1 else [0.0, 1.0])
-    return np.clip((arr - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    scaled = (arr - lo) / max(hi - lo, 1e-12)
+    if stored_uint8 and lo == 0 and hi == 255:  # already within [0, 1]
+        return scaled  # (a pass less per map: score_cams reads thousands)
+    return np.clip(scaled, 0.0, 1.0)
 
 
 def load_heatmaps(

@@ -10,6 +10,7 @@ the time for ~3% more bytes."""
 
 from __future__ import annotations
 
+import functools
 import io
 import zlib
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from pymongo import UpdateOne
 from .cam_runs import root_dataset
 from .frame_fields import is_frames, view_schema
 
-__all__ = ["encode_map", "set_fields"]
+__all__ = ["encode_map", "heatmap_document", "set_fields"]
 
 _CHUNK = 1000
 _ZLIB_LEVEL = 1
@@ -79,6 +80,24 @@ def encode_map(array: np.ndarray) -> Binary:
     with io.BytesIO() as f:
         np.save(f, np.asarray(array), allow_pickle=False)
         return Binary(zlib.compress(f.getvalue(), _ZLIB_LEVEL))
+
+
+def heatmap_document(map_u8: np.ndarray, value_range=(0, 255)) -> dict[str, Any]:
+    """What ``fo.Heatmap(map=map_u8, range=value_range).to_dict()`` stores (the
+    map by :func:`encode_map`), built from FiftyOne's own document of a map-less
+    heatmap instead of two label objects per map (``set_fields`` stores it as
+    given): ~1 ms less per map, 4 maps an image (issue 23)."""
+    document = dict(_empty_heatmap(tuple(value_range)))
+    document["_id"] = ObjectId()
+    document["map"] = encode_map(map_u8)
+    return document
+
+
+@functools.lru_cache(maxsize=8)
+def _empty_heatmap(value_range: tuple) -> dict[str, Any]:
+    document = dict(fol.Heatmap(range=list(value_range)).to_dict())
+    document.pop("_id")
+    return document
 
 
 def _serialised(values: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .threads import one_intraop_thread
+
 __all__ = [
     "Geometry",
     "GeometryError",
@@ -209,7 +211,8 @@ class TransformGeometry:
 
     def _call(self, img: Image.Image, size: tuple[int, int]) -> np.ndarray:
         try:
-            out = self.transforms(img)
+            with one_intraop_thread():  # one image (see sources/threads.py)
+                out = self.transforms(img)
         except Exception as exc:
             raise GeometryError(
                 f"transforms {describe(self.transforms)} raised on a "

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .threads import one_intraop_thread
+
 __all__ = [
     "MAX_PIXELS",
     "DecodedBatch",
@@ -155,6 +157,10 @@ class ImageFiles:
         return len(self.filepaths)
 
     def __getitem__(self, index: int):
+        with one_intraop_thread():  # one image: torch's thread team only waits
+            return self._item(index)
+
+    def _item(self, index: int):
         path = self.filepaths[index]
         try:
             img = load_rgb(path)
@@ -189,6 +195,11 @@ def collate(items) -> DecodedBatch:
     Runs in the DataLoader worker, so the main process receives one shared
     tensor per shape instead of stacking (a copy of the whole batch) itself.
     """
+    with one_intraop_thread():  # a copy of the batch (see sources/threads.py)
+        return _collate(items)
+
+
+def _collate(items) -> DecodedBatch:
     indices, tensors, sizes, errors, geometries = (
         list(column) for column in zip(*items, strict=True)
     )
