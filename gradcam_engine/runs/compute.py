@@ -25,7 +25,15 @@ from ..engine.layers import default_layers
 from ..engine.methods import get_method
 from ..sources.geometry import TransformGeometry
 from ..sources.models import ResizeNormalize, load_model
-from . import arguments, cam_runs, patch_runs, registration, sharding, trust
+from . import (
+    arguments,
+    cam_runs,
+    patch_runs,
+    registration,
+    shard_runs,
+    sharding,
+    trust,
+)
 from .app_look import style_run
 from .batch_fields import field_names
 from .detections import detection_config, detection_engine, detector_input
@@ -35,7 +43,6 @@ from .multilabel import multilabel_config
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
 from .plan import RunPlan as _RunPlan
 from .probe import probe_model
-from .record import own_samples
 from .stream import StreamOptions, stream_run
 
 __all__ = ["CamRunFailed", "CamRunSummary", "compute_cams"]
@@ -192,8 +199,10 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
         opened = _open_run(plan, overwrite=False, join=True)
         samples = sharding.shard_view(samples, shard)
     elif queue:
+        shard_plan = sharding.plan_shards(samples, queue)  # checks before any write
+        opened = _open_run(plan, overwrite)
         target = call["delegation_target"]
-        return _queue_run(plan, samples, call, overwrite, queue, target)
+        return shard_runs.queue_run(plan, samples, call, opened, shard_plan, target)
     else:
         opened = _open_run(plan, overwrite)
     if plan.config.get("frames"):  # the view reads the fields declared on the video
@@ -214,7 +223,7 @@ def _compute(call: dict[str, Any], shard: dict[str, Any] | None):
         if shard is not None:  # reports through cam_run_status, not the run config
             # the run as a whole decides the swap, as in one process: a shard
             # whose samples all failed may still complete a run that has maps
-            _finish_if_complete(plan, opened, queued_samples)
+            shard_runs.finish_if_complete(plan, opened, queued_samples)
             if summary.failed:
                 raise CamRunFailed(summary)
             return summary
@@ -379,52 +388,3 @@ def _finish_run(
     )
     summary.run_dir = info.config.get("run_dir")
     return summary
-
-
-def _queue_run(plan, samples, call, overwrite, count, delegation_target):
-    """Register the run (or its replacement) here and queue ``count`` shards
-    that compute it; the last shard to complete swaps a replacement in."""
-    shard_plan = sharding.plan_shards(samples, count)  # checks before any write
-    opened = _open_run(plan, overwrite)
-    with registration.replacement(plan.dataset, opened):  # removed if queueing fails
-        kwargs = sharding.worker_kwargs(
-            "compute_cams",
-            call,
-            run_key=opened.run_key,  # a replacement's shards write its temporary key
-            layers=plan.config["layers"],
-            method=plan.config["method"],
-            output_dir=plan.config["output_dir"],
-        )
-        # the shards run this record, never what their operations' params say
-        record = sharding.record_call(shard_plan, "compute_cams", kwargs, samples)
-        cam_runs.update_run_config(plan.dataset, opened.run_key, sharding=record)
-        style_run(
-            plan.dataset,
-            opened.run_key,
-            field_names(opened.run_key, plan.config["layers"], plan.config["task"]),
-        )
-        queued = sharding.queue_shards(
-            samples, "compute_cams", opened.run_key, shard_plan, delegation_target
-        )
-    registration.hand_over(opened)  # its shards compute it and swap it in
-    queued.replaces = None if opened.run_key == opened.final_key else opened.final_key
-    return queued
-
-
-def _finish_if_complete(plan, opened, queued_samples) -> None:
-    """After a shard: release the run; once no sample of the queued view is
-    pending and one has maps, swap a replacement in (the shards finish in any
-    order; the swap happens once, under the run's lock)."""
-    if opened.run_key == opened.final_key:
-        registration.finish_run(plan.dataset, opened)
-        return
-    own = own_samples(queued_samples, plan.names, opened.instance)
-    done = own.count(plan.names.prediction)
-    errors = own.count(plan.names.error)
-    pending = exact_count(queued_samples) - done - errors
-    if done and not pending:
-        key = registration.finish_run(plan.dataset, opened)
-        names = field_names(key, plan.config["layers"], plan.config["task"])
-        style_run(plan.dataset, key, names)
-    else:
-        registration.hand_over(opened)
