@@ -13,6 +13,7 @@ from torch import nn
 from .cam_images import CAM_IMAGES, GRADIENT_FREE
 from .hooks import capture_outputs, eval_mode, frozen_parameters, preserved_grads
 from .layers import resolve_layers
+from .library_cams import LAYER_FREE, library_maps
 from .methods import WRAPPERS, get_method
 from .precision import autocast, check_precision, to_uint8
 from .reshape import make_reshape
@@ -25,9 +26,6 @@ from .targets import (
 )
 
 __all__ = ["CamEngine", "CamResult", "nonfinite_rows"]
-
-# Methods whose map does not depend on the target layer: computed once per batch.
-_LAYER_FREE = frozenset({"fullgrad"})
 
 
 @dataclass
@@ -178,7 +176,18 @@ class CamEngine:
                 if self.aug_smooth and self.fused:
                     maps, raw = self._aug_smooth_maps(x, targets)
                 else:
-                    maps, raw = self._library_maps(x, resolved.callables)
+                    maps, raw = library_maps(
+                        self.cam_class,
+                        self.model,
+                        self.layers,
+                        x,
+                        resolved.callables,
+                        reshape=self._reshape,
+                        layer_free=self.method in LAYER_FREE,
+                        aug_smooth=self.aug_smooth,
+                        eigen_smooth=self.eigen_smooth,
+                        **self.method_kwargs,
+                    )
         predicted = _predicted_classes(outputs)
         probs = outputs.softmax(dim=1)
         return CamResult(
@@ -272,79 +281,6 @@ class CamEngine:
             )
         maps, raw = _scale(cams, input_hw)
         return maps, raw, outputs.detach().float(), resolved
-
-    def _library_maps(
-        self, x: torch.Tensor, targets: list
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run pytorch-grad-cam's own class, one layer at a time."""
-        input_hw = (x.shape[-2], x.shape[-1])
-        wrapped = _LogitsModule(self.model)
-        layer_free = self.method in _LAYER_FREE
-        maps, raws = [], []
-        for _name, module in self.layers[:1] if layer_free else self.layers:
-            raw_cams: list = []
-            cam = self.cam_class(
-                model=wrapped,
-                # FullGrad uses every bias layer and prints a warning when given one.
-                target_layers=[] if layer_free else [module],
-                reshape_transform=lambda t, m=module: self._reshape(t, m, input_hw),
-                **self.method_kwargs,
-            )
-            base = getattr(cam, "base_cam", cam)
-            _spy_on_cam_images(base, raw_cams)
-            try:
-                with torch.enable_grad():
-                    if self.cam_class in WRAPPERS:
-                        out = cam(x, targets=targets, eigen_smooth=self.eigen_smooth)
-                    else:
-                        out = cam(
-                            x,
-                            targets,
-                            aug_smooth=self.aug_smooth,
-                            eigen_smooth=self.eigen_smooth,
-                        )
-            finally:
-                base.activations_and_grads.release()
-            maps.append(torch.as_tensor(out))
-            if len(raw_cams) == 1 and raw_cams[0].shape[0] == x.shape[0]:
-                cam_t = torch.as_tensor(raw_cams[0]).clamp(min=0)[:, None]
-                raws.append(
-                    F.interpolate(
-                        cam_t, size=input_hw, mode="bilinear", align_corners=False
-                    )[:, 0]
-                )
-        if layer_free:
-            maps, raws = maps * len(self.layers), raws * len(self.layers)
-        raw = torch.stack(raws, dim=1) if len(raws) == len(maps) else None
-        return torch.stack(maps, dim=1), raw
-
-
-class _LogitsModule(nn.Module):
-    """Presents a model whose output is a dict (torchvision ``"out"``) as one
-    returning the logits tensor, which pytorch-grad-cam iterates per image."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return select_output(self.model(x))
-
-
-def _spy_on_cam_images(cam, sink: list) -> None:
-    """Keep each unnormalised map the library computes (for ``CamResult.raw``).
-
-    pytorch-grad-cam normalises inside ``forward``; shadowing the bound
-    ``get_cam_image`` on this one instance is the only way to see the map before.
-    """
-    original = cam.get_cam_image
-
-    def spy(*args, **kwargs):
-        result = original(*args, **kwargs)
-        sink.append(result)
-        return result
-
-    cam.get_cam_image = spy
 
 
 def _scale(
