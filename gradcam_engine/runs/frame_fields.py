@@ -44,19 +44,21 @@ def existing_fields(dataset: fo.Dataset) -> set[str]:
     return names
 
 
-def _split(names: Iterable[str]) -> tuple[list[str], list[str]]:
-    sample, frame = [], []
-    for name in names:
-        if name.startswith(FRAMES_PREFIX):
-            frame.append(name[len(FRAMES_PREFIX) :])
-        else:
-            sample.append(name)
+def _by_kind(entries: dict) -> tuple[dict, dict]:
+    """``entries`` keyed by field name -> (sample-field entries, frame-field
+    entries keyed without ``frames.``)."""
+    sample = {k: v for k, v in entries.items() if not k.startswith(FRAMES_PREFIX)}
+    frame = {
+        k[len(FRAMES_PREFIX) :]: v
+        for k, v in entries.items()
+        if k.startswith(FRAMES_PREFIX)
+    }
     return sample, frame
 
 
 def delete_fields(dataset: fo.Dataset, names: Iterable[str]) -> None:
     """Delete sample fields and ``frames.<name>`` frame fields."""
-    sample, frame = _split(names)
+    sample, frame = (list(d) for d in _by_kind(dict.fromkeys(names)))
     if sample:
         dataset.delete_sample_fields(sample)
     if frame:
@@ -66,12 +68,8 @@ def delete_fields(dataset: fo.Dataset, names: Iterable[str]) -> None:
 def rename_fields(dataset: fo.Dataset, mapping: dict[str, str]) -> None:
     """Rename sample fields and ``frames.<name>`` frame fields (a frame field
     stays a frame field)."""
-    sample = {o: n for o, n in mapping.items() if not o.startswith(FRAMES_PREFIX)}
-    frame = {
-        o[len(FRAMES_PREFIX) :]: n[len(FRAMES_PREFIX) :]
-        for o, n in mapping.items()
-        if o.startswith(FRAMES_PREFIX)
-    }
+    sample, frame = _by_kind(mapping)
+    frame = {o: n.removeprefix(FRAMES_PREFIX) for o, n in frame.items()}
     if sample:
         dataset.rename_sample_fields(sample)
     if frame:
@@ -84,12 +82,7 @@ def declare_fields(dataset: fo.Dataset, schema: dict[str, fo.Field]) -> None:
     the dataset once per field)."""
     existing = existing_fields(dataset)
     missing = {k: v for k, v in schema.items() if k not in existing}
-    sample = {k: v for k, v in missing.items() if not k.startswith(FRAMES_PREFIX)}
-    frame = {
-        k[len(FRAMES_PREFIX) :]: v
-        for k, v in missing.items()
-        if k.startswith(FRAMES_PREFIX)
-    }
+    sample, frame = _by_kind(missing)
     if sample:
         dataset._merge_sample_field_schema(sample)
     if frame:
