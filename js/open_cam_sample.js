@@ -78,11 +78,8 @@
         return;
       }
       await ctx.hooks.copyGridState();
-      // A sample the App has cached (e.g. open in the sample view) is drawn
-      // from its cache, without a field written since: the caller passes the
-      // sample as the server serves it, and the cache takes it (what the App
-      // does after tagging a sample).
-      if (params.sample && typeof params.sample === "object") {
+      var fresh = params.sample && typeof params.sample === "object";
+      if (fresh) {
         // The sidebar's counts are the App's aggregations, cached by the
         // `refresher` index (their only reader): a field written since read
         // 0 until it moved (FiftyOne's useRefreshSample moves it too). Moved
@@ -97,10 +94,20 @@
             // the counts are a courtesy: the map is drawn without them
           }
         }
-        ctx.hooks.updateSamples([[params.sample_id, params.sample]]);
       }
+      // The fields first, the sample last: an open sample view redraws on
+      // each, and only the redraw with the new sample decodes the new map.
+      // Fields after the sample made a second redraw while that map decoded
+      // (the same detached-buffer error, docs/ARCHITECTURE.md).
       if (Array.isArray(params.fields)) {
         ctx.hooks.setSampleViewFields(params.fields);
+      }
+      // A sample the App has cached (e.g. open in the sample view) is drawn
+      // from its cache, without a field written since: the caller passes the
+      // sample as the server serves it, and the cache takes it (what the App
+      // does after tagging a sample).
+      if (fresh) {
+        ctx.hooks.updateSamples([[params.sample_id, params.sample]]);
       }
       // The panel's button keeps the keyboard focus, and the App's sample
       // view ignores keys typed into a form control: Escape (close) and the
