@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from detection_models import CLASSES as DETECTOR_CLASSES
 from detection_models import KnownTruthDetector, known_truth_image
-from test_multilabel import SIZE, RedGreenModel, _inside, _square_mask
+from test_multilabel import SIZE, _inside, _square_mask
+from test_patches import _run
 from torchvision.transforms import ToTensor
 
 from gradcam_engine import (
@@ -84,20 +85,6 @@ def frame_files(tmp_path_factory):
     paths = _decode_frames(root / "moving.avi", root)
     assert len(paths) == len(MOVES)
     return root, paths
-
-
-def _run(frames, run_key, **kwargs):
-    return compute_cams(
-        frames,
-        RedGreenModel(),
-        ["features"],
-        "gradcam",
-        run_key,
-        classes=CLASSES,
-        transforms=ToTensor(),
-        num_workers=0,
-        **{"progress": False, **kwargs},
-    )
 
 
 def _frame_values(video, path):

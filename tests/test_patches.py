@@ -55,9 +55,8 @@ def _run(collection, run_key, **kwargs):
         run_key,
         classes=CLASSES,
         transforms=ToTensor(),
-        progress=False,
         num_workers=0,
-        **kwargs,
+        **{"progress": False, **kwargs},
     )
 
 

@@ -23,6 +23,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 
 from ..runs import cam_runs as runs
+from ..runs.evaluations import evaluations_of
 from ..runs.frame_fields import writable
 from ..runs.naming import (
     chosen_detection_field,
@@ -117,12 +118,7 @@ def evaluation_key(samples: foc.SampleCollection, store: ObjectStore) -> str | N
     ``tp`` / ``fp``. None without one."""
     if store.task != "detection":
         return None
-    keys = [
-        key
-        for key in samples.list_evaluations()
-        if getattr(samples.get_evaluation_info(key).config, "pred_field", None)
-        == store.field
-    ]
+    keys = list(evaluations_of(samples, [store.field], entries=("pred_field",)))
     return keys[-1] if keys else None
 
 

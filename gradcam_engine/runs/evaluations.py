@@ -26,14 +26,17 @@ logger = logging.getLogger(__name__)
 _FIELD_ENTRIES = ("pred_field", "gt_field")
 
 
-def evaluations_of(dataset: fo.Dataset, fields: Iterable[str]) -> dict[str, str]:
-    """``{eval_key: field}``: the evaluations whose predictions or ground truth
-    is one of ``fields``."""
+def evaluations_of(
+    dataset: fo.Dataset, fields: Iterable[str], entries: Iterable[str] = _FIELD_ENTRIES
+) -> dict[str, str]:
+    """``{eval_key: field}``, in FiftyOne's order of the evaluations: those
+    whose predictions or ground truth (``entries`` of their config) is one of
+    ``fields``."""
     fields = set(fields)
     found = {}
     for eval_key in dataset.list_evaluations():
         config = dataset.get_evaluation_info(eval_key).config
-        for entry in _FIELD_ENTRIES:
+        for entry in entries:
             if getattr(config, entry, None) in fields:
                 found[eval_key] = getattr(config, entry)
                 break
