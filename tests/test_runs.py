@@ -100,6 +100,15 @@ def test_2_resume_refuses_other_weights_and_other_transforms(image_dir, model):
     assert weights_fingerprint(retrained) != weights_fingerprint(model)
     with pytest.raises(ValueError, match=r"weights: stored '[0-9a-f]+', now"):
         run(ds, retrained)
+    # the same object trained in place, even through .data (which torch's
+    # version counters do not see): its remembered digest is not reused
+    weights_fingerprint(same)
+    original = same.fc.bias.data[0].item()
+    same.fc.bias.data[0] += 1e-3
+    with pytest.raises(ValueError, match=r"weights: stored '[0-9a-f]+', now"):
+        run(ds, same)
+    same.fc.bias.data[0] = original
+    assert weights_fingerprint(same) == weights_fingerprint(model)
     # two lambdas print alike but differ in code, constants or closures
     small, big = ResizeNormalize(64), ResizeNormalize(72)
     run(ds, model, run_key="lam", transforms=lambda img: small(img))
@@ -326,3 +335,50 @@ def test_per_image_work_runs_on_one_torch_thread_and_batches_on_all(image_dir, m
     assert calls[0] == (1, False, 1)  # the probe, before registration
     assert calls[1:] == [(4, True, 2)]  # one batch of all four
     assert set(transformed) == {1} and after == 2
+
+
+_SIZES = [ResizeNormalize(64)]  # read by sized_by_global: not in its fingerprint
+_TRANSFORM_CALLS = []
+
+
+def sized_by_global(img):
+    _TRANSFORM_CALLS.append(img.size)
+    return _SIZES[0](img)
+
+
+def test_a_second_run_reuses_the_probes_unless_model_or_transforms_changed(
+    image_dir, model
+):
+    """Issue 23: the transform geometry and the model's output check are probed
+    once per process; weights changed in place or transforms that now behave
+    otherwise (same description) are probed again."""
+    mine = copy.deepcopy(model)  # not probed by another test
+    probes = []
+    mine.register_forward_pre_hook(lambda _, args: probes.append(len(args[0])))
+
+    def run_on_new_dataset(key):
+        ds = make_dataset(image_dir)
+        _TRANSFORM_CALLS.clear()
+        probes.clear()
+        try:
+            run(ds, mine, run_key=key, transforms=sized_by_global, batch_size=4)
+            return get_cam_run(ds, key).config["geometry"], list(probes)
+        finally:
+            ds.delete()
+
+    geometry, forwards = run_on_new_dataset("first")
+    assert forwards == [1, 4] and len(_TRANSFORM_CALLS) > 20  # probed
+    again, forwards = run_on_new_dataset("second")
+    # one check of the probed transforms, the probe sample, the 4 samples
+    assert forwards == [4] and len(_TRANSFORM_CALLS) == 6 and again == geometry
+
+    mine.fc.bias.data[0] += 1e-3  # trained in place
+    assert run_on_new_dataset("third")[1] == [1, 4]
+
+    _SIZES[0] = ResizeNormalize(72)  # behaves otherwise, described alike
+    try:
+        geometry, forwards = run_on_new_dataset("fourth")
+    finally:
+        _SIZES[0] = ResizeNormalize(64)
+    assert len(_TRANSFORM_CALLS) > 20 and forwards == [1, 4]  # a new input shape
+    assert geometry["sizes"]["640x480"]["input_size"] == [72, 72]

@@ -10,7 +10,7 @@ import numpy as np
 from gradcam_engine.runs.writes import encode_map, heatmap_document, set_fields
 
 
-def test_heatmaps_written_at_zlib_level_1_read_back_through_fiftyone():
+def test_heatmaps_deflated_by_isal_read_back_through_fiftyone_and_zlib():
     ds = fo.Dataset()
     try:
         ds.add_samples([fo.Sample(filepath=f"/tmp/{i}.png") for i in range(2)])

@@ -23,7 +23,7 @@ from torch import nn
 from ..engine.cam_engine import CamEngine
 from ..engine.layers import default_layers
 from ..engine.methods import get_method
-from ..sources.geometry import TransformGeometry
+from ..sources.geometry_cache import cached_geometry
 from ..sources.models import ResizeNormalize, load_model
 from . import (
     arguments,
@@ -265,9 +265,9 @@ def _plan_run(
     module = loaded.module
     default_input = detector_input() if task == "detection" else ResizeNormalize(224)
     transforms = options["transforms"] or loaded.transforms or default_input
-    # Probes the transforms; random or rotating ones are refused here, before
-    # anything is written.
-    geometry = TransformGeometry(transforms)
+    # Probes the transforms (once per process); random or rotating ones are
+    # refused here, before anything is written.
+    geometry = cached_geometry(transforms, transforms_fingerprint(transforms))
     classes = options["classes"]
     class_names = list(classes) if classes is not None else loaded.classes
     if layers is None and task != "detection":  # detectors: their own default
@@ -296,6 +296,7 @@ def _plan_run(
         path = f"{label_field}.classifications.label" if task == "multilabel" else None
         check_label_classes(samples, label_field, class_names, path)
     names = field_names(run_key, layer_list, "patches" if patches else task, frames)
+    weights = weights_fingerprint(module)
     # One forward on one sample: an unusable output or an out-of-range target
     # is refused now, not by every sample of a registered run.
     probe_model(
@@ -309,6 +310,7 @@ def _plan_run(
         class_names=class_names,
         label_field=label_field,
         prediction_field=names.prediction,
+        weights=weights,
     )
     if storage == "disk" and output_dir is None:
         output_dir = os.path.join(
@@ -319,7 +321,7 @@ def _plan_run(
         # the name to load it again by (the App reruns and lists runs by it)
         "model_source": model if isinstance(model, str) else None,
         "num_samples": exact_count(samples),
-        "weights": weights_fingerprint(module),
+        "weights": weights,
         "layers": layer_list,
         "method": method_name,
         "task": "patches" if patches else task,  # patches: a classifier on crops

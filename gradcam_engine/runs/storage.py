@@ -44,17 +44,17 @@ def to_uint8_map(
     the model never saw are 0); without it the map is stretched over the
     whole image.
     """
-    if np.asarray(cam).dtype == np.uint8:  # encoded on the device (0..255)
-        cam = np.asarray(cam, dtype=np.float32) / 255.0
+    cam = np.asarray(cam)
+    if cam.dtype != np.uint8:  # maps encoded on the device are uint8 already
+        cam = np.clip(np.rint(cam.astype(np.float32) * 255.0), 0, 255)
+        cam = cam.astype(np.uint8)
     width, height = image_size
     scale = min(1.0, max_size / max(width, height))
     out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+    # resampled as uint8 (issue 23: 4 maps an image, ~3x faster than in float)
     if geometry is None:
-        img = Image.fromarray(np.asarray(cam, dtype=np.float32), mode="F")
-        resized = np.asarray(img.resize((out_w, out_h), Image.BILINEAR))
-    else:
-        resized = map_to_original(cam, geometry, (out_w, out_h))
-    return np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+        return np.array(Image.fromarray(cam).resize((out_w, out_h), Image.BILINEAR))
+    return map_to_original(cam, geometry, (out_w, out_h))
 
 
 def make_heatmap(

@@ -94,16 +94,22 @@ class Geometry:
 def map_to_original(
     cam: np.ndarray, geometry: Geometry, out_size: tuple[int, int]
 ) -> np.ndarray:
-    """Resample a float ``[h, w]`` map on the input grid onto the original image
-    at ``out_size`` ``(width, height)``; pixels the model never saw are 0."""
-    cam = np.asarray(cam, dtype=np.float32)
+    """Resample a ``[h, w]`` map on the input grid onto the original image at
+    ``out_size`` ``(width, height)``; pixels the model never saw are 0.
+
+    A uint8 map is resampled as uint8 (PIL's integer bilinear, ~3x faster
+    than in float, within 1 of it), any other as float32; the result keeps
+    that dtype."""
+    cam = np.asarray(cam)
+    if cam.dtype != np.uint8:
+        cam = cam.astype(np.float32, copy=False)
     if cam.shape != geometry.input_size[::-1]:
         raise ValueError(
             f"cam has shape {cam.shape}; the geometry's input is "
             f"{geometry.input_size[1]}x{geometry.input_size[0]} (height x width)"
         )
     out_w, out_h = out_size
-    out = np.zeros((out_h, out_w), dtype=np.float32)
+    out = np.zeros((out_h, out_w), dtype=cam.dtype)
     spans = []
     for axis, out_n in ((0, out_w), (1, out_h)):
         step = geometry.image_size[axis] / out_n  # original pixels per output pixel
@@ -121,7 +127,7 @@ def map_to_original(
     (i0, i1, u0, u1), (j0, j1, v0, v1) = spans
     if i1 <= i0 or j1 <= j0:
         return out
-    img = Image.fromarray(np.ascontiguousarray(cam), mode="F")
+    img = Image.fromarray(np.ascontiguousarray(cam))  # "L" or "F"
     region = img.resize((i1 - i0, j1 - j0), Image.BILINEAR, box=(u0, v0, u1, v1))
     out[j0:j1, i0:i1] = np.asarray(region)
     return out
@@ -227,10 +233,26 @@ class TransformGeometry:
             )
         return arr
 
+    def behaves_as_probed(self, transforms: Callable[[Image.Image], Any]) -> bool:
+        """Whether ``transforms`` gives the very tensor these were probed to
+        give on the first reference ramp: one call, to reuse this probe for
+        another run (a transform changed in place since gives another)."""
+        size = REFERENCE_SIZES[0]
+        try:
+            with one_intraop_thread():
+                out = transforms(_ramp_image(size))
+            out = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out
+            out = np.asarray(out, dtype=np.float64)
+        except Exception:  # probed again, which reports what fails
+            return False
+        first = self._ramp_outputs[size]
+        return out.shape == first.shape and np.allclose(out, first, atol=1e-5)
+
     def _check_deterministic(self) -> None:
+        self._ramp_outputs: dict[tuple[int, int], np.ndarray] = {}
         for size in REFERENCE_SIZES:
             probe = _ramp_image(size)
-            first = self._call(probe, size)
+            first = self._ramp_outputs[size] = self._call(probe, size)
             for _ in range(_RANDOM_REPEATS):
                 again = self._call(probe, size)
                 if again.shape != first.shape or not np.allclose(
