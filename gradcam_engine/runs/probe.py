@@ -74,24 +74,20 @@ def probe_model(
         _, tensor, _, error, _ = ImageFiles([path], transforms, geometry)[0]
         if error is not None:
             continue  # a bad file is that sample's error, not the model's
-        key = (weights, tuple(tensor.shape), str(tensor.dtype), task, str(engine.device))
-        num_classes = _VERDICTS.get(engine.model, key) if weights else None
-        if num_classes is None:
-            try:
-                output = _forward(engine, tensor[None], task)
-            except Exception as exc:  # maybe this one sample: probe the next
-                first_fault = first_fault or (path, exc)
-                continue
-            if task == "detection":  # no class count in a detector's output
-                check_detector_output(output, 1, f" on a probe sample ({path!r})")
-                num_classes = 0
-            else:
-                num_classes = _check_output(output, task, path)
-            if weights:
-                _VERDICTS.put(engine.model, key, num_classes)
-        if task != "detection":
+        try:
+            num_classes = _output_classes(engine, tensor, task, path, weights)
+        except _ModelRaised as raised:  # maybe this one sample: probe the next
+            first_fault = first_fault or (path, raised.__cause__)
+            continue
+        if task != "detection":  # no class count in a detector's output
             _check_classes(
-                samples, num_classes, target, fixed_class, class_names, label_field, task
+                samples,
+                num_classes,
+                target,
+                fixed_class,
+                class_names,
+                label_field,
+                task,
             )
         return
     if first_fault is not None:
@@ -102,6 +98,31 @@ def probe_model(
             "Check that the model runs on the output of the transforms (input "
             "size, channels, device)." + (_DETECTOR_HINT if task == "detection" else "")
         ) from exc
+
+
+class _ModelRaised(Exception):
+    """The model raised on the probe sample (the cause)."""
+
+
+def _output_classes(engine, tensor, task: str, path: str, weights) -> int:
+    """The class count K of the model's output on ``tensor`` (0 for a
+    detector), checked, or remembered from an earlier probe of this model."""
+    key = (weights, tuple(tensor.shape), str(tensor.dtype), task, str(engine.device))
+    num_classes = _VERDICTS.get(engine.model, key) if weights else None
+    if num_classes is not None:
+        return num_classes
+    try:
+        output = _forward(engine, tensor[None], task)
+    except Exception as exc:
+        raise _ModelRaised from exc
+    if task == "detection":
+        check_detector_output(output, 1, f" on a probe sample ({path!r})")
+        num_classes = 0
+    else:
+        num_classes = _check_output(output, task, path)
+    if weights:
+        _VERDICTS.put(engine.model, key, num_classes)
+    return num_classes
 
 
 class _Verdicts:
