@@ -93,7 +93,9 @@ def test_default_whole_image_resize_is_unchanged():
     cam = rng.random((64, 64)).astype(np.float32)
     stretched = to_uint8_map(cam, (300, 200), 256)
     mapped = to_uint8_map(cam, (300, 200), 256, geometry)
-    assert np.abs(stretched.astype(int) - mapped).max() <= 3
+    # white noise, the worst case for the fit's sub-pixel offsets
+    difference = np.abs(stretched.astype(int) - mapped)
+    assert difference.max() <= 4 and difference.mean() < 1
 
 
 def test_a_deterministic_flip_is_mapped_mirrored():

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -97,9 +98,10 @@ def map_to_original(
     """Resample a ``[h, w]`` map on the input grid onto the original image at
     ``out_size`` ``(width, height)``; pixels the model never saw are 0.
 
-    A uint8 map is resampled as uint8 (PIL's integer bilinear, ~3x faster
-    than in float, within 1 of it), any other as float32; the result keeps
-    that dtype."""
+    Bilinear, by OpenCV's ``warpAffine`` as pytorch-grad-cam resizes its maps
+    (``cv2.resize``, no antialiasing): one call places and scales the map,
+    2-4x faster than PIL's resize (4 maps an image, issue 23). A uint8 map
+    stays uint8, any other is resampled as float32."""
     cam = np.asarray(cam)
     if cam.dtype != np.uint8:
         cam = cam.astype(np.float32, copy=False)
@@ -110,12 +112,12 @@ def map_to_original(
         )
     out_w, out_h = out_size
     out = np.zeros((out_h, out_w), dtype=cam.dtype)
+    seen = geometry.seen_box()
     spans = []
     for axis, out_n in ((0, out_w), (1, out_h)):
         step = geometry.image_size[axis] / out_n  # original pixels per output pixel
-        lo, hi = geometry.seen_box()[axis], geometry.seen_box()[axis + 2]
-        i0, i1 = round(lo / step), round(hi / step)
-        i0, i1 = min(max(i0, 0), out_n), min(max(i1, 0), out_n)
+        i0 = min(max(round(seen[axis] / step), 0), out_n)
+        i1 = min(max(round(seen[axis + 2] / step), 0), out_n)
         n_in = geometry.input_size[axis]
         ends = [
             (i * step - geometry.offset[axis]) / geometry.scale[axis] for i in (i0, i1)
@@ -127,9 +129,17 @@ def map_to_original(
     (i0, i1, u0, u1), (j0, j1, v0, v1) = spans
     if i1 <= i0 or j1 <= j0:
         return out
-    img = Image.fromarray(np.ascontiguousarray(cam))  # "L" or "F"
-    region = img.resize((i1 - i0, j1 - j0), Image.BILINEAR, box=(u0, v0, u1, v1))
-    out[j0:j1, i0:i1] = np.asarray(region)
+    # output pixel k of the seen box spans input [u0, u1] in equal steps;
+    # OpenCV indexes pixel centres
+    sx, sy = (u1 - u0) / (i1 - i0), (v1 - v0) / (j1 - j0)
+    matrix = np.array([[sx, 0, u0 + 0.5 * sx - 0.5], [0, sy, v0 + 0.5 * sy - 0.5]])
+    out[j0:j1, i0:i1] = cv2.warpAffine(
+        np.ascontiguousarray(cam),
+        matrix,
+        (i1 - i0, j1 - j0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,  # half a pixel past the edge: the edge
+    )
     return out
 
 
