@@ -26,7 +26,10 @@ loop on another, the bare engine on the images already decoded and
 transformed into batches; then score_cams on the compute_cams run (maps/s).
 With ``--rounds N`` compute_cams (each on a fresh dataset) and the bare engine
 alternate N times and the best of each is compared: on this shared machine the
-same engine pass varies by 10-25% from one minute to the next.
+same engine pass varies by 10-25% from one minute to the next. ``--paired``
+times the bare engine on each batch right after compute_cams's own engine call
+on it (and leaves that time out of compute_cams's): each pair shares the
+machine's state of that moment.
 """
 
 from __future__ import annotations
@@ -152,13 +155,38 @@ def bare_engine(batches: list[torch.Tensor], model: torch.nn.Module) -> None:
 _IN_ENGINE = [0.0]  # seconds spent in CamEngine.compute, by any caller
 
 
+class _Twins:
+    """``--paired``: after each engine call of compute_cams, the bare engine on
+    the same images (already decoded), timed apart from compute_cams. Pairs
+    measured seconds apart see the same machine; runs minutes apart do not."""
+
+    def __init__(self) -> None:
+        self.batches: list[torch.Tensor] | None = None  # None: no twins
+        self.engine: CamEngine | None = None
+        self.seconds: list[float] = []
+
+    def run_next(self) -> None:
+        if self.batches is None or len(self.seconds) >= len(self.batches):
+            return
+        x = self.batches[len(self.seconds)]
+        start = time.perf_counter()
+        self.engine.compute(x, None)
+        self.seconds.append(time.perf_counter() - start)
+
+
+_TWINS = _Twins()
+
+
 def _timed_compute(compute):
-    def wrapper(*args, **kwargs):
+    def wrapper(self, *args, **kwargs):
+        if self is _TWINS.engine:  # a twin: not compute_cams's time
+            return compute(self, *args, **kwargs)
         start = time.perf_counter()
         try:
-            return compute(*args, **kwargs)
+            return compute(self, *args, **kwargs)
         finally:
             _IN_ENGINE[0] += time.perf_counter() - start
+            _TWINS.run_next()
 
     return wrapper
 
@@ -201,6 +229,7 @@ def _run_cams(paths, model, transforms, args, run_key: str):
     """compute_cams on a fresh dataset of ``paths``: (seconds, dataset)."""
     ds = make_dataset(paths, boxes=args.setup == "rotated")
     _IN_ENGINE[0] = 0.0
+    _TWINS.seconds = []
     seconds = timed(
         compute_cams,
         ds,
@@ -212,6 +241,7 @@ def _run_cams(paths, model, transforms, args, run_key: str):
         num_workers=args.num_workers,
         progress=False,
     )
+    seconds -= sum(_TWINS.seconds)  # twins ran after engine calls, not in them
     return seconds, seconds - _IN_ENGINE[0], ds
 
 
@@ -230,6 +260,13 @@ def _parse_args() -> argparse.Namespace:
         "best of each is compared (default: 2 (photos), 1 (rotated))",
     )
     parser.add_argument("--skip-seed", action="store_true")
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="rotated: time the bare engine on each batch right after "
+        "compute_cams's engine call on it (excluded from compute_cams's time) "
+        "instead of in a pass of its own",
+    )
     parser.add_argument(
         "--transforms",
         choices=("ours", "torchvision", "torchvision-resize"),
@@ -271,6 +308,8 @@ def main() -> None:
         compute_cams(warm, model, LAYERS, progress=False, transforms=transforms)
         warm.delete()
 
+    if args.paired:
+        _TWINS.batches, _TWINS.engine = batches, CamEngine(model, LAYERS)
     # photos: compute_cams and the bare engine alternate and the best of each
     # is kept, so that load from other sessions hits both alike
     t_seed, ds_cams = float("nan"), None
@@ -291,6 +330,9 @@ def main() -> None:
                 t_seed = timed(seed_workflow, ds_seed, model, transforms)
                 ds_seed.delete()
                 loads.append(f"after seed loop: {load()}")
+            if args.paired:  # the twins of this round's engine calls
+                engines.append(sum(_TWINS.seconds))
+                continue
             engines.append(timed(bare_engine, batches, model))
             loads.append(f"after engine {i}: {load()}")
     t_cams, t_engine = min(cams), min(engines)
@@ -324,7 +366,8 @@ def main() -> None:
             f"{e:8.2f} s"
         )
     print(f"compute_cams       {t_cams:8.2f} s  (best of {args.rounds})")
-    print(f"bare engine        {t_engine:8.2f} s  (already-decoded batches)")
+    how = "paired with compute_cams's batches" if args.paired else "a pass alone"
+    print(f"bare engine        {t_engine:8.2f} s  (already-decoded batches, {how})")
     # steadier than two timings minutes apart: the share of its own time
     # that compute_cams spends outside the engine
     best = cams.index(t_cams)

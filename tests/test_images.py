@@ -182,3 +182,30 @@ def test_each_image_is_transformed_on_one_torch_thread(tmp_path):
     assert item[3] is None and tuple(item[1].shape) == (3, 32, 32)
     assert len(seen) > 20 and set(seen) == {1}
     assert after == 2
+
+
+def test_one_intraop_thread_limits_only_the_calling_thread():
+    """Issue 23: the limit is set on OpenMP for this thread, not through
+    torch.set_num_threads (which also empties oneDNN's cache of compiled
+    convolutions and sets the count of threads started meanwhile)."""
+    import threading
+
+    import torch
+
+    from gradcam_engine.sources.threads import one_intraop_thread
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    other = []
+    try:
+        with one_intraop_thread():
+            inside = torch.get_num_threads()
+            started = threading.Thread(
+                target=lambda: other.append(torch.get_num_threads())
+            )
+            started.start()
+            started.join()
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert (inside, other, after) == (1, [2], 2)
