@@ -441,6 +441,13 @@ def test_batched_arithmetic_matches_direct_formulas():
         i, j = np.unravel_index(np.argmax(m), m.shape)
         x, y = (j + 0.5) / m.shape[1], (i + 0.5) / m.shape[0]
         assert hit[k] == (0.1 <= x <= 0.6 and 0.2 <= y <= 0.6)
+    # the stored uint8 levels (score_cams' own reads) give the same scores
+    levels = [np.rint(m * 255).astype(np.uint8) for m in maps]
+    levels[-1] = maps[-1]  # a float map among them: its shape group stays float
+    spread_u8, focus_u8, hit_u8 = score_layer(levels, gts, "detections", 0.0)
+    assert (spread_u8, hit_u8) == (spread, hit)
+    for got, want in zip(focus_u8, focus, strict=True):  # float32 vs float64 sums
+        assert got is want is None or got == pytest.approx(want, rel=1e-6)
     a = [rng.random((6, 6)) for _ in range(4)]
     b = [rng.random((6, 6)) for _ in range(4)]
     c = [rng.random((6, 6)) for _ in range(4)]

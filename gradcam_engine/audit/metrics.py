@@ -110,13 +110,20 @@ def score_layer(
     kind: str | None,
     tol: float,
 ) -> tuple[list, list, list]:
-    """Spread, focus and hit of one layer's maps, batched per map shape."""
+    """Spread, focus and hit of one layer's maps, batched per map shape.
+
+    Maps are float in [0, 1] or uint8 levels 0..255 (``raw_levels``): the
+    three measures do not depend on the scale, and a group of uint8 maps is
+    stacked and counted as it is stored."""
     n = len(maps)
     spread: list = [None] * n
     focus: list = [None] * n
     hit: list = [None] * n
     for shape, idx in group_by_shape(maps).items():
-        stack = np.stack([maps[i] for i in idx])  # [B, H, W] float32
+        group = [maps[i] for i in idx]
+        if any(m.dtype != np.uint8 for m in group):  # one scale per stack
+            group = [_as_unit_float(m) for m in group]
+        stack = np.stack(group)  # [B, H, W], uint8 levels or float32
         totals = stack.reshape(len(idx), -1).sum(axis=1, dtype=np.float64)
         usable = totals > 0
         for i, value in zip(idx, _spread_batch(stack, usable), strict=True):
@@ -147,12 +154,15 @@ def _spread_batch(stack: np.ndarray, usable: np.ndarray) -> list[float | None]:
     ``[H, W]`` map of ``stack`` (None where unusable). Exact for maps quantised
     to 256 levels (as stored), within 1/255 otherwise."""
     b = len(stack)
-    # the same levels as rint(clip(m) * 255), in place and as uint8, counted
-    # per map: int64 levels offset per map were ~100 MB per batch of maps
-    q = np.clip(stack, 0.0, 1.0).reshape(b, -1)
-    q *= 255.0
-    np.rint(q, out=q)
-    q = q.astype(np.uint8)
+    if stack.dtype == np.uint8:  # the stored levels themselves
+        q = stack.reshape(b, -1)
+    else:
+        # the same levels as rint(clip(m) * 255), in place and as uint8,
+        # counted per map: int64 levels offset per map were ~100 MB per batch
+        q = np.clip(stack, 0.0, 1.0).reshape(b, -1)
+        q *= 255.0
+        np.rint(q, out=q)
+        q = q.astype(np.uint8)
     size = q.shape[1]
     counts = np.stack([np.bincount(row, minlength=256) for row in q])
     counts = counts[:, ::-1].astype(np.float64)  # brightest first
@@ -206,6 +216,13 @@ def agreement(layer_maps: list[list[np.ndarray | None]]) -> list[float | None]:
 
 
 _AGREEMENT_CHUNK = 16
+
+
+def _as_unit_float(m: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1]: uint8 levels / 255, float maps as they are."""
+    if m.dtype == np.uint8:
+        return m.astype(np.float32) / np.float32(255.0)
+    return m
 
 
 def _spread_float(m: np.ndarray) -> float:

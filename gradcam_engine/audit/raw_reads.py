@@ -27,6 +27,7 @@ __all__ = [
     "ground_truth",
     "gt_kind",
     "raw_heatmap",
+    "raw_levels",
 ]
 
 # Label types that can serve as ground truth, by kind.
@@ -150,6 +151,21 @@ def decode_array(data: bytes) -> np.ndarray:
     dtype, shape, fortran = parsed
     arr = np.frombuffer(raw, dtype=dtype, offset=start + header_len)
     return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def raw_levels(doc: dict | None) -> np.ndarray | None:
+    """The map of a raw ``fo.Heatmap`` document as stored when that is uint8
+    over the range [0, 255] (the levels compute_cams writes: no float copy),
+    else as :func:`raw_heatmap` gives it (float32 in [0, 1]). For measures
+    that do not depend on the map's scale (focus, hit, spread, Pearson)."""
+    if doc is None:
+        return None
+    data = doc.get("map")
+    if isinstance(data, bytes) and list(doc.get("range") or ()) == [0, 255]:
+        levels = decode_array(data)
+        if levels.dtype == np.uint8 and levels.ndim == 2:
+            return levels
+    return raw_heatmap(doc)
 
 
 def raw_heatmap(doc: dict | None) -> np.ndarray | None:

@@ -52,7 +52,14 @@ from ..runs.naming import (
 from ..runs.ownership import claim
 from ..runs.storage import iter_chunks
 from .metrics import agreement, score_layer
-from .raw_reads import GT_TYPES, SegClasses, ground_truth, gt_kind, raw_heatmap
+from .raw_reads import (
+    GT_TYPES,
+    SegClasses,
+    ground_truth,
+    gt_kind,
+    raw_heatmap,
+    raw_levels,
+)
 from .score_summary import ScoreSummary
 from .writer_steps import progress_reporter, run_layers, write_columns
 
@@ -304,7 +311,8 @@ def _score_chunks(
         # Raw documents: decoding maps ourselves is ~10x faster than building
         # fo.Heatmap objects through mongoengine.
         columns = dict(zip(plan.paths, view.values(plan.paths, _raw=True), strict=True))
-        maps = [[raw_heatmap(doc) for doc in columns[f]] for f in heat_fields]
+        # uint8 as stored where it can be: every measure here is scale-free
+        maps = [[raw_levels(doc) for doc in columns[f]] for f in heat_fields]
         gts = [
             ground_truth(
                 kind,
