@@ -382,3 +382,8 @@ def test_a_second_run_reuses_the_probes_unless_model_or_transforms_changed(
         _SIZES[0] = ResizeNormalize(64)
     assert len(_TRANSFORM_CALLS) > 20 and forwards == [1, 4]  # a new input shape
     assert geometry["sizes"]["640x480"]["input_size"] == [72, 72]
+
+    assert run_on_new_dataset("fifth")[1] == [4]
+    linear = mine.fc.forward
+    mine.fc.forward = lambda x: linear(x)  # the same weights, new code
+    assert run_on_new_dataset("sixth")[1] == [1, 4]

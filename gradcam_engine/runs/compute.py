@@ -37,7 +37,7 @@ from . import (
 from .app_look import style_run
 from .batch_fields import field_names
 from .detections import detection_config, detection_engine, detector_input
-from .fingerprint import describe, transforms_fingerprint, weights_fingerprint
+from .fingerprint import describe, description_fingerprint, weights_fingerprint
 from .frame_fields import is_frames, view_schema
 from .multilabel import multilabel_config
 from .outcome import CamRunFailed, CamRunSummary, check_label_classes, exact_count
@@ -267,7 +267,8 @@ def _plan_run(
     transforms = options["transforms"] or loaded.transforms or default_input
     # Probes the transforms (once per process); random or rotating ones are
     # refused here, before anything is written.
-    geometry = cached_geometry(transforms, transforms_fingerprint(transforms))
+    described = describe(transforms, deep=True)  # the probe's key, the fingerprint's
+    geometry = cached_geometry(transforms, described)
     classes = options["classes"]
     class_names = list(classes) if classes is not None else loaded.classes
     if layers is None and task != "detection":  # detectors: their own default
@@ -342,8 +343,8 @@ def _plan_run(
         "patches": patches,
         "frames": frames,
     }
-    config["transforms_fingerprint"] = transforms_fingerprint(
-        transforms, config.get("geometry")
+    config["transforms_fingerprint"] = description_fingerprint(
+        described, config["geometry"]
     )
     return _RunPlan(
         dataset=dataset,

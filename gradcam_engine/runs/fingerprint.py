@@ -28,7 +28,12 @@ import torch
 from isal import isal_zlib
 from torch import nn
 
-__all__ = ["weights_fingerprint", "transforms_fingerprint", "describe"]
+__all__ = [
+    "weights_fingerprint",
+    "transforms_fingerprint",
+    "description_fingerprint",
+    "describe",
+]
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _DEFAULT_REPR = re.compile(r"^<[\w.]+ object>$")
@@ -82,7 +87,13 @@ def _state_entries(module: nn.Module):
 def transforms_fingerprint(transforms: Any, geometry: Any = None) -> str:
     """SHA-1 hex digest of :func:`describe` ``(transforms)`` and ``geometry``
     (a JSON-able description of the transform geometry, or None)."""
-    text = describe(transforms, deep=True)
+    return description_fingerprint(describe(transforms, deep=True), geometry)
+
+
+def description_fingerprint(description: str, geometry: Any = None) -> str:
+    """:func:`transforms_fingerprint` from a ``describe(transforms, deep=True)``
+    already made (a run describes its transforms once)."""
+    text = description
     if geometry is not None:
         text += "\ngeometry=" + json.dumps(geometry, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()

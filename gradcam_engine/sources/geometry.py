@@ -152,6 +152,17 @@ def describe(obj: Any) -> str:
     return name
 
 
+def _transformed(
+    transforms: Callable[[Image.Image], Any], img: Image.Image
+) -> np.ndarray:
+    """``transforms(img)`` as a float64 array, on one thread (one image: see
+    sources/threads.py)."""
+    with one_intraop_thread():
+        out = transforms(img)
+    arr = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out
+    return np.asarray(arr, dtype=np.float64)
+
+
 class TransformGeometry:
     """Probes ``transforms`` (PIL RGB -> ``[C, H, W]`` tensor) once per original
     size and returns its :class:`Geometry`. Picklable when ``transforms`` is,
@@ -227,15 +238,12 @@ class TransformGeometry:
 
     def _call(self, img: Image.Image, size: tuple[int, int]) -> np.ndarray:
         try:
-            with one_intraop_thread():  # one image (see sources/threads.py)
-                out = self.transforms(img)
+            arr = _transformed(self.transforms, img)
         except Exception as exc:
             raise GeometryError(
                 f"transforms {describe(self.transforms)} raised on a "
                 f"{size[0]}x{size[1]} probe image: {exc!r}"
             ) from exc
-        arr = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out
-        arr = np.asarray(arr, dtype=np.float64)
         if arr.ndim != 3:
             raise GeometryError(
                 f"transforms {describe(self.transforms)} returned shape "
@@ -249,10 +257,7 @@ class TransformGeometry:
         another run (a transform changed in place since gives another)."""
         size = REFERENCE_SIZES[0]
         try:
-            with one_intraop_thread():
-                out = transforms(_ramp_image(size))
-            out = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out
-            out = np.asarray(out, dtype=np.float64)
+            out = _transformed(transforms, _ramp_image(size))
         except Exception:  # probed again, which reports what fails
             return False
         first = self._ramp_outputs[size]
@@ -304,7 +309,7 @@ class TransformGeometry:
         for axis in (0, 1):
             # An upscale replicates the edge pixels: half an original pixel at
             # each end reads the end value, off the line; fit between them.
-            ends = _ramp_values(size[axis])[[0, -1]]
+            ends = np.clip(_ramp_coordinates(size[axis])[[0, -1]], 0, 255)
             inside = (values[axis] > ends[0] + 0.5) & (values[axis] < ends[1] - 0.5)
             if size[axis] > 1 and (valid & inside).sum() >= 4:
                 valid &= inside
@@ -362,19 +367,53 @@ def _solve_normal(gram, rhs, design, coords) -> np.ndarray:
         return np.linalg.lstsq(design, coords, rcond=None)[0]
 
 
-def _ramp_values(n: int) -> np.ndarray:
-    """8 bits per pixel: value v stands for coordinate (v + 0.5) * n / 256."""
-    return np.floor((np.arange(n) + 0.5) * 256.0 / n).astype(np.uint8)
+def _ramp_coordinates(n: int) -> np.ndarray:
+    """The level pixel i of an n-pixel ramp stands for, unrounded: level v
+    reads as coordinate (v + 0.5) * n / 256 (8 bits for the whole side)."""
+    return (np.arange(n) + 0.5) * 256.0 / n - 0.5
 
 
 def _ramp_image(size: tuple[int, int]) -> Image.Image:
+    """x ramp in red, y ramp in green, the marker in blue. Along a side of
+    more than 64 pixels, each level is rounded up or down at random, in
+    proportion to its fraction (dithering), so that a level is right on
+    average over any few pixels: with plain
+    rounding, a downscale by a whole factor averages the same phase of the
+    rounding error everywhere and the fit read it as an offset of up to a
+    fifth of an input pixel (a blank first column on some whole-image maps).
+    PIL's 8-bit two-pass resize rounds between its passes, which leaves up to
+    ~0.08 (at 224, 0.05) of an input pixel; per-row dither kept through the
+    first pass, and an ordered (Bayer) dither, measured worse."""
     width, height = size
-    x, y = _ramp_values(width), _ramp_values(height)
+    dither = _dither(height, width)
+    levels = np.empty((2, height, width), dtype=np.float32)
+    for axis, n, coords in (
+        (0, width, _ramp_coordinates(width)[None, :]),
+        (1, height, _ramp_coordinates(height)[:, None]),
+    ):
+        # a few pixels' fit would read the dither's noise: plain rounding
+        np.add(coords, dither[axis] if n > _PLAIN_RAMP else 0.5, out=levels[axis])
+    np.clip(np.floor(levels, out=levels), 0, 255, out=levels)
     arr = np.empty((height, width, 3), dtype=np.uint8)
-    arr[..., 0] = x[None, :]
-    arr[..., 1] = y[:, None]
+    arr[..., 0], arr[..., 1] = levels  # one plane at a time: 3x faster
     arr[..., 2] = _MARKER
     return Image.fromarray(arr, "RGB")
+
+
+_PLAIN_RAMP = 64  # pixels on a side, at most, for a ramp rounded plainly
+_DITHER_TILE = 1024  # wider than any resize filter: reads as random
+_DITHER = np.random.default_rng(0).random(
+    (2, _DITHER_TILE, _DITHER_TILE), dtype=np.float32
+)
+
+
+def _dither(height: int, width: int) -> np.ndarray:
+    """A fixed field of uniform [0, 1) values (one made per process, 8 MB,
+    tiled past 1024 pixels): the same probe image for the same size."""
+    if height > _DITHER_TILE or width > _DITHER_TILE:
+        reps = (1, -(-height // _DITHER_TILE), -(-width // _DITHER_TILE))
+        return np.tile(_DITHER, reps)[:, :height, :width]
+    return _DITHER[:, :height, :width]
 
 
 def _erode(mask: np.ndarray, steps: int) -> np.ndarray:

@@ -4,8 +4,8 @@ preprocessing.
 Probing a user's transforms (:class:`TransformGeometry`) calls them ~25 times
 on 640x480 images: ~0.1 s, paid again by every ``compute_cams`` call with the
 same transforms (a notebook running several methods or layer sets, the App's
-operators). A later run whose transforms describe alike (``key``: the run's
-transforms fingerprint) and give the same tensor on the reference ramp reuses
+operators). A later run whose transforms describe alike (``key``: their deep
+``describe``) and give the same tensor on the reference ramp reuses
 the probe, fits included, bound to its own transforms object.
 """
 
