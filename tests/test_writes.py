@@ -7,7 +7,12 @@ import zlib
 import fiftyone as fo
 import numpy as np
 
-from gradcam_engine.runs.writes import encode_map, heatmap_document, set_fields
+from gradcam_engine.runs.writes import (
+    encode_map,
+    heatmap_document,
+    label_document,
+    set_fields,
+)
 
 
 def test_heatmaps_deflated_by_isal_read_back_through_fiftyone_and_zlib():
@@ -69,5 +74,43 @@ def test_heatmap_document_is_what_fiftyone_stores_and_reads():
         stored = ds[sid]["hm"]
         assert isinstance(stored, fo.Heatmap) and stored.id == str(document["_id"])
         assert np.array_equal(stored.map, array) and stored.range == [0, 255]
+    finally:
+        ds.delete()
+
+
+def test_label_documents_are_what_fiftyone_stores_and_reads():
+    """compute_cams writes its target, prediction and seen-box labels as ready
+    documents: FiftyOne's keys, order and values, one id and tag list each."""
+    cases = [
+        (fo.Classification, {"label": "cat", "confidence": 0.25}),
+        (fo.Classification, {"label": None, "confidence": 0.5}),  # field left out
+        (fo.Detection, {"label": "seen", "bounding_box": [0.0, 0.1, 0.9, 0.8]}),
+    ]
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=f"/tmp/l{i}.png") for i in range(3)])
+        ids = ds.values("id")
+        for (label_type, values), sid in zip(cases, ids, strict=True):
+            for _ in range(2):  # the first builds the template, the second copies
+                document = label_document(label_type, **values)
+                expected = label_type(**values).to_dict()
+                assert list(document) == list(expected)  # the same order
+                assert {**document, "_id": None} == {**expected, "_id": None}
+            assert label_document(label_type, **values)["_id"] != document["_id"]
+            field = label_type.__name__.lower()
+            if field not in ds.get_field_schema():
+                ds.add_sample_field(
+                    field, fo.EmbeddedDocumentField, embedded_doc_type=label_type
+                )
+            set_fields(ds, {sid: {field: document}})
+        first = label_document(fo.Classification, label="a", confidence=1.0)
+        second = label_document(fo.Classification, label="b", confidence=1.0)
+        assert first["tags"] is not second["tags"]  # not one list shared by all
+        ds.reload()
+        assert ds[ids[0]]["classification"].label == "cat"
+        assert ds[ids[0]]["classification"].confidence == 0.25
+        assert ds[ids[1]]["classification"].label is None
+        seen = ds[ids[2]]["detection"]
+        assert seen.label == "seen" and seen.bounding_box == [0.0, 0.1, 0.9, 0.8]
     finally:
         ds.delete()

@@ -20,7 +20,7 @@ from ..engine.cam_engine import CamEngine
 from ..engine.targets import MaskSumTarget
 from .naming import FieldNames, field_names, slug  # re-exported
 from .storage import make_heatmap, to_uint8_map
-from .writes import heatmap_document
+from .writes import heatmap_document, label_document
 
 __all__ = [
     "BatchContext",
@@ -277,15 +277,19 @@ def _sample_values(ctx: BatchContext, values, result, maps, strengths, j, row) -
             values[hm_name][sid] = make_heatmap(u8, ctx.storage, path)
         if strengths is not None:
             values[st_name][sid] = float(strengths[j][layer_index])
-    cls = result.target_classes[j]
-    values[names.target][sid] = fo.Classification(
-        label=_class_name(ctx, cls), confidence=result.target_scores[j]
+    # ready documents (writes.label_document): no label object per sample
+    cls, pred = result.target_classes[j], result.predicted[j]
+    values[names.target][sid] = label_document(
+        fo.Classification,
+        label=_class_name(ctx, cls),
+        confidence=result.target_scores[j],
     )
-    pred = result.predicted[j]
-    values[names.prediction][sid] = fo.Classification(
-        label=_class_name(ctx, pred), confidence=result.predicted_scores[j]
+    values[names.prediction][sid] = label_document(
+        fo.Classification,
+        label=_class_name(ctx, pred),
+        confidence=result.predicted_scores[j],
     )
     if geometry is not None:
-        values[names.seen][sid] = fo.Detection(
-            label="seen", bounding_box=geometry.seen_box_relative()
+        values[names.seen][sid] = label_document(
+            fo.Detection, label="seen", bounding_box=geometry.seen_box_relative()
         )

@@ -27,7 +27,7 @@ from pymongo import UpdateOne
 from .cam_runs import root_dataset
 from .frame_fields import is_frames, view_schema
 
-__all__ = ["encode_map", "heatmap_document", "set_fields"]
+__all__ = ["encode_map", "heatmap_document", "label_document", "set_fields"]
 
 _CHUNK = 1000
 _DEFLATE_LEVEL = 1  # ISA-L's levels are 0-3
@@ -79,9 +79,19 @@ def _set_frame_fields(frames_view, updates: dict[str, dict[str, Any]]) -> None:
 def encode_map(array: np.ndarray) -> Binary:
     """The bytes ``fo.Heatmap.map`` stores (FiftyOne's ``serialize_numpy_array``:
     ``.npy`` in a zlib stream), deflated by ISA-L at level 1."""
+    array = np.ascontiguousarray(array)
+    header = _npy_header(array.shape, array.dtype.str)
+    return Binary(isal_zlib.compress(header + array.tobytes(), _DEFLATE_LEVEL))
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
+    """What ``np.save`` writes before the data of a C-ordered array: the same
+    for every map of a size (np.save builds it again each time, ~40 us)."""
     with io.BytesIO() as f:
-        np.save(f, np.asarray(array), allow_pickle=False)
-        return Binary(isal_zlib.compress(f.getvalue(), _DEFLATE_LEVEL))
+        np.save(f, np.zeros(shape, dtype=dtype), allow_pickle=False)
+        saved = f.getvalue()
+    return saved[: len(saved) - int(np.prod(shape)) * np.dtype(dtype).itemsize]
 
 
 def heatmap_document(map_u8: np.ndarray, value_range=(0, 255)) -> dict[str, Any]:
@@ -100,6 +110,31 @@ def _empty_heatmap(value_range: tuple) -> dict[str, Any]:
     document = dict(fol.Heatmap(range=list(value_range)).to_dict())
     document.pop("_id")
     return document
+
+
+def label_document(label_type: type[fol.Label], **values: Any) -> dict[str, Any]:
+    """What ``label_type(**values).to_dict()`` stores (same keys, same order),
+    made from FiftyOne's document of the first such label instead of a label
+    object each time (~0.1 ms a label, 3 labels an image: issue 23).
+
+    ``values`` are stored as given: str, float, lists of floats (what
+    FiftyOne's fields store them as); a None leaves the field out, as FiftyOne
+    does."""
+    present = {name: value for name, value in values.items() if value is not None}
+    key = (label_type, tuple(present))
+    template = _LABEL_TEMPLATES.get(key)
+    if template is None:
+        template = dict(label_type(**present).to_dict())
+        template.pop("_id")
+        _LABEL_TEMPLATES[key] = template
+    document = {"_id": ObjectId()}
+    for name, value in template.items():  # tags, attributes: one per label
+        document[name] = value.copy() if isinstance(value, list | dict) else value
+    document.update(present)
+    return document
+
+
+_LABEL_TEMPLATES: dict[tuple, dict[str, Any]] = {}
 
 
 def _serialised(values: dict[str, Any]) -> dict[str, Any]:
